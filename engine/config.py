@@ -1,0 +1,222 @@
+"""Typed engine configuration: a TOML file, then `ENGINE_<SECTION>__<KEY>` environment overrides.
+
+Everything is validated at start-up. A bad value is reported on one line that names
+the key and where it came from, e.g.
+
+    config error: transport.port = 70000 (from ENGINE_TRANSPORT__PORT): Expected `int` <= 65535
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "ENGINE_"
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,23}$")]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased so a person can fix it."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class EngineSection(_Section):
+    instance: Name = "engine"
+    """Prefix of shared-memory segments and socket directories (two engines on one host need two names)."""
+    max_calls: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    runtime_dir: str = ""
+    """Where bus sockets live; empty means the system temp dir."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class RingSection(_Section):
+    slots: Annotated[int, msgspec.Meta(ge=2, le=65536)] = 64
+    """Frames per ring; a power of two. 64 x 20 ms = 1.28 s of audio."""
+    frame_bytes: Annotated[int, msgspec.Meta(ge=64, le=65536)] = 1920
+    """Largest frame payload: 20 ms of 48 kHz PCM16."""
+    spin_us: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 50
+
+
+class TransportSection(_Section):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    public_url: str = ""
+    """https URL Twilio reaches this host at; needed for webhooks and signatures."""
+
+
+class SupervisorSection(_Section):
+    ready_timeout_s: Positive = 120.0
+    heartbeat_interval_s: Positive = 0.5
+    heartbeat_timeout_s: Positive = 10.0
+    drain_timeout_s: NonNegative = 10.0
+    restart_backoff_first_s: NonNegative = 0.0
+    """Delay before the first restart in a window: a crash is repaired at once."""
+    restart_backoff_base_s: NonNegative = 0.5
+    """Delay before the second restart in a window; each later one doubles it."""
+    restart_backoff_max_s: NonNegative = 10.0
+    restart_intensity: Annotated[int, msgspec.Meta(ge=1)] = 5
+    """Restarts of one process allowed within `restart_window_s` before the engine gives up."""
+    restart_window_s: Positive = 60.0
+
+
+class SpeechSection(_Section):
+    vad: Literal["silero"] = "silero"
+    stt_model: str = "tiny.en"
+    """`tiny.en` (bundled), `base` (bundled, two parts), or a CTranslate2 model directory."""
+    stt_device: Literal["cpu", "cuda"] = "cpu"
+    stt_compute_type: str = "int8"
+
+
+class LlmSection(_Section):
+    backend: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
+    model: str = "smollm2-135m"
+    base_url: str = ""
+    """For the openai backend: the server's /v1 URL."""
+
+
+class TtsSection(_Section):
+    backend: Literal["piper", "csm", "espeak"] = "piper"
+    voice: str = "en_US-joe-medium"
+
+
+class FaultsSection(_Section):
+    """Deliberate faults, for testing the supervisor. Leave empty in production."""
+
+    crash_on_start: list[Literal["transport", "speech", "llm", "tts"]] = []
+    hang_after_ready: list[Literal["transport", "speech", "llm", "tts"]] = []
+
+
+class Config(_Section):
+    engine: EngineSection = msgspec.field(default_factory=EngineSection)
+    ring: RingSection = msgspec.field(default_factory=RingSection)
+    transport: TransportSection = msgspec.field(default_factory=TransportSection)
+    supervisor: SupervisorSection = msgspec.field(default_factory=SupervisorSection)
+    speech: SpeechSection = msgspec.field(default_factory=SpeechSection)
+    llm: LlmSection = msgspec.field(default_factory=LlmSection)
+    tts: TtsSection = msgspec.field(default_factory=TtsSection)
+    faults: FaultsSection = msgspec.field(default_factory=FaultsSection)
+
+    @property
+    def runtime_base(self) -> Path:
+        return Path(self.engine.runtime_dir or tempfile.gettempdir())
+
+    def to_bytes(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Config:
+        return msgspec.msgpack.decode(data, type=cls)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML values when they parse as one (42, 0.5, true, ["a"]), else strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    sections = {f.name for f in msgspec.structs.fields(Config)}
+    overrides: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    for var, raw in environ.items():
+        m = re.fullmatch(rf"{ENV_PREFIX}([A-Z0-9_]+?)__([A-Z0-9_]+)", var)
+        if not m:
+            continue
+        section, key = m.group(1).lower(), m.group(2).lower()
+        if section not in sections:
+            raise ConfigError(f"config error: {var}: no section [{section}] (sections: {', '.join(sorted(sections))})")
+        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
+        origin[f"{section}.{key}"] = var
+    return overrides, origin
+
+
+def _validation_message(exc: msgspec.ValidationError, data: dict[str, Any], origin: dict[str, str]) -> str:
+    text = str(exc)
+    unknown = re.fullmatch(r"Object contains unknown field `(\w+)`(?: - at `\$\.(\w+)`)?", text)
+    if unknown:
+        field, section = unknown.group(1), unknown.group(2)
+        if section is None:
+            return f"config error: [{field}]: unknown section"
+        key = f"{section}.{field}"
+        hint = f" (from {origin[key]})" if key in origin else ""
+        return f"config error: {key}{hint}: unknown key"
+    located = re.search(r" - at `\$\.([\w.\[\]]+)`$", text)
+    if not located:
+        return f"config error: {text}"
+    key = located.group(1)
+    reason = text[: located.start()]
+    section, _, field = key.partition(".")
+    value = data.get(section, {}).get(field) if field else None
+    shown = f" = {value!r}" if field and value is not None else ""
+    hint = f" (from {origin[key]})" if key in origin else ""
+    return f"config error: {key}{shown}{hint}: {reason}"
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, merge and validate the configuration; raises ConfigError with a one-line message."""
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {p}: not valid TOML: {exc}") from None
+        for section, values in data.items():
+            if isinstance(values, dict):
+                for key in values:
+                    origin[f"{section}.{key}"] = str(p)
+    overrides, env_origin = _env_overrides(dict(os.environ if environ is None else environ))
+    for section, values in overrides.items():
+        existing = data.setdefault(section, {})
+        if not isinstance(existing, dict):
+            raise ConfigError(f"config error: {section}: expected a table")
+        existing.update(values)
+    origin.update(env_origin)
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_validation_message(exc, data, origin)) from None
+    _check(cfg, origin)
+    return cfg
+
+
+def _check(cfg: Config, origin: dict[str, str]) -> None:
+    """Rules that span values or need more than a type."""
+
+    def fail(key: str, value: Any, why: str) -> None:
+        hint = f" (from {origin[key]})" if key in origin else ""
+        raise ConfigError(f"config error: {key} = {value!r}{hint}: {why}")
+
+    slots = cfg.ring.slots
+    if slots & (slots - 1):
+        fail("ring.slots", slots, "must be a power of two")
+    if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:
+        fail("supervisor.heartbeat_timeout_s", cfg.supervisor.heartbeat_timeout_s,
+             "must exceed twice supervisor.heartbeat_interval_s")
+    # ipc:// socket paths are limited to ~107 bytes; leave room for "<instance>-<pid>/<name>.urgent".
+    if len(str(cfg.runtime_base)) > 60:
+        fail("engine.runtime_dir", str(cfg.runtime_base), "too long for a Unix socket path (60 characters at most)")
+    if cfg.transport.public_url and not re.match(r"^https?://[^/\s]+", cfg.transport.public_url):
+        fail("transport.public_url", cfg.transport.public_url, "must be an http(s) URL such as https://example.com")

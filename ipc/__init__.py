@@ -1,0 +1,1 @@
+"""Inter-process plumbing: the shared-memory audio plane and the ZeroMQ control plane."""

@@ -1,0 +1,166 @@
+"""The pool of per-call ring pairs, pre-allocated by the supervisor for `max_calls`.
+
+One shared-memory segment holds a header, the doorbells, a lease table and
+`max_calls` pairs of rings (inbound: caller audio, transport -> speech; outbound:
+bot audio, tts -> transport). A call leases a free pair with a compare-and-swap
+on its table entry; each lease gets a fresh epoch, stamped into both rings so
+frames of an earlier call on the same pair are never taken for this call's.
+
+Doorbells: one per consuming side. `inbound` is rung for the speech process,
+`outbound` for the transport, whatever call the frame belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import NamedTuple
+
+from ipc.atomic import AtomicWord
+from ipc.futex import DOORBELL_BYTES, Doorbell
+from ipc.ring import Ring, ring_bytes
+from ipc.shm import ShmSegment
+
+POOL_MAGIC = 0x504F4F4C  # "POOL"
+POOL_VERSION = 1
+_HEADER = struct.Struct("<IIIIIQ")
+HEADER_BYTES = 64
+DOORBELLS = ("inbound", "outbound")
+LEASE_BYTES = 128
+CALL_ID_BYTES = 64
+_LEASE_META = struct.Struct("<QQ")  # owner pid, leased t_ns (at +16)
+
+FREE = 0
+LEASED = 1
+
+
+class Lease(NamedTuple):
+    slot: int
+    epoch: int
+    call_id: str
+
+
+class LeaseInfo(NamedTuple):
+    slot: int
+    epoch: int
+    call_id: str
+    owner_pid: int
+    leased_t_ns: int
+
+
+def pool_bytes(max_calls: int, slots: int, capacity: int) -> int:
+    return (HEADER_BYTES + DOORBELL_BYTES * len(DOORBELLS) + LEASE_BYTES * max_calls
+            + 2 * max_calls * ring_bytes(slots, capacity))
+
+
+class RingPool:
+    """Access to the pool segment; `create` in the supervisor, `attach` everywhere else."""
+
+    def __init__(self, segment: ShmSegment, *, owner: bool) -> None:
+        self.segment = segment
+        self.owner = owner
+        buf = segment.buf
+        magic, version, self.max_calls, self.slots, self.capacity, self.creator_pid = _HEADER.unpack_from(buf, 0)
+        if magic != POOL_MAGIC or version != POOL_VERSION:
+            raise ValueError(f"shared-memory segment {segment.name} is not a ring pool of version {POOL_VERSION}")
+        off = HEADER_BYTES
+        self.doorbells = {}
+        for name in DOORBELLS:
+            self.doorbells[name] = Doorbell(buf, off)
+            off += DOORBELL_BYTES
+        self._lease_base = off
+        self._state = [AtomicWord(buf, off + i * LEASE_BYTES) for i in range(self.max_calls)]
+        self._epoch = [AtomicWord(buf, off + i * LEASE_BYTES + 8) for i in range(self.max_calls)]
+        off += LEASE_BYTES * self.max_calls
+        rb = ring_bytes(self.slots, self.capacity)
+        self.inbound: list[Ring] = []
+        self.outbound: list[Ring] = []
+        for _ in range(self.max_calls):
+            self.inbound.append(Ring(buf, off, self.doorbells["inbound"]))
+            self.outbound.append(Ring(buf, off + rb, self.doorbells["outbound"]))
+            off += 2 * rb
+
+    @classmethod
+    def create(cls, name: str, max_calls: int, slots: int, capacity: int) -> RingPool:
+        segment = ShmSegment.create(name, pool_bytes(max_calls, slots, capacity))
+        try:
+            buf = segment.buf
+            _HEADER.pack_into(buf, 0, POOL_MAGIC, POOL_VERSION, max_calls, slots, capacity, os.getpid())
+            off = HEADER_BYTES + DOORBELL_BYTES * len(DOORBELLS) + LEASE_BYTES * max_calls
+            rb = ring_bytes(slots, capacity)
+            for _ in range(2 * max_calls):
+                Ring.format(buf, off, slots, capacity)
+                off += rb
+            return cls(segment, owner=True)
+        except BaseException:
+            segment.close()
+            segment.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> RingPool:
+        segment = ShmSegment.attach(name)
+        try:
+            return cls(segment, owner=False)
+        except BaseException:
+            segment.close()
+            raise
+
+    def _entry(self, slot: int) -> int:
+        return self._lease_base + slot * LEASE_BYTES
+
+    def lease(self, call_id: str) -> Lease | None:
+        """Take a free ring pair for `call_id`; None when all `max_calls` are in use."""
+        raw = call_id.encode()
+        if len(raw) > CALL_ID_BYTES:
+            raise ValueError(f"call id longer than {CALL_ID_BYTES} bytes: {call_id!r}")
+        for slot in range(self.max_calls):
+            if self._state[slot].compare_exchange(FREE, LEASED):
+                epoch = self._epoch[slot].fetch_add(1) + 1
+                entry = self._entry(slot)
+                buf = self.segment.buf
+                _LEASE_META.pack_into(buf, entry + 16, os.getpid(), time.monotonic_ns())
+                buf[entry + 64:entry + 64 + CALL_ID_BYTES] = raw.ljust(CALL_ID_BYTES, b"\0")
+                self.inbound[slot].set_epoch(epoch)
+                self.outbound[slot].set_epoch(epoch)
+                return Lease(slot, epoch, call_id)
+        return None
+
+    def release(self, lease: Lease) -> bool:
+        """Return a ring pair; False if it was already returned or reclaimed."""
+        if self._epoch[lease.slot].load() != lease.epoch:
+            return False
+        return self._state[lease.slot].compare_exchange(LEASED, FREE)
+
+    def leases(self) -> list[LeaseInfo]:
+        out = []
+        buf = self.segment.buf
+        for slot in range(self.max_calls):
+            if self._state[slot].load() != LEASED:
+                continue
+            entry = self._entry(slot)
+            owner, t_ns = _LEASE_META.unpack_from(buf, entry + 16)
+            call_id = bytes(buf[entry + 64:entry + 64 + CALL_ID_BYTES]).rstrip(b"\0").decode(errors="replace")
+            out.append(LeaseInfo(slot, self._epoch[slot].load(), call_id, owner, t_ns))
+        return out
+
+    def reclaim_owner(self, pid: int) -> list[LeaseInfo]:
+        """Free every lease held by `pid` (a transport that died); returns what was freed."""
+        freed = []
+        for info in self.leases():
+            if info.owner_pid == pid and self._state[info.slot].compare_exchange(LEASED, FREE):
+                freed.append(info)
+        return freed
+
+    def close(self) -> None:
+        for ring in self.inbound + self.outbound:
+            ring.close()
+        for bell in self.doorbells.values():
+            bell.close()
+        for word in self._state + self._epoch:
+            word.close()
+        self.segment.close()
+
+    def unlink(self) -> None:
+        self.segment.unlink()

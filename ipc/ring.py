@@ -1,0 +1,228 @@
+"""Lock-free single-producer/single-consumer ring of audio frames in shared memory.
+
+Layout of one ring (offsets from the ring's base, all little-endian):
+
+    line 0  (  0) write_idx  u64   producer-owned, release-stored after the slot is written
+    line 1  ( 64) read_idx   u64   consumer-owned, release-stored after the slot is copied out
+            ( 72) stale      u64   frames the consumer skipped because of an old epoch
+    line 2  (128) next_seq   u64   producer's frame counter, counts drops too
+            (136) drops      u64   frames refused because the ring was full
+            (144) epoch      u64   the epoch producers stamp now (set when a call leases the ring)
+            (152) producers  u64   producer incarnations attached so far
+    line 3  (192) magic u32, slots u32, capacity u32 (payload bytes per slot), stride u32
+    then `slots` slots of `stride` bytes: a 40-byte slot header
+            seq u64, t_ns u64, epoch u64, sample_rate u32, length u32, flags u32, producer u32
+    followed by the payload.
+
+Indices are monotonic u64 (arithmetic modulo 2**64) on their own cache lines; the
+slot is `index & (slots - 1)`. A producer never blocks: a full ring refuses the
+frame and counts it. Sequence numbers include refused frames, so a consumer sees
+drops as gaps. Every slot carries the epoch it was written under and the producer
+incarnation that wrote it: a consumer of a reused ring skips frames of an earlier
+call, and notices when a restarted producer took over.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import NamedTuple
+
+from ipc.atomic import AtomicWord
+from ipc.futex import Doorbell
+
+MAGIC = 0x52494E47  # "RING"
+HEADER_BYTES = 256
+SLOT_HEADER = struct.Struct("<QQQIIII")
+_U64 = struct.Struct("<Q")
+_STATIC = struct.Struct("<IIII")
+_MASK64 = (1 << 64) - 1
+
+_OFF_WRITE = 0
+_OFF_READ = 64
+_OFF_STALE = 72
+_OFF_SEQ = 128
+_OFF_DROPS = 136
+_OFF_EPOCH = 144
+_OFF_PRODUCERS = 152
+_OFF_STATIC = 192
+
+
+def slot_stride(capacity: int) -> int:
+    return (SLOT_HEADER.size + capacity + 63) // 64 * 64
+
+
+def ring_bytes(slots: int, capacity: int) -> int:
+    return HEADER_BYTES + slots * slot_stride(capacity)
+
+
+class Frame(NamedTuple):
+    seq: int
+    t_ns: int
+    epoch: int
+    sample_rate: int
+    flags: int
+    producer: int
+    payload: bytes
+
+
+class RingStats(NamedTuple):
+    written: int
+    read: int
+    drops: int
+    stale: int
+    backlog: int
+    epoch: int
+    producers: int
+
+
+class Ring:
+    """View of one ring inside a shared buffer. Open a `RingWriter` or `RingReader` on it."""
+
+    def __init__(self, buf: memoryview, offset: int, doorbell: Doorbell) -> None:
+        self.buf = buf
+        self.base = offset
+        magic, self.slots, self.capacity, self.stride = _STATIC.unpack_from(buf, offset + _OFF_STATIC)
+        if magic != MAGIC:
+            raise ValueError(f"no ring at offset {offset} (magic {magic:#x})")
+        self.mask = self.slots - 1
+        self.doorbell = doorbell
+        self._write = AtomicWord(buf, offset + _OFF_WRITE)
+        self._read = AtomicWord(buf, offset + _OFF_READ)
+        self._epoch = AtomicWord(buf, offset + _OFF_EPOCH)
+        self._producers = AtomicWord(buf, offset + _OFF_PRODUCERS)
+
+    @staticmethod
+    def format(buf: memoryview, offset: int, slots: int, capacity: int, start_index: int = 0) -> None:
+        """Initialise a ring in zeroed memory. `start_index` exists to test u64 wrap-around."""
+        if slots < 2 or slots & (slots - 1):
+            raise ValueError(f"ring slots must be a power of two >= 2, got {slots}")
+        buf[offset:offset + ring_bytes(slots, capacity)] = bytes(ring_bytes(slots, capacity))
+        _U64.pack_into(buf, offset + _OFF_WRITE, start_index & _MASK64)
+        _U64.pack_into(buf, offset + _OFF_READ, start_index & _MASK64)
+        _STATIC.pack_into(buf, offset + _OFF_STATIC, MAGIC, slots, capacity, slot_stride(capacity))
+
+    def slot_offset(self, index: int) -> int:
+        return self.base + HEADER_BYTES + (index & self.mask) * self.stride
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.load()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start a new epoch (a new call on this ring). Producers stamp it from now on."""
+        self._epoch.store(epoch)
+
+    def available(self) -> int:
+        """Frames published and not yet consumed (safe to call from the consumer)."""
+        return (self._write.load() - self._read.load_relaxed()) & _MASK64
+
+    def stats(self) -> RingStats:
+        """A racy but untorn snapshot, for health reporting from any process."""
+        w = self._write.load_relaxed()
+        r = self._read.load_relaxed()
+        seq = _U64.unpack_from(self.buf, self.base + _OFF_SEQ)[0]
+        drops = _U64.unpack_from(self.buf, self.base + _OFF_DROPS)[0]
+        stale = _U64.unpack_from(self.buf, self.base + _OFF_STALE)[0]
+        return RingStats(seq - drops, r, drops, stale, (w - r) & _MASK64,
+                         self._epoch.load_relaxed(), self._producers.load_relaxed())
+
+    def close(self) -> None:
+        for word in (self._write, self._read, self._epoch, self._producers):
+            word.close()
+
+
+class RingWriter:
+    """The single producer of a ring. Attaching counts as a new producer incarnation.
+
+    Frames are stamped with the writer's `epoch` (by default the ring's epoch when
+    the writer attached). Once the ring has moved on to another call, writes from
+    a writer of the earlier call are refused, so a late producer never speaks into
+    somebody else's call.
+    """
+
+    def __init__(self, ring: Ring, epoch: int | None = None) -> None:
+        self.ring = ring
+        self.epoch = ring.epoch if epoch is None else epoch
+        self.refused_stale = 0
+        self.producer = (ring._producers.fetch_add(1) + 1) & 0xFFFFFFFF
+        self._seq = _U64.unpack_from(ring.buf, ring.base + _OFF_SEQ)[0]
+        self._drops = _U64.unpack_from(ring.buf, ring.base + _OFF_DROPS)[0]
+
+    @property
+    def drops(self) -> int:
+        return self._drops
+
+    def write(self, payload: bytes | bytearray | memoryview, sample_rate: int,
+              t_ns: int | None = None, flags: int = 0) -> bool:
+        """Publish one frame; False (and counted) when the ring is full. Never blocks."""
+        ring = self.ring
+        n = len(payload)
+        if n > ring.capacity:
+            raise ValueError(f"frame of {n} B exceeds the ring's {ring.capacity} B slots")
+        if ring._epoch.load_relaxed() != self.epoch:
+            self.refused_stale += 1
+            return False
+        seq = self._seq
+        self._seq = seq + 1
+        _U64.pack_into(ring.buf, ring.base + _OFF_SEQ, self._seq)
+        w = ring._write.load_relaxed()  # our own index
+        r = ring._read.load()
+        if (w - r) & _MASK64 >= ring.slots:
+            self._drops += 1
+            _U64.pack_into(ring.buf, ring.base + _OFF_DROPS, self._drops)
+            return False
+        off = ring.slot_offset(w)
+        SLOT_HEADER.pack_into(ring.buf, off, seq, time.monotonic_ns() if t_ns is None else t_ns,
+                              self.epoch, sample_rate, n, flags, self.producer)
+        start = off + SLOT_HEADER.size
+        ring.buf[start:start + n] = payload
+        ring._write.store((w + 1) & _MASK64)
+        ring.doorbell.ring()
+        return True
+
+
+class RingReader:
+    """The single consumer of a ring.
+
+    With `epoch` set, frames stamped with any other epoch (an earlier call on a
+    reused ring) are skipped and counted as stale instead of being returned.
+    """
+
+    def __init__(self, ring: Ring, epoch: int | None = None) -> None:
+        self.ring = ring
+        self.epoch = epoch
+        self.last_producer = 0
+        self._stale = _U64.unpack_from(ring.buf, ring.base + _OFF_STALE)[0]
+
+    def read(self) -> Frame | None:
+        """Next frame of this epoch, or None when the ring is empty. Never blocks."""
+        ring = self.ring
+        while True:
+            r = ring._read.load_relaxed()  # our own index
+            w = ring._write.load()
+            if r == w:
+                return None
+            off = ring.slot_offset(r)
+            seq, t_ns, epoch, rate, n, flags, producer = SLOT_HEADER.unpack_from(ring.buf, off)
+            start = off + SLOT_HEADER.size
+            payload = bytes(ring.buf[start:start + n])
+            ring._read.store((r + 1) & _MASK64)
+            if self.epoch is not None and epoch != self.epoch:
+                self._stale += 1
+                _U64.pack_into(ring.buf, ring.base + _OFF_STALE, self._stale)
+                continue
+            self.last_producer = producer
+            return Frame(seq, t_ns, epoch, rate, flags, producer, payload)
+
+    def discard_all(self) -> int:
+        """Skip everything published so far (a call ended; its leftovers are worthless)."""
+        ring = self.ring
+        r = ring._read.load_relaxed()
+        w = ring._write.load()
+        ring._read.store(w)
+        return (w - r) & _MASK64
+
+    def wait(self, timeout_s: float, spin_s: float = 50e-6) -> bool:
+        """Block until a frame is available or `timeout_s` passes; True if one is."""
+        return self.ring.doorbell.wait(lambda: self.ring.available() > 0, timeout_s, spin_s)

@@ -1,0 +1,134 @@
+"""Every message that crosses a process boundary on the control bus.
+
+msgspec Structs in one tagged union, encoded as MessagePack: no pickle. Each message
+carries `t_ns` (time.monotonic_ns(), one clock for every process on a host) and,
+where it concerns a call, `call_id`. Messages whose class sets `urgent = True`
+travel on the receiver's priority socket and are handled before any queued data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar, Literal
+
+import msgspec
+
+ProcName = Literal["transport", "speech", "llm", "tts"]
+PROC_NAMES: tuple[ProcName, ...] = ("transport", "speech", "llm", "tts")
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+class Msg(msgspec.Struct, tag=True, kw_only=True):
+    """Base of all bus messages."""
+
+    urgent: ClassVar[bool] = False
+    t_ns: int = msgspec.field(default_factory=now_ns)
+
+
+# --- lifecycle -----------------------------------------------------------------
+
+class Ready(Msg):
+    """A child finished start-up (rings and bus attached, models loaded)."""
+
+    proc: ProcName
+    pid: int
+    incarnation: int
+
+
+class Heartbeat(Msg):
+    proc: ProcName
+    pid: int
+    incarnation: int
+    stats: dict[str, int] = {}
+
+
+class Shutdown(Msg):
+    """Supervisor -> child: stop. With `drain`, finish what is in flight first."""
+
+    urgent: ClassVar[bool] = True
+    reason: str
+    drain: bool = True
+
+
+class ProcState(msgspec.Struct, kw_only=True):
+    name: ProcName
+    state: Literal["starting", "ready", "backoff", "stopping", "stopped", "failed"]
+    pid: int | None
+    incarnation: int
+    restarts: int
+    last_exit: str | None
+    uptime_s: float
+    heartbeat_age_s: float | None
+
+
+class Status(Msg):
+    """Supervisor -> transport, periodically: the engine's health, for /health."""
+
+    procs: list[ProcState]
+    pool: str
+    max_calls: int
+
+
+# --- calls ----------------------------------------------------------------------
+
+class CallStarted(Msg):
+    """Transport -> everyone: a call leased ring pair `slot` under `epoch`."""
+
+    call_id: str
+    slot: int
+    epoch: int
+    inbound_rate: int
+    outbound_rate: int
+
+
+class CallEnded(Msg):
+    urgent: ClassVar[bool] = True
+    call_id: str
+    slot: int
+    epoch: int
+    reason: str
+
+
+class Cancel(Msg):
+    """Stop generation `gen` of a call at once (barge-in, hang-up)."""
+
+    urgent: ClassVar[bool] = True
+    call_id: str
+    gen: int
+
+
+AnyMsg = Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel
+
+
+class Codec:
+    """One encoder and one decoder per process (msgspec reuses their buffers)."""
+
+    def __init__(self) -> None:
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(AnyMsg)
+
+    def encode(self, msg: Msg) -> bytes:
+        return self._enc.encode(msg)
+
+    def decode(self, data: bytes) -> AnyMsg:
+        return self._dec.decode(data)
+
+
+class RunInfo(msgspec.Struct, kw_only=True):
+    """What a child is told at spawn about the run it belongs to (passed as bytes, not pickled)."""
+
+    proc: ProcName
+    incarnation: int
+    supervisor_pid: int
+    pool_name: str
+    runtime_dir: str
+
+    def to_bytes(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RunInfo:
+        return msgspec.msgpack.decode(data, type=cls)
