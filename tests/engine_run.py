@@ -1,0 +1,119 @@
+"""Run the real engine (`python -m engine supervisor`) as a subprocess for a test, and look at it from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.shm_helpers import shm_entries, unique_instance
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes only once reaped; report it as alive so leaks show
+    return True
+
+
+class EngineRun:
+    """One supervisor with its own instance name, port and runtime dir."""
+
+    def __init__(self, tmp_path: Path, **overrides: str) -> None:
+        self.instance = overrides.pop("instance", None) or unique_instance()
+        self.port = free_port()
+        # Unix socket paths are short: keep the runtime dir out of pytest's long tmp paths.
+        given_base = overrides.pop("runtime_base", None)
+        self.runtime_base = Path(given_base or tempfile.mkdtemp(prefix="eng", dir="/tmp"))
+        self.log_path = tmp_path / f"{self.instance}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+        env.update({
+            "ENGINE_ENGINE__INSTANCE": self.instance,
+            "ENGINE_ENGINE__RUNTIME_DIR": str(self.runtime_base),
+            "ENGINE_ENGINE__MAX_CALLS": "4",
+            "ENGINE_TRANSPORT__HOST": "127.0.0.1",
+            "ENGINE_TRANSPORT__PORT": str(self.port),
+            "ENGINE_SUPERVISOR__HEARTBEAT_INTERVAL_S": "0.2",
+            "ENGINE_SUPERVISOR__DRAIN_TIMEOUT_S": "5",
+        })
+        env.update(overrides)
+        self._log = open(self.log_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], cwd=REPO, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def health(self) -> tuple[int, dict[str, Any]] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def wait_healthy(self, timeout: float = 60.0, *, unless: Any = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"supervisor exited ({self.proc.returncode}):\n{self.log}"
+            last = self.health()
+            if last is not None and last[0] == 200 and (unless is None or not unless(last[1])):
+                return last[1]
+            time.sleep(0.05)
+        raise AssertionError(f"engine not healthy after {timeout} s; last /health: {last}\n{self.log}")
+
+    def child_pids(self, body: dict[str, Any]) -> dict[str, int]:
+        return {name: p["pid"] for name, p in body["processes"].items()}
+
+    def segments(self) -> list[str]:
+        return shm_entries(f"{self.instance}-")
+
+    def socket_dirs(self) -> list[Path]:
+        return sorted(self.runtime_base.glob(f"{self.instance}-*"))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill_everything(self) -> None:
+        """Last-resort cleanup for a failed test: no process of this run survives it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
+        for line in out.stdout.split():
+            try:
+                if f"engine-{self.instance}" in Path(f"/proc/{line}/environ").read_text(errors="replace"):
+                    os.kill(int(line), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        if not self._log.closed:
+            self._log.close()
+        shutil.rmtree(self.runtime_base, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""The supervisor, run for real: restarts, giving up, clean shutdown, orphaned children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engine_run import EngineRun, pid_exists
+
+CHILDREN = ("transport", "speech", "llm", "tts")
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    runs: list[EngineRun] = []
+
+    def start(**overrides: str) -> EngineRun:
+        run = EngineRun(tmp_path, **overrides)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.kill_everything()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_no_leftovers(run: EngineRun, pids: dict[str, int]) -> None:
+    wait_for(lambda: not any(pid_exists(p) for p in pids.values()), 10, "children to exit")
+    assert run.segments() == [], f"shared memory left behind: {run.segments()}"
+    assert run.socket_dirs() == [], f"socket dirs left behind: {run.socket_dirs()}"
+
+
+@pytest.mark.parametrize("victim", ["speech", "transport"])
+def test_sigkilled_child_is_back_within_a_second_and_the_others_never_stopped(engine, victim: str) -> None:
+    run = engine()
+    body = run.wait_healthy()
+    before = run.child_pids(body)
+    killed_at = time.monotonic()
+    os.kill(before[victim], signal.SIGKILL)
+    after = run.wait_healthy(unless=lambda b: b["processes"][victim]["pid"] == before[victim])
+    ready_again_at = time.monotonic() - after["processes"][victim]["uptime_s"]
+    print(f"{victim} back {1000 * (ready_again_at - killed_at):.0f} ms after SIGKILL")
+    assert ready_again_at - killed_at < 1.0
+    assert after["processes"][victim]["restarts"] == 1
+    assert after["processes"][victim]["last_exit"] == "killed by SIGKILL"
+    for name in CHILDREN:
+        if name != victim:
+            assert after["processes"][name]["pid"] == before[name]
+            assert after["processes"][name]["restarts"] == 0
+    pids = run.child_pids(after)
+    assert run.stop() == 0
+    assert_no_leftovers(run, pids)
+
+
+def test_child_crashing_at_start_up_makes_the_supervisor_give_up_clearly(engine) -> None:
+    run = engine(ENGINE_FAULTS__CRASH_ON_START='["llm"]', ENGINE_SUPERVISOR__RESTART_INTENSITY="2",
+                 ENGINE_SUPERVISOR__RESTART_BACKOFF_BASE_S="0.1")
+    code = run.proc.wait(60)
+    log = run.log
+    assert code == 3, log
+    assert "giving up on llm: it failed 3 times within 60 s (last: exit code 1)" in log
+    assert "crashing at start-up on purpose" in log
+    assert run.segments() == [] and run.socket_dirs() == []
+
+
+def test_sigterm_drains_and_leaves_nothing_behind(engine) -> None:
+    run = engine()
+    pids = run.child_pids(run.wait_healthy())
+    assert run.stop(signal.SIGTERM) == 0
+    log = run.log
+    for name in CHILDREN:
+        assert f"{name} stopped (exit code 0)" in log
+    assert "engine stopped cleanly" in log
+    assert_no_leftovers(run, pids)
+
+
+def test_sigint_drains_too(engine) -> None:
+    run = engine()
+    pids = run.child_pids(run.wait_healthy())
+    assert run.stop(signal.SIGINT) == 0
+    assert_no_leftovers(run, pids)
+
+
+def test_children_exit_when_the_supervisor_is_sigkilled(engine) -> None:
+    run = engine()
+    pids = run.child_pids(run.wait_healthy())
+    assert run.segments() != []
+    run.stop(signal.SIGKILL)
+    assert_no_leftovers(run, pids)  # the orphans cleaned up after their supervisor
+
+
+def test_hung_child_is_detected_by_heartbeat_and_replaced(engine) -> None:
+    run = engine(ENGINE_FAULTS__HANG_AFTER_READY='["tts"]', ENGINE_SUPERVISOR__HEARTBEAT_TIMEOUT_S="1.0",
+                 ENGINE_SUPERVISOR__READY_TIMEOUT_S="20")
+    first = run.child_pids(run.wait_healthy())
+    wait_for(lambda: "tts missed heartbeats" in run.log, 20, "hang detection")
+    wait_for(lambda: (h := run.health()) is not None and h[1]["processes"]["tts"]["restarts"] >= 1
+             and h[1]["processes"]["tts"]["pid"] != first["tts"], 20, "tts to be restarted")
+    assert not pid_exists(first["tts"])
+    body = run.health()[1]  # type: ignore[index]
+    pids = run.child_pids(body)
+    pids["tts_first"] = first["tts"]
+    assert run.stop() == 0
+    assert_no_leftovers(run, {k: v for k, v in pids.items() if v})
+
+
+def test_leftovers_of_a_crashed_run_are_swept_at_start_up(engine, tmp_path: Path) -> None:
+    from ipc.shm import ShmSegment
+
+    run = engine()
+    run.wait_healthy()
+    dead_pid = 2**22 + 12345  # above pid_max's default, so never a live process
+    stale = ShmSegment.create(f"{run.instance}-{dead_pid}-pool", 4096)
+    stale.close()
+    stale_dir = run.runtime_base / f"{run.instance}-{dead_pid}"
+    stale_dir.mkdir()
+    (stale_dir / "speech.data").write_text("")
+    pids = run.child_pids(run.wait_healthy())
+    assert run.stop() == 0
+    wait_for(lambda: not any(pid_exists(p) for p in pids.values()), 10, "children to exit")
+    assert run.segments() == [f"{run.instance}-{dead_pid}-pool"]  # a live run never sweeps mid-flight
+    second = engine(instance=run.instance, runtime_base=str(run.runtime_base))
+    pids = second.child_pids(second.wait_healthy())
+    assert "swept leftover of a dead engine run" in second.log
+    assert not stale_dir.exists()
+    assert second.stop() == 0
+    assert_no_leftovers(second, pids)
