@@ -35,4 +35,4 @@ class RestartPolicy:
             return None
         if n == 1:
             return self.first_s
-        return min(self.max_s, self.base_s * 2 ** (n - 2))
+        return min(self.max_s, self.base_s * 2.0 ** (n - 2))

@@ -17,6 +17,7 @@ supervisor died (even by SIGKILL) are swept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -26,7 +27,6 @@ import socket
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -37,7 +37,16 @@ from engine.restart import RestartPolicy
 from ipc.bus import Bus
 from ipc.pool import RingPool
 from ipc.schema import (
-    PROC_NAMES, CallEnded, Heartbeat, ProcName, ProcState, Ready, RunInfo, Shutdown, Status,
+    PROC_NAMES,
+    CallEnded,
+    ChildStateName,
+    Heartbeat,
+    ProcName,
+    ProcState,
+    Ready,
+    RunInfo,
+    Shutdown,
+    Status,
 )
 from ipc.shm import segment_name, sweep_dead_runs
 
@@ -65,7 +74,7 @@ class Child:
     name: ProcName
     policy: RestartPolicy
     process: BaseProcess | None = None
-    state: str = "stopped"
+    state: ChildStateName = "stopped"
     incarnation: int = 0
     restarts: int = 0
     last_exit: str | None = None
@@ -202,10 +211,8 @@ class Supervisor:
                 poller.register(fd, zmq.POLLIN)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if self._wake_r.fileno() in events:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     self._wake_r.recv(4096)
-                except BlockingIOError:
-                    pass
             while (msg := self.bus.recv_nowait()) is not None:
                 self._on_message(msg)
             for fd, child in sentinels.items():

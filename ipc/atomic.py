@@ -30,8 +30,20 @@ class AtomicWord:
     """
 
     __slots__ = (
-        "_ctx", "_view", "_addr", "_ld", "_st", "_fadd", "_cas",
-        "_res", "_resp", "_arg", "_argp", "_exp", "_expp", "width",
+        "_addr",
+        "_arg",
+        "_argp",
+        "_cas",
+        "_ctx",
+        "_exp",
+        "_expp",
+        "_fadd",
+        "_ld",
+        "_res",
+        "_resp",
+        "_st",
+        "_view",
+        "width",
     )
 
     def __init__(self, buffer: memoryview, offset: int, width: int = 8) -> None:

@@ -82,10 +82,13 @@ class Ring:
     def __init__(self, buf: memoryview, offset: int, doorbell: Doorbell) -> None:
         self.buf = buf
         self.base = offset
-        magic, self.slots, self.capacity, self.stride = _STATIC.unpack_from(buf, offset + _OFF_STATIC)
+        magic, slots, capacity, stride = _STATIC.unpack_from(buf, offset + _OFF_STATIC)
+        self.slots: int = slots
+        self.capacity: int = capacity
+        self.stride: int = stride
         if magic != MAGIC:
             raise ValueError(f"no ring at offset {offset} (magic {magic:#x})")
-        self.mask = self.slots - 1
+        self.mask: int = slots - 1
         self.doorbell = doorbell
         self._write = AtomicWord(buf, offset + _OFF_WRITE)
         self._read = AtomicWord(buf, offset + _OFF_READ)
@@ -107,7 +110,7 @@ class Ring:
 
     @property
     def epoch(self) -> int:
-        return self._epoch.load()
+        return int(self._epoch.load())
 
     def set_epoch(self, epoch: int) -> None:
         """Start a new epoch (a new call on this ring). Producers stamp it from now on."""
@@ -115,7 +118,7 @@ class Ring:
 
     def available(self) -> int:
         """Frames published and not yet consumed (safe to call from the consumer)."""
-        return (self._write.load() - self._read.load_relaxed()) & _MASK64
+        return int((self._write.load() - self._read.load_relaxed()) & _MASK64)
 
     def stats(self) -> RingStats:
         """A racy but untorn snapshot, for health reporting from any process."""
@@ -147,7 +150,7 @@ class RingWriter:
         self.refused_stale = 0
         self.producer = (ring._producers.fetch_add(1) + 1) & 0xFFFFFFFF
         self._seq = _U64.unpack_from(ring.buf, ring.base + _OFF_SEQ)[0]
-        self._drops = _U64.unpack_from(ring.buf, ring.base + _OFF_DROPS)[0]
+        self._drops: int = _U64.unpack_from(ring.buf, ring.base + _OFF_DROPS)[0]
 
     @property
     def drops(self) -> int:
@@ -221,7 +224,7 @@ class RingReader:
         r = ring._read.load_relaxed()
         w = ring._write.load()
         ring._read.store(w)
-        return (w - r) & _MASK64
+        return int((w - r) & _MASK64)
 
     def wait(self, timeout_s: float, spin_s: float = 50e-6) -> bool:
         """Block until a frame is available or `timeout_s` passes; True if one is."""

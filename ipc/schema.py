@@ -53,9 +53,12 @@ class Shutdown(Msg):
     drain: bool = True
 
 
+ChildStateName = Literal["starting", "ready", "backoff", "stopping", "stopped", "failed"]
+
+
 class ProcState(msgspec.Struct, kw_only=True):
     name: ProcName
-    state: Literal["starting", "ready", "backoff", "stopping", "stopped", "failed"]
+    state: ChildStateName
     pid: int | None
     incarnation: int
     restarts: int
@@ -114,7 +117,8 @@ class Codec:
         return self._enc.encode(msg)
 
     def decode(self, data: bytes) -> AnyMsg:
-        return self._dec.decode(data)
+        msg: AnyMsg = self._dec.decode(data)
+        return msg
 
 
 class RunInfo(msgspec.Struct, kw_only=True):

@@ -11,14 +11,13 @@ sweep can tell a crashed run's leftovers from a live engine's segments.
 
 from __future__ import annotations
 
+import _posixshmem
 import logging
 import mmap
 import os
 import re
 import shutil
 from pathlib import Path
-
-import _posixshmem
 
 log = logging.getLogger(__name__)
 

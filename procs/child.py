@@ -24,7 +24,7 @@ from types import FrameType
 from engine.config import Config
 from ipc.bus import Bus
 from ipc.pool import RingPool
-from ipc.schema import AnyMsg, Heartbeat, Ready, RunInfo, Shutdown
+from ipc.schema import AnyMsg, Heartbeat, ProcName, Ready, RunInfo, Shutdown
 from ipc.shm import unlink_segment
 
 log = logging.getLogger("engine.child")
@@ -89,7 +89,7 @@ class SyncChild:
     loop sends heartbeats itself, so a stuck loop shows up as a missed heartbeat.
     """
 
-    proc = "child"
+    proc: ProcName = "transport"  # every subclass sets its own
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         self.cfg = cfg

@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 
 from engine.config import Config
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, RunInfo
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo
 from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger(__name__)
 
 
 class LlmProc(SyncChild):
-    proc = "llm"
+    proc: ProcName = "llm"
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from engine.config import Config
 from ipc.ring import RingReader
-from ipc.schema import AnyMsg, CallEnded, CallStarted, RunInfo
+from ipc.schema import AnyMsg, CallEnded, CallStarted, ProcName, RunInfo
 from procs.child import SyncChild, run_sync_child
 
 BUS_POLL_S = 0.02  # longest a bus message waits while audio is flowing
 
 
 class SpeechProc(SyncChild):
-    proc = "speech"
+    proc: ProcName = "speech"
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)

@@ -69,10 +69,13 @@ class TransportProc:
                                                   stats={"calls": len(self.pool.leases())}))
             await asyncio.sleep(self.cfg.supervisor.heartbeat_interval_s)
 
+    def _stop_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self.stopping.set)
+
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        watch_parent(self.run, lambda: loop.call_soon_threadsafe(self.stopping.set))
+        watch_parent(self.run, lambda: self._stop_from_thread(loop))
         self.bus = AsyncBus(Path(self.run.runtime_dir), "transport")
         app = web.Application()
         app.router.add_get("/health", self.health)

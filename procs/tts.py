@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from engine.config import Config
 from ipc.ring import RingWriter
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, RunInfo
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo
 from procs.child import SyncChild, run_sync_child
 
 
 class TtsProc(SyncChild):
-    proc = "tts"
+    proc: ProcName = "tts"
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)

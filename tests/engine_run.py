@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -107,11 +107,13 @@ class EngineRun:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
-        for line in out.stdout.split():
+        marker = f"ENGINE_ENGINE__INSTANCE={self.instance}\0"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
-                if f"engine-{self.instance}" in Path(f"/proc/{line}/environ").read_text(errors="replace"):
-                    os.kill(int(line), signal.SIGKILL)
+                if marker in (entry / "environ").read_text(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
         if not self._log.closed:

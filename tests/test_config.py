@@ -25,8 +25,10 @@ def test_file_then_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("toml", "env", "expected"),
     [
-        ("[transport]\nport = 70000\n", {}, "config error: transport.port = 70000 (from {path}): Expected `int` <= 65535"),
-        ("", {"ENGINE_TRANSPORT__PORT": "http"}, "transport.port = 'http' (from ENGINE_TRANSPORT__PORT): Expected `int`"),
+        ("[transport]\nport = 70000\n", {},
+         "config error: transport.port = 70000 (from {path}): Expected `int` <= 65535"),
+        ("", {"ENGINE_TRANSPORT__PORT": "http"},
+         "transport.port = 'http' (from ENGINE_TRANSPORT__PORT): Expected `int`"),
         ("[ring]\nslots = 48\n", {}, "ring.slots = 48 (from {path}): must be a power of two"),
         ("[engine]\nmax_calls = 0\n", {}, "engine.max_calls = 0"),
         ("[llm]\nbackend = \"gpt\"\n", {}, "llm.backend = 'gpt'"),
@@ -62,4 +64,5 @@ def test_cli_prints_the_error_and_exits_2(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "engine", "check-config"], capture_output=True, text=True,
                             env={"ENGINE_RING__SLOTS": "3", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["config error: ring.slots = 3 (from ENGINE_RING__SLOTS): must be a power of two"]
+    expected = "config error: ring.slots = 3 (from ENGINE_RING__SLOTS): must be a power of two"
+    assert result.stderr.strip().splitlines() == [expected]
