@@ -5,11 +5,16 @@ sleeps in the kernel (Linux futex on a shared mapping) until rung or a timeout.
 One doorbell serves every ring one consumer process reads, so the speech process
 sleeps on a single word for all its calls.
 
-No lost wake-ups: the consumer announces itself in `waiters`, then samples `seq`,
-then re-checks its rings, then sleeps only while `seq` is unchanged (the kernel
-checks that atomically). The producer bumps `seq` after publishing and wakes when
-`waiters` is non-zero. All four operations are sequentially consistent, so either
-the producer sees the waiter or the waiter sees the data / the bumped `seq`.
+No lost wake-ups (a Dekker-style handshake, every step sequentially consistent):
+the consumer increments `waiters`, samples `seq`, re-checks its rings, and sleeps
+only while `seq` still holds the sample (the kernel compares atomically). The
+producer publishes its index, then reads `waiters`; only when someone waits does
+it bump `seq` and wake. If the producer read `waiters == 0`, the consumer's
+increment comes later in the total order, so its re-check sees the data; if the
+producer saw a waiter, it bumps `seq` and wakes, and a consumer that sampled
+`seq` before the bump cannot fall asleep on the stale value.
+
+The common case, a consumer busy or spinning, costs the producer one atomic load.
 """
 
 from __future__ import annotations
@@ -70,9 +75,9 @@ class Doorbell:
         self.wakeups = 0  # futex wake syscalls issued by this process (diagnostics)
 
     def ring(self) -> None:
-        """Called by a producer after publishing."""
-        self._seq.fetch_add(1)
+        """Called by a producer after a sequentially consistent publish."""
         if self._waiters.load_seq_cst():
+            self._seq.fetch_add(1)
             self.wakeups += 1
             futex_wake(self._seq.address)
 

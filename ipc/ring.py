@@ -15,7 +15,10 @@ Layout of one ring (offsets from the ring's base, all little-endian):
     followed by the payload.
 
 Indices are monotonic u64 (arithmetic modulo 2**64) on their own cache lines; the
-slot is `index & (slots - 1)`. A producer never blocks: a full ring refuses the
+slot is `index & (slots - 1)`. Each side keeps its own index in a local variable
+and a cached copy of the other side's, reloading it only when the cache says the
+ring is full (producer) or empty (consumer), so a frame costs a couple of atomic
+operations, not a handful. A producer never blocks: a full ring refuses the
 frame and counts it. Sequence numbers include refused frames, so a consumer sees
 drops as gaps. Every slot carries the epoch it was written under and the producer
 incarnation that wrote it: a consumer of a reused ring skips frames of an earlier
@@ -117,8 +120,11 @@ class Ring:
         self._epoch.store(epoch)
 
     def available(self) -> int:
-        """Frames published and not yet consumed (safe to call from the consumer)."""
-        return int((self._write.load() - self._read.load_relaxed()) & _MASK64)
+        """Frames published and not yet consumed (safe to call from the consumer).
+
+        Sequentially consistent: it is the re-check in the doorbell handshake.
+        """
+        return int((self._write.load_seq_cst() - self._read.load_relaxed()) & _MASK64)
 
     def stats(self) -> RingStats:
         """A racy but untorn snapshot, for health reporting from any process."""
@@ -149,6 +155,8 @@ class RingWriter:
         self.epoch = ring.epoch if epoch is None else epoch
         self.refused_stale = 0
         self.producer = (ring._producers.fetch_add(1) + 1) & 0xFFFFFFFF
+        self._w = ring._write.load()  # ours alone from here on
+        self._r_cached = ring._read.load()
         self._seq = _U64.unpack_from(ring.buf, ring.base + _OFF_SEQ)[0]
         self._drops: int = _U64.unpack_from(ring.buf, ring.base + _OFF_DROPS)[0]
 
@@ -169,9 +177,10 @@ class RingWriter:
         seq = self._seq
         self._seq = seq + 1
         _U64.pack_into(ring.buf, ring.base + _OFF_SEQ, self._seq)
-        w = ring._write.load_relaxed()  # our own index
-        r = ring._read.load()
-        if (w - r) & _MASK64 >= ring.slots:
+        w = self._w
+        if (w - self._r_cached) & _MASK64 >= ring.slots:
+            self._r_cached = ring._read.load()
+        if (w - self._r_cached) & _MASK64 >= ring.slots:
             self._drops += 1
             _U64.pack_into(ring.buf, ring.base + _OFF_DROPS, self._drops)
             return False
@@ -180,7 +189,9 @@ class RingWriter:
                               self.epoch, sample_rate, n, flags, self.producer)
         start = off + SLOT_HEADER.size
         ring.buf[start:start + n] = payload
-        ring._write.store((w + 1) & _MASK64)
+        self._w = (w + 1) & _MASK64
+        # Sequentially consistent, not just release: the doorbell's waiter check must not pass it.
+        ring._write.store_seq_cst(self._w)
         ring.doorbell.ring()
         return True
 
@@ -197,20 +208,24 @@ class RingReader:
         self.epoch = epoch
         self.last_producer = 0
         self._stale = _U64.unpack_from(ring.buf, ring.base + _OFF_STALE)[0]
+        self._r = ring._read.load()  # ours alone from here on
+        self._w_cached = self._r
 
     def read(self) -> Frame | None:
         """Next frame of this epoch, or None when the ring is empty. Never blocks."""
         ring = self.ring
         while True:
-            r = ring._read.load_relaxed()  # our own index
-            w = ring._write.load()
-            if r == w:
-                return None
+            r = self._r
+            if r == self._w_cached:
+                self._w_cached = ring._write.load()
+                if r == self._w_cached:
+                    return None
             off = ring.slot_offset(r)
             seq, t_ns, epoch, rate, n, flags, producer = SLOT_HEADER.unpack_from(ring.buf, off)
             start = off + SLOT_HEADER.size
             payload = bytes(ring.buf[start:start + n])
-            ring._read.store((r + 1) & _MASK64)
+            self._r = (r + 1) & _MASK64
+            ring._read.store(self._r)
             if self.epoch is not None and epoch != self.epoch:
                 self._stale += 1
                 _U64.pack_into(ring.buf, ring.base + _OFF_STALE, self._stale)
@@ -221,8 +236,9 @@ class RingReader:
     def discard_all(self) -> int:
         """Skip everything published so far (a call ended; its leftovers are worthless)."""
         ring = self.ring
-        r = ring._read.load_relaxed()
-        w = ring._write.load()
+        r = self._r
+        w = self._w_cached = ring._write.load()
+        self._r = w
         ring._read.store(w)
         return int((w - r) & _MASK64)
 

@@ -212,3 +212,49 @@ def test_multiprocess_stress_every_frame_intact_or_counted(slots: int) -> None:
         pool.close()
         pool.unlink()
     assert shm_entries(name) == []
+
+
+# --- wake-ups -------------------------------------------------------------------------------
+
+def _echo(name: str, rounds: int, conn) -> None:
+    pool = RingPool.attach(name)
+    try:
+        reader, writer = RingReader(pool.inbound[0]), RingWriter(pool.outbound[0])
+        missed = 0
+        for _ in range(rounds):
+            if not reader.wait(10.0, spin_s=0.0):
+                missed += 1
+                continue
+            frame = reader.read()
+            assert frame is not None
+            writer.write(frame.payload, 8000)
+        conn.send(missed)
+    finally:
+        pool.close()
+
+
+def test_no_lost_wake_ups_in_a_ping_pong_that_always_sleeps() -> None:
+    """Both sides sleep on the futex before every frame; a lost wake-up would stall a round for 10 s."""
+    rounds = 1500
+    name = f"{unique_instance()}-{os.getpid()}-pool"
+    pool = RingPool.create(name, max_calls=1, slots=4, capacity=16)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    try:
+        echo = ctx.Process(target=_echo, args=(name, rounds, child))
+        echo.start()
+        writer, reader = RingWriter(pool.inbound[0]), RingReader(pool.outbound[0])
+        missed = 0
+        for i in range(rounds):
+            writer.write(i.to_bytes(4, "little"), 8000)
+            if not reader.wait(10.0, spin_s=0.0):
+                missed += 1
+                break
+            frame = reader.read()
+            assert frame is not None and int.from_bytes(frame.payload, "little") == i
+        echo.join(30)
+        assert missed == 0 and parent.recv() == 0
+        assert pool.doorbells["inbound"].wakeups > 0  # the futex path really was taken
+    finally:
+        pool.close()
+        pool.unlink()
