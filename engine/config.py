@@ -58,7 +58,31 @@ class TransportSection(_Section):
     host: str = "0.0.0.0"
     port: Port = 8080
     public_url: str = ""
-    """https URL Twilio reaches this host at; needed for webhooks and signatures."""
+    """https URL Twilio reaches this host at (signatures are computed over it). Empty: taken from each request."""
+    validate_signatures: bool = True
+    """Refuse webhooks without a valid X-Twilio-Signature. Only turn off on a trusted test network."""
+    stream_secret: str = ""
+    """Key that signs per-call stream tokens. Empty: a random one per engine run."""
+    stream_token_ttl_s: Positive = 300.0
+    """How long after the webhook answered a call its media stream may still connect."""
+    inbound_rate: Literal[8000, 16000] = 16000
+    """Sample rate of the caller audio written to the inbound rings (the speech models want 16 kHz)."""
+    outbound_lead_ms: Annotated[int, msgspec.Meta(ge=40, le=2000)] = 200
+    """How far ahead of real-time playback audio is sent to Twilio: small, so `clear` silences fast."""
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536
+    recordings_dir: str = ""
+    """Per-call WAV (both directions) + JSONL events go here; empty: no recording."""
+
+
+class TwilioSection(_Section):
+    """Credentials for the REST API (outbound calls) and webhook signatures.
+
+    Also read from the standard TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM_NUMBER.
+    """
+
+    account_sid: str = ""
+    auth_token: str = ""
+    from_number: str = ""
 
 
 class SupervisorSection(_Section):
@@ -107,6 +131,7 @@ class Config(_Section):
     engine: EngineSection = msgspec.field(default_factory=EngineSection)
     ring: RingSection = msgspec.field(default_factory=RingSection)
     transport: TransportSection = msgspec.field(default_factory=TransportSection)
+    twilio: TwilioSection = msgspec.field(default_factory=TwilioSection)
     supervisor: SupervisorSection = msgspec.field(default_factory=SupervisorSection)
     speech: SpeechSection = msgspec.field(default_factory=SpeechSection)
     llm: LlmSection = msgspec.field(default_factory=LlmSection)
@@ -187,7 +212,12 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             if isinstance(values, dict):
                 for key in values:
                     origin[f"{section}.{key}"] = str(p)
-    overrides, env_origin = _env_overrides(dict(os.environ if environ is None else environ))
+    env = dict(os.environ if environ is None else environ)
+    for key in ("account_sid", "auth_token", "from_number"):
+        if env.get(f"TWILIO_{key.upper()}"):
+            data.setdefault("twilio", {}).setdefault(key, env[f"TWILIO_{key.upper()}"])
+            origin.setdefault(f"twilio.{key}", f"TWILIO_{key.upper()}")
+    overrides, env_origin = _env_overrides(env)
     for section, values in overrides.items():
         existing = data.setdefault(section, {})
         if not isinstance(existing, dict):
@@ -218,5 +248,8 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     # ipc:// socket paths are limited to ~107 bytes; leave room for "<instance>-<pid>/<name>.urgent".
     if len(str(cfg.runtime_base)) > 60:
         fail("engine.runtime_dir", str(cfg.runtime_base), "too long for a Unix socket path (60 characters at most)")
-    if cfg.transport.public_url and not re.match(r"^https?://[^/\s]+", cfg.transport.public_url):
-        fail("transport.public_url", cfg.transport.public_url, "must be an http(s) URL such as https://example.com")
+    if cfg.transport.public_url and not re.fullmatch(r"https?://[^/\s]+", cfg.transport.public_url.rstrip("/")):
+        fail("transport.public_url", cfg.transport.public_url,
+             "must be an http(s) URL with no path, such as https://voice.example.com")
+    if cfg.twilio.from_number and not re.fullmatch(r"\+[1-9]\d{6,14}", cfg.twilio.from_number):
+        fail("twilio.from_number", cfg.twilio.from_number, "must be an E.164 number such as +15551234567")

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -102,6 +103,9 @@ def describe_exit(code: int | None) -> str:
 
 class Supervisor:
     def __init__(self, cfg: Config) -> None:
+        if not cfg.transport.stream_secret:
+            # Stream tokens must verify in a restarted transport too: one key per engine run.
+            cfg.transport.stream_secret = secrets.token_hex(32)
         self.cfg = cfg
         self.pid = os.getpid()
         self.instance = cfg.engine.instance

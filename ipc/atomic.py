@@ -25,8 +25,11 @@ _SEQ_CST = 5
 class AtomicWord:
     """An unsigned atomic integer of 4 or 8 bytes at an aligned offset of a buffer.
 
-    Call `close()` before the underlying buffer (mmap) is closed: the word holds
-    an exported view of it.
+    The memory operations are atomic across processes and threads, but one
+    AtomicWord *object* is not thread-safe (it reuses scratch buffers): a thread
+    that needs a word another thread also uses makes its own AtomicWord (or Ring)
+    over the same memory. Call `close()` before the underlying buffer (mmap) is
+    closed: the word holds an exported view of it.
     """
 
     __slots__ = (

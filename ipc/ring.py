@@ -35,6 +35,10 @@ from ipc.atomic import AtomicWord
 from ipc.futex import Doorbell
 
 MAGIC = 0x52494E47  # "RING"
+FLAG_MARK = 1
+"""Outbound: tell the transport to send Twilio a mark named str(seq) once this frame has been sent."""
+FLAG_END = 2
+"""Outbound: last frame of an utterance; flush resampler and partial frames so it all plays."""
 HEADER_BYTES = 256
 SLOT_HEADER = struct.Struct("<QQQIIII")
 _U64 = struct.Struct("<Q")

@@ -1,31 +1,87 @@
-"""The transport process: the engine's only door to the network.
+"""The transport process: the engine's only door to the phone network.
 
-At this stage it serves `/health` on the transport port; the Twilio webhook and
-Media Streams WebSocket arrive in a later issue. It runs one asyncio loop: no
-model call, file write or blocking wait ever happens on it.
+HTTP: the Twilio voice webhook (TwiML), the status callback, /health. WebSocket:
+Twilio Media Streams, one socket per call, each driven through a
+`MediaStreamSession` (protocol) and a `CallAudio` (rings <-> Twilio messages).
+Everything runs on one asyncio loop; file writes go to the recorder's thread, and
+a watcher thread sleeps on the outbound doorbell so bot audio leaves the moment
+the TTS publishes it. A socket that misbehaves is closed with a reason; no other
+call notices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
+from engine.call_audio import CallAudio
 from engine.config import Config
 from engine.health import build_health
+from engine.media_stream import (
+    CLOSE_POLICY,
+    Audio,
+    Dtmf,
+    MarkEcho,
+    MediaStreamSession,
+    Reject,
+    Started,
+    Stopped,
+)
+from engine.recorder import Recorder
+from engine.telephony import (
+    STATUS_PATH,
+    STREAM_PATH,
+    TOKEN_PARAMETER,
+    VOICE_PATH,
+    StreamTokens,
+    connect_twiml,
+    reject_twiml,
+    signature_valid,
+)
 from ipc.bus import AsyncBus
-from ipc.pool import RingPool
-from ipc.schema import Heartbeat, Ready, RunInfo, Shutdown, Status
+from ipc.pool import Lease, RingPool
+from ipc.ring import Ring, RingReader, RingWriter
+from ipc.schema import CallEnded, CallStarted, Heartbeat, Ready, RunInfo, Shutdown, Status
 from procs.child import bootstrap, watch_parent
 
 log = logging.getLogger("engine.transport")
+
+CLOSE_TRY_AGAIN = 1013
+OUTBOUND_RATE_HINT = 22050  # the default TTS's rate; the real rate travels with every frame
+CALL_PEERS = ("speech", "llm", "tts")
+
+
+def _any_has_audio(rings: list[Ring]) -> bool:
+    return any(ring.available() for ring in rings)
+
+
+class ActiveCall:
+    """A streaming call: its lease, socket, audio and the task that sends its audio."""
+
+    def __init__(self, lease: Lease, ws: web.WebSocketResponse, audio: CallAudio, started: Started) -> None:
+        self.lease = lease
+        self.ws = ws
+        self.audio = audio
+        self.started = started
+        self.kick = asyncio.Event()
+        self.waiting_for_audio = False  # read by the doorbell thread
+        self.watch_ring: Ring | None = None  # the doorbell thread's own view of the outbound ring
+        self.sender: asyncio.Task[None] | None = None
+        self.dtmf: list[str] = []
+        self.marks_echoed: list[str] = []
 
 
 class TransportProc:
@@ -39,6 +95,69 @@ class TransportProc:
         self.status: Status | None = None
         self.status_at = 0.0
         self.stopping = asyncio.Event()
+        self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
+        self.calls: dict[str, ActiveCall] = {}
+        self.counters: Counter[str] = Counter()
+        self.recorder = Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
+        self._watch_stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- HTTP: webhooks and health ---------------------------------------------------------
+    def public_url(self, request: web.Request) -> str:
+        if self.cfg.transport.public_url:
+            return self.cfg.transport.public_url.rstrip("/")
+        proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+        host = request.headers.get("X-Forwarded-Host", request.host)
+        return f"{proto}://{host}"
+
+    async def _twilio_form(self, request: web.Request, path: str) -> dict[str, str] | web.Response:
+        """The webhook's form, if it really comes from Twilio; else the refusal to answer with."""
+        form = await request.post()
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        if self.cfg.transport.validate_signatures:
+            url = self.public_url(request) + path + (f"?{request.query_string}" if request.query_string else "")
+            if not self.cfg.twilio.auth_token:
+                log.warning("refused %s: twilio.auth_token (TWILIO_AUTH_TOKEN) is not set, so X-Twilio-Signature "
+                            "cannot be checked", path)
+                self.counters["webhook_refused"] += 1
+                return web.Response(status=403, text="signature cannot be validated\n")
+            if not signature_valid(self.cfg.twilio.auth_token, url, params,
+                                   request.headers.get("X-Twilio-Signature")):
+                log.warning("refused %s from %s: bad or missing X-Twilio-Signature (validated against %s)",
+                            path, request.remote, url)
+                self.counters["webhook_refused"] += 1
+                return web.Response(status=403, text="invalid signature\n")
+        return params
+
+    async def voice(self, request: web.Request) -> web.Response:
+        params = await self._twilio_form(request, VOICE_PATH)
+        if isinstance(params, web.Response):
+            return params
+        call_sid = params.get("CallSid", "")
+        if not call_sid:
+            return web.Response(status=400, text="CallSid missing\n")
+        if len(self.pool.leases()) >= self.pool.max_calls:
+            self.counters["calls_refused_capacity"] += 1
+            log.warning("call %s refused: all %d lines busy", call_sid, self.pool.max_calls)
+            twiml = reject_twiml("All our lines are busy right now. Please call again in a few minutes.")
+        else:
+            self.counters["webhooks_answered"] += 1
+            log.info("call %s (%s -> %s, %s) answered", call_sid, params.get("From"), params.get("To"),
+                     params.get("Direction", "inbound"))
+            twiml = connect_twiml(self.public_url(request), self.tokens.issue(call_sid))
+        return web.Response(text=twiml, content_type="text/xml")
+
+    async def status_callback(self, request: web.Request) -> web.Response:
+        params = await self._twilio_form(request, STATUS_PATH)
+        if isinstance(params, web.Response):
+            return params
+        what = params.get("StreamEvent") or params.get("CallStatus") or "unknown"
+        self.counters[f"status_{what}"] += 1
+        call_sid = params.get("CallSid", "")
+        log.info("status callback: call %s %s", call_sid, what)
+        if self.recorder is not None and call_sid in self.calls:
+            self.recorder.event(call_sid, {"t_ns": time.monotonic_ns(), "event": "status", "params": params})
+        return web.Response(status=204)
 
     async def health(self, request: web.Request) -> web.Response:
         assert self.bus is not None
@@ -49,8 +168,182 @@ class TransportProc:
             [r.stats() for r in self.pool.inbound], [r.stats() for r in self.pool.outbound],
             {"dropped_sends": self.bus.dropped_sends, "bad_messages": self.bus.bad_messages},
         )
+        body["transport"] = {
+            "counters": dict(self.counters),
+            "calls": {cid: {"stream_sid": c.started.stream_sid, "frames_in": c.audio.frames_in,
+                            "frames_out": c.audio.frames_out, "inbound_dropped": c.audio.inbound_dropped,
+                            "marks_sent": c.audio.marks_sent}
+                      for cid, c in self.calls.items()},
+        }
         return web.Response(status=code, body=msgspec.json.encode(body), content_type="application/json")
 
+    # --- the Media Streams socket ----------------------------------------------------------
+    def _verify_token(self, params: dict[str, str], call_sid: str) -> str | None:
+        token = params.get(TOKEN_PARAMETER)
+        if token is None:
+            return "stream token missing from customParameters"
+        return self.tokens.verify(token, call_sid)
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.transport.max_message_bytes, autoping=True)
+        await ws.prepare(request)
+        session = MediaStreamSession(self._verify_token)
+        call: ActiveCall | None = None
+        outcome = "socket closed without stop"
+        try:
+            async for msg in ws:
+                t_ns = time.monotonic_ns()
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    event = session.receive(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    event = session.receive_binary()
+                else:  # ERROR: e.g. a message over max_message_bytes; aiohttp has closed with 1009
+                    outcome = f"protocol error: {ws.exception()}"
+                    log.warning("media stream from %s closed: %s", request.remote, outcome)
+                    self.counters["streams_rejected"] += 1
+                    break
+                if event is None:
+                    continue
+                if isinstance(event, Reject):
+                    outcome = f"rejected: {event.reason}"
+                    log.warning("media stream %s from %s closed (%d): %s", session.stream_sid or "(no start)",
+                                request.remote, event.code, event.reason)
+                    self.counters["streams_rejected"] += 1
+                    await ws.close(code=event.code, message=event.reason.encode()[:120])
+                    break
+                if isinstance(event, Started):
+                    started = self._start_call(event, ws)
+                    if isinstance(started, Reject):
+                        outcome = f"refused: {started.reason}"
+                        await ws.close(code=started.code, message=started.reason.encode())
+                        break
+                    call = started
+                elif call is None:
+                    continue
+                elif isinstance(event, Audio):
+                    call.audio.on_media(event.mulaw, t_ns)
+                elif isinstance(event, Dtmf):
+                    call.dtmf.append(event.digit)
+                    self._record_event(call, {"event": "dtmf", "digit": event.digit})
+                elif isinstance(event, MarkEcho):
+                    call.marks_echoed.append(event.name)
+                    self._record_event(call, {"event": "mark", "name": event.name})
+                elif isinstance(event, Stopped):
+                    outcome = "caller hung up (stop)"
+                    break
+        finally:
+            if call is not None:
+                await self._end_call(call, outcome, session)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    def _start_call(self, started: Started, ws: web.WebSocketResponse) -> ActiveCall | Reject:
+        assert self.bus is not None
+        call_id = started.call_sid
+        if call_id in self.calls:
+            log.warning("second stream for call %s refused", call_id)
+            return Reject(CLOSE_POLICY, "call already streaming")
+        lease = self.pool.lease(call_id)
+        if lease is None:
+            log.warning("stream for call %s refused: all %d ring pairs in use", call_id, self.pool.max_calls)
+            self.counters["calls_refused_capacity"] += 1
+            return Reject(CLOSE_TRY_AGAIN, "engine at capacity")
+        record = None
+        if self.recorder is not None:
+            recorder = self.recorder
+            recorder.open(call_id)
+            record = lambda direction, pcm: recorder.audio(call_id, direction, pcm)  # noqa: E731
+        audio = CallAudio(started.stream_sid, RingWriter(self.pool.inbound[lease.slot], lease.epoch),
+                          RingReader(self.pool.outbound[lease.slot], lease.epoch),
+                          inbound_rate=self.cfg.transport.inbound_rate,
+                          lead_s=self.cfg.transport.outbound_lead_ms / 1000, record=record)
+        call = ActiveCall(lease, ws, audio, started)
+        out_ring = self.pool.outbound[lease.slot]
+        call.watch_ring = Ring(out_ring.buf, out_ring.base, out_ring.doorbell)
+        self.calls[call_id] = call
+        for peer in CALL_PEERS:
+            self.bus.send(peer, CallStarted(call_id=call_id, slot=lease.slot, epoch=lease.epoch,
+                                            inbound_rate=self.cfg.transport.inbound_rate,
+                                            outbound_rate=OUTBOUND_RATE_HINT))
+        call.sender = asyncio.ensure_future(self._send_loop(call))
+        self.counters["calls_started"] += 1
+        self._record_event(call, {"event": "start", "stream_sid": started.stream_sid, "slot": lease.slot,
+                                  "epoch": lease.epoch, "custom_parameters": sorted(started.custom_parameters)})
+        log.info("call %s streaming on ring pair %d (epoch %d)", call_id, lease.slot, lease.epoch)
+        return call
+
+    async def _end_call(self, call: ActiveCall, outcome: str, session: MediaStreamSession) -> None:
+        assert self.bus is not None
+        call_id = call.lease.call_id
+        self.calls.pop(call_id, None)
+        if call.sender is not None:
+            call.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await call.sender
+        for peer in CALL_PEERS:
+            self.bus.send(peer, CallEnded(call_id=call_id, slot=call.lease.slot, epoch=call.lease.epoch,
+                                          reason=outcome))
+        call.audio.outbound.discard_all()
+        self.pool.release(call.lease)
+        if call.watch_ring is not None:
+            call.watch_ring.close()
+        self._record_event(call, {"event": "end", "outcome": outcome, "frames_in": call.audio.frames_in,
+                                  "frames_out": call.audio.frames_out, "seq_gaps": session.seq_gaps,
+                                  "seq_out_of_order": session.seq_out_of_order})
+        if self.recorder is not None:
+            self.recorder.close(call_id)
+        self.counters["calls_ended"] += 1
+        self.counters["seq_gaps"] += session.seq_gaps
+        log.info("call %s ended: %s (%d frames in, %d out, %d sequence gaps)", call_id, outcome,
+                 call.audio.frames_in, call.audio.frames_out, session.seq_gaps)
+
+    def _record_event(self, call: ActiveCall, event: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.event(call.lease.call_id, {"t_ns": time.monotonic_ns(), **event})
+
+    async def clear(self, call: ActiveCall) -> None:
+        """Silence the caller now: Twilio drops its queue, we drop ours."""
+        await call.ws.send_str(call.audio.clear(time.monotonic()))
+        self._record_event(call, {"event": "clear"})
+
+    # --- outbound audio --------------------------------------------------------------------
+    async def _send_loop(self, call: ActiveCall) -> None:
+        """Move bot audio from the ring to Twilio, paced; sleeps on the doorbell thread when idle."""
+        audio = call.audio
+        while not call.ws.closed:
+            audio.pull()
+            for message in audio.due_messages(time.monotonic()):
+                await call.ws.send_str(message)
+            due = audio.next_due_at()
+            if due is not None:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                continue
+            call.kick.clear()
+            call.waiting_for_audio = True
+            if audio.outbound.ring.available():
+                call.waiting_for_audio = False
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(call.kick.wait(), 1.0)
+            call.waiting_for_audio = False
+
+    def _watch_outbound(self) -> None:
+        """Thread: sleep on the outbound doorbell; kick every idle call whose ring got audio."""
+        bell = self.pool.doorbells["outbound"]
+        spin = self.cfg.ring.spin_us * 1e-6
+        while not self._watch_stop.is_set():
+            rings = {c: c.watch_ring for c in list(self.calls.values()) if c.waiting_for_audio and c.watch_ring}
+            ready = [c for c, ring in rings.items() if ring.available()]
+            if not ready:
+                bell.wait(functools.partial(_any_has_audio, list(rings.values())), 0.05, spin)
+                continue
+            for c in ready:
+                c.waiting_for_audio = False
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(c.kick.set)
+
+    # --- bus, heartbeat, lifecycle ---------------------------------------------------------
     async def bus_loop(self) -> None:
         assert self.bus is not None
         while True:
@@ -66,24 +359,32 @@ class TransportProc:
         while True:
             self.bus.send("supervisor", Heartbeat(proc="transport", pid=os.getpid(),
                                                   incarnation=self.run.incarnation,
-                                                  stats={"calls": len(self.pool.leases())}))
+                                                  stats={"calls": len(self.calls)}))
             await asyncio.sleep(self.cfg.supervisor.heartbeat_interval_s)
 
     def _stop_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self.stopping.set)
 
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.transport.max_message_bytes)
+        app.router.add_get("/health", self.health)
+        app.router.add_post(VOICE_PATH, self.voice)
+        app.router.add_post(STATUS_PATH, self.status_callback)
+        app.router.add_get(STREAM_PATH, self.stream)
+        return app
+
     async def main(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         watch_parent(self.run, lambda: self._stop_from_thread(loop))
         self.bus = AsyncBus(Path(self.run.runtime_dir), "transport")
-        app = web.Application()
-        app.router.add_get("/health", self.health)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
+        watcher = threading.Thread(target=self._watch_outbound, name="outbound-doorbell", daemon=True)
         try:
             site = web.TCPSite(runner, self.cfg.transport.host, self.cfg.transport.port, reuse_address=True)
             await site.start()
+            watcher.start()
             self.bus.send("supervisor", Ready(proc="transport", pid=os.getpid(), incarnation=self.run.incarnation))
             log.info("ready: listening on http://%s:%d", self.cfg.transport.host, self.cfg.transport.port)
             if "transport" in self.cfg.faults.hang_after_ready:
@@ -95,7 +396,15 @@ class TransportProc:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            for call in list(self.calls.values()):
+                with contextlib.suppress(Exception):
+                    await call.ws.close(code=1001, message=b"engine shutting down")
             await runner.cleanup()
+            self._watch_stop.set()
+            if watcher.is_alive():
+                watcher.join(2)
+            if self.recorder is not None:
+                self.recorder.stop()
             self.bus.close()
             self.pool.close()
             log.info("exited cleanly")

@@ -1,0 +1,121 @@
+"""One call's audio between Twilio and the rings: no sockets, no event loop.
+
+Inbound: μ-law from a `media` message -> PCM16 at 8 kHz -> resampled -> the call's
+inbound ring, the moment it arrives. Outbound: frames from the outbound ring (at
+the TTS's rate) -> 8 kHz -> μ-law, cut into 20 ms `media` messages that leave
+only as fast as `OutboundPacer` allows; a frame flagged FLAG_MARK is followed by a
+`mark` once all its audio has been sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
+from engine.media_stream import clear_message, mark_message, media_message
+from engine.pacing import OutboundPacer
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
+
+TWILIO_RATE = 8000
+FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
+MULAW_SILENCE = 0xFF
+
+RecordFn = Callable[[str, bytes], None]
+
+
+class CallAudio:
+    def __init__(self, stream_sid: str, inbound: RingWriter, outbound: RingReader, *, inbound_rate: int,
+                 lead_s: float, record: RecordFn | None = None) -> None:
+        self.stream_sid = stream_sid
+        self.inbound = inbound
+        self.outbound = outbound
+        self.inbound_rate = inbound_rate
+        self._in_resampler = StreamResampler(TWILIO_RATE, inbound_rate)
+        self._out_resampler: StreamResampler | None = None
+        self._record = record
+        self.pacer = OutboundPacer(lead_s)
+        self._pending = bytearray()  # μ-law waiting to be sent
+        self._queued_pos = 0  # absolute μ-law byte positions: end of what was queued / sent
+        self._sent_pos = 0
+        self._marks: deque[tuple[int, str]] = deque()
+        self.frames_in = 0
+        self.inbound_dropped = 0
+        self.frames_out = 0
+        self.marks_sent = 0
+
+    # --- inbound ----------------------------------------------------------------------
+    def on_media(self, mulaw: bytes, t_ns: int) -> None:
+        pcm8 = mulaw_to_pcm16(mulaw)
+        if self._record is not None:
+            self._record("inbound", pcm8.tobytes())
+        pcm = self._in_resampler.process(pcm8)
+        self.frames_in += 1
+        if len(pcm) == 0:
+            return
+        data = pcm.tobytes()
+        cap = self.inbound.ring.capacity
+        for start in range(0, len(data), cap):
+            if not self.inbound.write(data[start:start + cap], self.inbound_rate, t_ns):
+                self.inbound_dropped += 1
+
+    # --- outbound ---------------------------------------------------------------------
+    def _queue_pcm(self, pcm: np.ndarray, rate: int) -> None:
+        if self._out_resampler is None or self._out_resampler.in_rate != rate:
+            self._out_resampler = StreamResampler(rate, TWILIO_RATE)
+        self._queue_mulaw(pcm16_to_mulaw(self._out_resampler.process(pcm)))
+
+    def _queue_mulaw(self, mulaw: bytes) -> None:
+        self._pending += mulaw
+        self._queued_pos += len(mulaw)
+
+    def pull(self) -> int:
+        """Move everything the TTS has published into the send queue; returns frames taken."""
+        n = 0
+        while (frame := self.outbound.read()) is not None:
+            n += 1
+            self._queue_pcm(np.frombuffer(frame.payload, np.int16), frame.sample_rate)
+            if frame.flags & FLAG_END and self._out_resampler is not None:
+                self._queue_mulaw(pcm16_to_mulaw(self._out_resampler.flush()))
+                partial = len(self._pending) % FRAME_BYTES
+                if partial:
+                    self._queue_mulaw(bytes([MULAW_SILENCE]) * (FRAME_BYTES - partial))
+            if frame.flags & FLAG_MARK:
+                self._marks.append((self._queued_pos, str(frame.seq)))
+        return n
+
+    def due_messages(self, now: float) -> list[str]:
+        """Twilio messages that may be sent now, in order."""
+        out: list[str] = []
+        while True:
+            while self._marks and self._marks[0][0] <= self._sent_pos:
+                out.append(mark_message(self.stream_sid, self._marks.popleft()[1]))
+                self.marks_sent += 1
+            if len(self._pending) < FRAME_BYTES or not self.pacer.may_send(now):
+                return out
+            chunk = bytes(self._pending[:FRAME_BYTES])
+            del self._pending[:FRAME_BYTES]
+            self._sent_pos += FRAME_BYTES
+            self.pacer.sent(now)
+            self.frames_out += 1
+            if self._record is not None:
+                self._record("outbound", mulaw_to_pcm16(chunk).tobytes())
+            out.append(media_message(self.stream_sid, chunk))
+
+    def next_due_at(self) -> float | None:
+        """When `due_messages` will next have something, if audio is waiting; None if nothing is."""
+        if len(self._pending) >= FRAME_BYTES:
+            return self.pacer.next_send_at()
+        return None
+
+    def clear(self, now: float) -> str:
+        """Barge-in: forget all unsent bot audio and marks; returns the Twilio `clear` to send."""
+        self.outbound.discard_all()
+        self._pending.clear()
+        self._sent_pos = self._queued_pos
+        self._marks.clear()
+        self._out_resampler = None  # its filter still holds the cleared audio's tail
+        self.pacer.reset(now)
+        return clear_message(self.stream_sid)
