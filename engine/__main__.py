@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("supervisor", help="run the engine: supervisor plus transport, speech, llm and tts processes")
     sub.add_parser("check-config", help="validate the configuration and print it as TOML")
+    call = sub.add_parser("call", help="place an outbound call through Twilio that connects to this engine")
+    call.add_argument("to", help="number to call, E.164 (+15551234567)")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -29,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         import msgspec
 
         sys.stdout.write(msgspec.toml.encode(cfg).decode() if hasattr(msgspec, "toml") else str(cfg))
+        return 0
+    if args.command == "call":
+        from engine.outbound import OutboundCallError, place_call
+
+        try:
+            print(f"calling {args.to}: {place_call(cfg, args.to)}")
+        except OutboundCallError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     from engine.supervisor import run_supervisor
     from procs.child import setup_logging

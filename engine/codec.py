@@ -64,19 +64,24 @@ def pcm16_to_mulaw(samples: Pcm16) -> bytes:
 
 
 class StreamResampler:
-    """Per-call, per-direction streaming resampler (int16 mono). Identity when the rates match."""
+    """Per-call, per-direction streaming resampler (int16 mono). Identity when the rates match.
+
+    Runs in float32 and rounds itself: soxr's int16 output is dithered, so the same
+    input would not give the same samples twice, and recordings, tests and the
+    caller's view of the audio could not be compared exactly.
+    """
 
     def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ") -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._stream = None if in_rate == out_rate else soxr.ResampleStream(
-            in_rate, out_rate, 1, dtype="int16", quality=quality, vr=True)
+            in_rate, out_rate, 1, dtype="float32", quality=quality, vr=True)
 
     def process(self, samples: Pcm16) -> Pcm16:
         if self._stream is None:
             return samples
-        out: Pcm16 = self._stream.resample_chunk(samples)
-        return out
+        out = self._stream.resample_chunk(samples.astype(np.float32) * (1 / 32768))
+        return np.clip(np.rint(out * 32768), -32768, 32767).astype(np.int16)
 
     def flush(self) -> Pcm16:
         """Push out what the filter still holds by feeding 40 ms of silence (the stream stays usable)."""

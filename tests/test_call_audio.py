@@ -1,0 +1,116 @@
+"""One call's audio path without sockets: inbound to the ring, outbound paced with marks, clear."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import numpy as np
+import pytest
+
+from engine.call_audio import CallAudio
+from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
+from engine.pacing import OutboundPacer
+from ipc.pool import RingPool
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
+from tests.shm_helpers import unique_instance
+
+
+@pytest.fixture
+def pool():
+    p = RingPool.create(f"{unique_instance()}-{os.getpid()}-pool", max_calls=1, slots=64, capacity=1920)
+    yield p
+    p.close()
+    p.unlink()
+
+
+def make_call(pool: RingPool, inbound_rate: int = 16000, lead_s: float = 0.2) -> tuple[CallAudio, list]:
+    lease = pool.lease("CA1")
+    assert lease is not None
+    recorded: list[tuple[str, bytes]] = []
+    audio = CallAudio("MZ1", RingWriter(pool.inbound[0], lease.epoch), RingReader(pool.outbound[0], lease.epoch),
+                      inbound_rate=inbound_rate, lead_s=lead_s, record=lambda d, b: recorded.append((d, b)))
+    return audio, recorded
+
+
+def tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * np.pi * freq * t) * 10000).astype(np.int16)
+
+
+def test_pacer_keeps_the_lead_and_never_drifts() -> None:
+    p = OutboundPacer(lead_s=0.1)
+    sent = 0
+    while p.may_send(0.0):
+        p.sent(0.0)
+        sent += 1
+    assert sent == 5 and p.queued_s(0.0) == pytest.approx(0.1)
+    assert p.next_send_at() == pytest.approx(0.02)
+    assert p.may_send(0.02) and not p.may_send(0.019)
+    p.reset(1.0)
+    assert p.queued_s(1.0) == 0 and p.may_send(1.0)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_inbound_media_reaches_the_ring_exactly(pool: RingPool, rate: int) -> None:
+    audio, recorded = make_call(pool, inbound_rate=rate)
+    mulaw = pcm16_to_mulaw(tone(8000, 1.0))
+    for i in range(0, len(mulaw), 160):
+        audio.on_media(mulaw[i:i + 160], t_ns=i)
+    reader = RingReader(pool.inbound[0])
+    got = b"".join(f.payload for f in iter(reader.read, None))
+    expected = StreamResampler(8000, rate)
+    want = b"".join(expected.process(mulaw_to_pcm16(mulaw[i:i + 160])).tobytes() for i in range(0, len(mulaw), 160))
+    assert got == want and len(got) > 0
+    assert b"".join(b for d, b in recorded if d == "inbound") == mulaw_to_pcm16(mulaw).tobytes()
+
+
+def test_outbound_is_paced_marked_and_flushed(pool: RingPool) -> None:
+    audio, recorded = make_call(pool, lead_s=0.1)
+    tts = RingWriter(pool.outbound[0])
+    speech = tone(22050, 0.5)
+    frames = [speech[i:i + 441] for i in range(0, len(speech), 441)]
+    for i, frame in enumerate(frames):
+        flags = (FLAG_MARK if i in (9, len(frames) - 1) else 0) | (FLAG_END if i == len(frames) - 1 else 0)
+        tts.write(frame.tobytes(), 22050, flags=flags)
+    assert audio.pull() == len(frames)
+    now, sent = 0.0, []
+    while True:
+        batch = audio.due_messages(now)
+        assert audio.pacer.queued_s(now) <= 0.1 + 1e-9
+        sent += [json.loads(m) for m in batch]
+        due = audio.next_due_at()
+        if due is None:
+            break
+        now = max(now, due)
+    media = [m for m in sent if m["event"] == "media"]
+    marks = [(i, m["mark"]["name"]) for i, m in enumerate(sent) if m["event"] == "mark"]
+    assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
+    # 0.5 s of audio + the flushed filter tail, padded to whole 20 ms frames
+    assert 25 <= len(media) <= 28
+    assert [name for _, name in marks] == ["9", str(len(frames) - 1)]
+    assert marks[-1][0] == len(sent) - 1  # the last mark follows all the audio
+    first_mark_at = marks[0][0]
+    audio_before = sum(1 for m in sent[:first_mark_at] if m["event"] == "media")
+    assert 9 <= audio_before <= 11  # 10 frames of 20 ms went in before the mark, ±1 for filter lag
+    heard = np.concatenate([mulaw_to_pcm16(base64.b64decode(m["media"]["payload"])) for m in media])
+    assert b"".join(b for d, b in recorded if d == "outbound") == heard.tobytes()
+    ref = StreamResampler(22050, 8000)
+    want = mulaw_to_pcm16(pcm16_to_mulaw(np.concatenate([ref.process(f) for f in frames])))
+    assert np.array_equal(heard[:len(want)], want)
+
+
+def test_clear_drops_everything_unsent(pool: RingPool) -> None:
+    audio, _ = make_call(pool, lead_s=0.1)
+    tts = RingWriter(pool.outbound[0])
+    for i, frame in enumerate(np.split(tone(22050, 1.0), 50)):
+        tts.write(frame.tobytes(), 22050, flags=FLAG_MARK if i % 10 == 9 else 0)
+    audio.pull()
+    first = audio.due_messages(0.0)
+    assert len(first) == 5
+    assert json.loads(audio.clear(0.05)) == {"event": "clear", "streamSid": "MZ1"}
+    tts.write(tone(22050, 0.02).tobytes(), 22050)  # a frame the TTS wrote before it heard the cancel
+    audio.outbound.discard_all()
+    audio.pull()
+    assert audio.due_messages(10.0) == [] and audio.next_due_at() is None

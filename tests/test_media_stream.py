@@ -1,0 +1,124 @@
+"""The Media Streams protocol core: every message Twilio may send, and every way a client can get it wrong."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from engine.media_stream import (
+    CLOSE_INVALID,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED,
+    Audio,
+    Dtmf,
+    MarkEcho,
+    MediaStreamSession,
+    Reject,
+    Started,
+    Stopped,
+    clear_message,
+    mark_message,
+    media_message,
+)
+
+SID = "MZ00000000000000000000000000000001"
+
+
+def verify(params: dict[str, str], call_sid: str) -> str | None:
+    return None if params.get("token") == f"ok-{call_sid}" else "bad token"
+
+
+def start(seq: str = "1", **overrides: Any) -> str:
+    info: dict[str, Any] = {"streamSid": SID, "callSid": "CA1", "accountSid": "AC1", "tracks": ["inbound"],
+                            "customParameters": {"token": "ok-CA1"},
+                            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+    info.update(overrides)
+    return json.dumps({"event": "start", "sequenceNumber": seq, "start": info, "streamSid": SID})
+
+
+def media(seq: int, payload: bytes = b"\xff" * 160, sid: str = SID) -> str:
+    return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": sid,
+                       "media": {"track": "inbound", "chunk": str(seq - 1), "timestamp": str(20 * (seq - 2)),
+                                 "payload": base64.b64encode(payload).decode()}})
+
+
+CONNECTED = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def streaming() -> MediaStreamSession:
+    s = MediaStreamSession(verify)
+    assert s.receive(CONNECTED) is None
+    assert isinstance(s.receive(start()), Started)
+    return s
+
+
+def test_a_whole_call() -> None:
+    s = MediaStreamSession(verify)
+    assert s.receive(CONNECTED) is None
+    started = s.receive(start())
+    assert started == Started(SID, "CA1", "AC1", {"token": "ok-CA1"})
+    got = s.receive(media(2, b"\x01\x02"))
+    assert got == Audio(b"\x01\x02", 0)
+    assert s.receive(json.dumps({"event": "dtmf", "streamSid": SID, "sequenceNumber": "3",
+                                 "dtmf": {"track": "inbound_track", "digit": "7"}})) == Dtmf("7")
+    assert s.receive(json.dumps({"event": "mark", "streamSid": SID, "sequenceNumber": "4",
+                                 "mark": {"name": "12"}})) == MarkEcho("12")
+    assert s.receive(json.dumps({"event": "stop", "streamSid": SID, "sequenceNumber": "5",
+                                 "stop": {"accountSid": "AC1", "callSid": "CA1"}})) == Stopped()
+    assert s.seq_gaps == 0
+    assert isinstance(s.receive(media(6)), Reject)  # nothing after stop
+
+
+def test_sequence_gaps_are_counted_not_fatal() -> None:
+    s = streaming()
+    for seq in (2, 3, 6, 7, 5):
+        assert isinstance(s.receive(media(seq)), Audio)
+    assert s.seq_gaps == 2 and s.seq_out_of_order == 1
+
+
+@pytest.mark.parametrize(("messages", "code", "reason"), [
+    (["{not json"], CLOSE_INVALID, "malformed JSON"),
+    (['{"event": "bogus"}'], CLOSE_INVALID, "unknown or missing event type"),
+    (['{"no_event": 1}'], CLOSE_INVALID, "unknown or missing event type"),
+    (["[1, 2]"], CLOSE_INVALID, "invalid Media Streams message"),
+    ([CONNECTED, media(2)], CLOSE_POLICY, "media before start"),
+    ([CONNECTED, CONNECTED], CLOSE_POLICY, "connected sent twice"),
+    ([CONNECTED, start(), start()], CLOSE_POLICY, "start sent twice"),
+    ([CONNECTED, start(), media(2, sid="MZ-someone-else")], CLOSE_POLICY, "wrong streamSid"),
+    ([CONNECTED, start(customParameters={})], CLOSE_POLICY, "bad token"),
+    ([CONNECTED, start(customParameters={"token": "ok-CA2"})], CLOSE_POLICY, "bad token"),
+    ([CONNECTED, start(mediaFormat={"encoding": "audio/l16", "sampleRate": 16000, "channels": 1})],
+     CLOSE_INVALID, "only audio/x-mulaw 8000 Hz mono"),
+    ([CONNECTED, start(mediaFormat={"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 2})],
+     CLOSE_INVALID, "only audio/x-mulaw"),
+    ([CONNECTED, start(streamSid="")], CLOSE_INVALID, "without streamSid"),
+    ([CONNECTED, start(), media(2).replace('"payload": "', '"payload": "!!')], CLOSE_INVALID, "not base64"),
+    ([CONNECTED, start(), media(2, b"\xff" * 9000)], CLOSE_TOO_BIG, "too large"),
+    ([CONNECTED, start(), json.dumps({"event": "media", "streamSid": SID, "media": {"payload": 5}})],
+     CLOSE_INVALID, "Expected `str`"),
+    ([CONNECTED, start(), json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": "x"}})],
+     CLOSE_INVALID, "invalid DTMF digit"),
+])
+def test_bad_input_is_rejected_with_a_clear_reason(messages: list[str], code: int, reason: str) -> None:
+    s = MediaStreamSession(verify)
+    results = [s.receive(m) for m in messages]
+    last = results[-1]
+    assert isinstance(last, Reject), results
+    assert last.code == code and reason in last.reason
+    assert len(last.reason.encode()) <= 123  # fits a WebSocket close frame
+    assert all(not isinstance(r, Reject) for r in results[:-1])
+
+
+def test_binary_frames_are_refused() -> None:
+    assert streaming().receive_binary().code == CLOSE_UNSUPPORTED
+
+
+def test_outbound_messages() -> None:
+    assert json.loads(media_message(SID, b"\x00\xff")) == {"event": "media", "streamSid": SID,
+                                                           "media": {"payload": "AP8="}}
+    assert json.loads(mark_message(SID, "7")) == {"event": "mark", "streamSid": SID, "mark": {"name": "7"}}
+    assert json.loads(clear_message(SID)) == {"event": "clear", "streamSid": SID}
