@@ -81,7 +81,8 @@ class StreamResampler:
         if self._stream is None:
             return samples
         out = self._stream.resample_chunk(samples.astype(np.float32) * (1 / 32768))
-        return np.clip(np.rint(out * 32768), -32768, 32767).astype(np.int16)
+        pcm: Pcm16 = np.clip(np.rint(out * 32768), -32768, 32767).astype(np.int16)
+        return pcm
 
     def flush(self) -> Pcm16:
         """Push out what the filter still holds by feeding 40 ms of silence (the stream stays usable)."""

@@ -56,7 +56,7 @@ def test_each_missing_setting_is_named(drop: str) -> None:
 
 
 def test_bad_number_and_twilio_refusal() -> None:
-    with pytest.raises(OutboundCallError, match="not an E.164 number"):
+    with pytest.raises(OutboundCallError, match=r"not an E\.164 number"):
         place_call(load_config(environ=FULL), "5557654321")
     with pytest.raises(OutboundCallError, match="Twilio refused the call"):
         place_call(load_config(environ=FULL), "+15557654321", http_client=RecordingHttpClient(status=400))
