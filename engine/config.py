@@ -245,9 +245,11 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:
         fail("supervisor.heartbeat_timeout_s", cfg.supervisor.heartbeat_timeout_s,
              "must exceed twice supervisor.heartbeat_interval_s")
-    # ipc:// socket paths are limited to ~107 bytes; leave room for "<instance>-<pid>/<name>.urgent".
-    if len(str(cfg.runtime_base)) > 60:
-        fail("engine.runtime_dir", str(cfg.runtime_base), "too long for a Unix socket path (60 characters at most)")
+    # ipc:// socket paths are limited to 107 bytes; check the longest one this config can produce.
+    longest = cfg.runtime_base / f"{cfg.engine.instance}-4194304" / "supervisor.urgent"
+    if len(str(longest)) > 107:
+        fail("engine.runtime_dir", str(cfg.runtime_base),
+             f"too long: socket paths such as {longest} exceed the 107-byte Unix socket limit")
     if cfg.transport.public_url and not re.fullmatch(r"https?://[^/\s]+", cfg.transport.public_url.rstrip("/")):
         fail("transport.public_url", cfg.transport.public_url,
              "must be an http(s) URL with no path, such as https://voice.example.com")

@@ -40,6 +40,7 @@ from ipc.pool import RingPool
 from ipc.schema import (
     PROC_NAMES,
     CallEnded,
+    CallStarted,
     ChildStateName,
     Heartbeat,
     ProcName,
@@ -81,6 +82,7 @@ class Child:
     last_exit: str | None = None
     started_at: float = 0.0
     ready_at: float = 0.0
+    ready_t_ns: int = 0
     last_heartbeat: float | None = None
     restart_at: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
@@ -126,6 +128,7 @@ class Supervisor:
         self.kill_at: float | None = None
         self.gave_up: str | None = None
         self.signals_seen = 0
+        self._pending_signals: list[int] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._old_handlers: dict[int, Any] = {}
 
@@ -141,6 +144,8 @@ class Supervisor:
             log.info("engine starting: pool %s (%d calls x 2 rings x %d slots), sockets in %s",
                      self.pool_name, self.cfg.engine.max_calls, r.slots, self.runtime_dir)
             for child in self.children.values():
+                if self._pending_signals:
+                    break  # asked to stop while starting: spawn nothing more
                 self._spawn(child)
             self._loop()
         finally:
@@ -158,13 +163,20 @@ class Supervisor:
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.signals_seen += 1
-        if not self.stopping:
-            log.info("%s received: draining (again to stop at once)", signal.Signals(signum).name)
-            self.begin_stop(f"{signal.Signals(signum).name} received")
-        else:
-            log.warning("%s received again: stopping at once", signal.Signals(signum).name)
-            self.kill_at = time.monotonic()
+        # Only note it: logging or sending from a signal handler can re-enter what it interrupted.
+        # The wake-up fd gets the main loop out of its poll to act on it.
+        self._pending_signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._pending_signals:
+            name = signal.Signals(self._pending_signals.pop(0)).name
+            self.signals_seen += 1
+            if not self.stopping:
+                log.info("%s received: draining (again to stop at once)", name)
+                self.begin_stop(f"{name} received")
+            else:
+                log.warning("%s received again: stopping at once", name)
+                self.kill_at = time.monotonic()
 
     def begin_stop(self, reason: str, drain: bool = True) -> None:
         if self.stopping:
@@ -200,6 +212,7 @@ class Supervisor:
         interval = self.cfg.supervisor.heartbeat_interval_s
         next_status = 0.0
         while True:
+            self._handle_signals()
             now = time.monotonic()
             if self.stopping and all(c.process is None for c in self.children.values()):
                 return
@@ -242,7 +255,10 @@ class Supervisor:
             if isinstance(msg, Ready) and child.state == "starting":
                 child.state = "ready"
                 child.ready_at = child.last_heartbeat
+                child.ready_t_ns = msg.t_ns
                 log.info("%s ready after %.2f s", child.name, child.ready_at - child.started_at)
+                if child.name != "transport":
+                    self._replay_calls(child.name)
             if isinstance(msg, Heartbeat):
                 child.stats = msg.stats
 
@@ -272,6 +288,13 @@ class Supervisor:
         child.state = "backoff"
         child.restart_at = time.monotonic() + delay
         log.error("%s (pid %s) died unexpectedly (%s); restarting in %.2f s", child.name, pid, child.last_exit, delay)
+
+    def _replay_calls(self, name: ProcName) -> None:
+        """A (re)started process learns of the calls already in progress."""
+        assert self.pool is not None and self.bus is not None
+        for info in self.pool.leases():
+            self.bus.send(name, CallStarted(call_id=info.call_id, slot=info.slot, epoch=info.epoch,
+                                            inbound_rate=self.cfg.transport.inbound_rate))
 
     def _reclaim_calls(self, pid: int) -> None:
         """A dead transport cannot end its calls: free their rings and tell the others."""
@@ -314,36 +337,44 @@ class Supervisor:
         assert self.bus is not None
         procs = [
             ProcState(name=c.name, state=c.state, pid=c.pid, incarnation=c.incarnation, restarts=c.restarts,
-                      last_exit=c.last_exit,
+                      last_exit=c.last_exit, ready_t_ns=c.ready_t_ns if c.state == "ready" else None,
                       uptime_s=round(now - c.ready_at, 3) if c.state == "ready" else 0.0,
-                      heartbeat_age_s=None if c.last_heartbeat is None else round(now - c.last_heartbeat, 3))
+                      heartbeat_age_s=None if c.last_heartbeat is None else round(now - c.last_heartbeat, 3),
+                      stats=c.stats)
             for c in self.children.values()
         ]
         self.bus.send("transport", Status(procs=procs, pool=self.pool_name, max_calls=self.cfg.engine.max_calls))
 
     # --- cleanup, on every path --------------------------------------------------
     def _cleanup(self) -> None:
-        for child in self.children.values():
-            proc = child.process
-            if proc is None:
-                continue
-            if proc.is_alive():
-                proc.kill()
-            proc.join(timeout=5.0)
-            child.process = None
-        if self.bus is not None:
-            self.bus.close()
-            self.bus = None
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.unlink()
-            self.pool = None
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        signal.set_wakeup_fd(-1)
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._wake_r.close()
-        self._wake_w.close()
+        """Every step runs even if an earlier one fails: nothing may outlive the supervisor."""
+        try:
+            for child in self.children.values():
+                proc = child.process
+                if proc is None:
+                    continue
+                if proc.is_alive():
+                    proc.kill()
+                proc.join(timeout=5.0)
+                child.process = None
+        finally:
+            try:
+                if self.pool is not None:
+                    self.pool.unlink()  # unlink first: the name goes even if unmapping fails
+                    pool, self.pool = self.pool, None
+                    pool.close()
+            finally:
+                try:
+                    if self.bus is not None:
+                        bus, self.bus = self.bus, None
+                        bus.close()
+                finally:
+                    shutil.rmtree(self.runtime_dir, ignore_errors=True)
+                    signal.set_wakeup_fd(-1)
+                    for sig, handler in self._old_handlers.items():
+                        signal.signal(sig, handler)
+                    self._wake_r.close()
+                    self._wake_w.close()
 
 
 def run_supervisor(cfg: Config) -> int:

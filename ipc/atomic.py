@@ -94,6 +94,10 @@ class AtomicWord:
         self._arg.value = value
         self._st(self._addr, self._argp, _RELEASE)
 
+    def store_relaxed(self, value: int) -> None:
+        self._arg.value = value
+        self._st(self._addr, self._argp, _RELAXED)
+
     def store_seq_cst(self, value: int) -> None:
         self._arg.value = value
         self._st(self._addr, self._argp, _SEQ_CST)

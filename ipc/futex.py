@@ -74,6 +74,10 @@ class Doorbell:
         self._waiters = AtomicWord(buffer, offset + 4, 4)
         self.wakeups = 0  # futex wake syscalls issued by this process (diagnostics)
 
+    def reset_waiters(self) -> None:
+        """For the doorbell's one consumer, at attach: a predecessor killed mid-sleep left its count behind."""
+        self._waiters.store_seq_cst(0)
+
     def ring(self) -> None:
         """Called by a producer after a sequentially consistent publish."""
         if self._waiters.load_seq_cst():

@@ -23,16 +23,20 @@ from ipc.ring import Ring, ring_bytes
 from ipc.shm import ShmSegment
 
 POOL_MAGIC = 0x504F4F4C  # "POOL"
-POOL_VERSION = 1
+POOL_VERSION = 2
 _HEADER = struct.Struct("<IIIIIQ")
 HEADER_BYTES = 64
 DOORBELLS = ("inbound", "outbound")
 LEASE_BYTES = 128
 CALL_ID_BYTES = 64
-_LEASE_META = struct.Struct("<QQ")  # owner pid, leased t_ns (at +16)
+_U64 = struct.Struct("<Q")
+_PID_MASK = 0xFFFFFFFF
 
-FREE = 0
-LEASED = 1
+# A lease table entry (128 B):
+#   +0   state     u64   0 = free, else (epoch << 32) | owner pid: taken and returned by one CAS each
+#   +8   epochs    u64   per-slot counter; each lease takes the next value (32 bits used)
+#   +16  leased_at u64   monotonic ns, for diagnostics
+#   +64  call id   64 B  utf-8, NUL-padded, for diagnostics and for telling peers what was reclaimed
 
 
 class Lease(NamedTuple):
@@ -64,22 +68,29 @@ class RingPool:
         magic, version, self.max_calls, self.slots, self.capacity, self.creator_pid = _HEADER.unpack_from(buf, 0)
         if magic != POOL_MAGIC or version != POOL_VERSION:
             raise ValueError(f"shared-memory segment {segment.name} is not a ring pool of version {POOL_VERSION}")
-        off = HEADER_BYTES
-        self.doorbells = {}
-        for name in DOORBELLS:
-            self.doorbells[name] = Doorbell(buf, off)
-            off += DOORBELL_BYTES
-        self._lease_base = off
-        self._state = [AtomicWord(buf, off + i * LEASE_BYTES) for i in range(self.max_calls)]
-        self._epoch = [AtomicWord(buf, off + i * LEASE_BYTES + 8) for i in range(self.max_calls)]
-        off += LEASE_BYTES * self.max_calls
-        rb = ring_bytes(self.slots, self.capacity)
+        self.doorbells: dict[str, Doorbell] = {}
+        self._state: list[AtomicWord] = []
+        self._epochs: list[AtomicWord] = []
         self.inbound: list[Ring] = []
         self.outbound: list[Ring] = []
-        for _ in range(self.max_calls):
-            self.inbound.append(Ring(buf, off, self.doorbells["inbound"]))
-            self.outbound.append(Ring(buf, off + rb, self.doorbells["outbound"]))
-            off += 2 * rb
+        try:
+            off = HEADER_BYTES
+            for name in DOORBELLS:
+                self.doorbells[name] = Doorbell(buf, off)
+                off += DOORBELL_BYTES
+            self._lease_base = off
+            for i in range(self.max_calls):
+                self._state.append(AtomicWord(buf, off + i * LEASE_BYTES))
+                self._epochs.append(AtomicWord(buf, off + i * LEASE_BYTES + 8))
+            off += LEASE_BYTES * self.max_calls
+            rb = ring_bytes(self.slots, self.capacity)
+            for _ in range(self.max_calls):
+                self.inbound.append(Ring(buf, off, self.doorbells["inbound"]))
+                self.outbound.append(Ring(buf, off + rb, self.doorbells["outbound"]))
+                off += 2 * rb
+        except BaseException:
+            self._close_views()  # else the segment cannot be unmapped and the real error is hidden
+            raise
 
     @classmethod
     def create(cls, name: str, max_calls: int, slots: int, capacity: int) -> RingPool:
@@ -90,12 +101,12 @@ class RingPool:
             off = HEADER_BYTES + DOORBELL_BYTES * len(DOORBELLS) + LEASE_BYTES * max_calls
             rb = ring_bytes(slots, capacity)
             for _ in range(2 * max_calls):
-                Ring.format(buf, off, slots, capacity)
+                Ring.format(buf, off, slots, capacity, zeroed=True)
                 off += rb
             return cls(segment, owner=True)
         except BaseException:
-            segment.close()
             segment.unlink()
+            segment.close()
             raise
 
     @classmethod
@@ -111,55 +122,66 @@ class RingPool:
         return self._lease_base + slot * LEASE_BYTES
 
     def lease(self, call_id: str) -> Lease | None:
-        """Take a free ring pair for `call_id`; None when all `max_calls` are in use."""
+        """Take a free ring pair for `call_id`; None when all `max_calls` are in use.
+
+        One compare-and-swap makes the slot ours, with our pid and the new epoch in
+        the same word: a lessee that dies at any point leaves a slot that
+        `reclaim_owner` can free.
+        """
         raw = call_id.encode()
         if len(raw) > CALL_ID_BYTES:
             raise ValueError(f"call id longer than {CALL_ID_BYTES} bytes: {call_id!r}")
+        pid = os.getpid() & _PID_MASK
         for slot in range(self.max_calls):
-            if self._state[slot].compare_exchange(FREE, LEASED):
-                epoch = self._epoch[slot].fetch_add(1) + 1
-                entry = self._entry(slot)
-                buf = self.segment.buf
-                _LEASE_META.pack_into(buf, entry + 16, os.getpid(), time.monotonic_ns())
-                buf[entry + 64:entry + 64 + CALL_ID_BYTES] = raw.ljust(CALL_ID_BYTES, b"\0")
-                self.inbound[slot].set_epoch(epoch)
-                self.outbound[slot].set_epoch(epoch)
-                return Lease(slot, epoch, call_id)
+            if self._state[slot].load() != 0:
+                continue
+            epoch = (self._epochs[slot].fetch_add(1) + 1) & 0xFFFFFFFF or 1
+            if not self._state[slot].compare_exchange(0, (epoch << 32) | pid):
+                continue
+            entry = self._entry(slot)
+            buf = self.segment.buf
+            _U64.pack_into(buf, entry + 16, time.monotonic_ns())
+            buf[entry + 64:entry + 64 + CALL_ID_BYTES] = raw.ljust(CALL_ID_BYTES, b"\0")
+            self.inbound[slot].set_epoch(epoch)
+            self.outbound[slot].set_epoch(epoch)
+            return Lease(slot, epoch, call_id)
         return None
 
     def release(self, lease: Lease) -> bool:
         """Return a ring pair; False if it was already returned or reclaimed."""
-        if self._epoch[lease.slot].load() != lease.epoch:
-            return False
-        return self._state[lease.slot].compare_exchange(LEASED, FREE)
+        return self._state[lease.slot].compare_exchange((lease.epoch << 32) | (os.getpid() & _PID_MASK), 0)
 
     def leases(self) -> list[LeaseInfo]:
         out = []
         buf = self.segment.buf
         for slot in range(self.max_calls):
-            if self._state[slot].load() != LEASED:
+            state = self._state[slot].load()
+            if state == 0:
                 continue
             entry = self._entry(slot)
-            owner, t_ns = _LEASE_META.unpack_from(buf, entry + 16)
+            (t_ns,) = _U64.unpack_from(buf, entry + 16)
             call_id = bytes(buf[entry + 64:entry + 64 + CALL_ID_BYTES]).rstrip(b"\0").decode(errors="replace")
-            out.append(LeaseInfo(slot, self._epoch[slot].load(), call_id, owner, t_ns))
+            out.append(LeaseInfo(slot, state >> 32, call_id, state & _PID_MASK, t_ns))
         return out
 
     def reclaim_owner(self, pid: int) -> list[LeaseInfo]:
         """Free every lease held by `pid` (a transport that died); returns what was freed."""
         freed = []
         for info in self.leases():
-            if info.owner_pid == pid and self._state[info.slot].compare_exchange(LEASED, FREE):
+            if info.owner_pid == pid and self._state[info.slot].compare_exchange((info.epoch << 32) | pid, 0):
                 freed.append(info)
         return freed
 
-    def close(self) -> None:
+    def _close_views(self) -> None:
         for ring in self.inbound + self.outbound:
             ring.close()
         for bell in self.doorbells.values():
             bell.close()
-        for word in self._state + self._epoch:
+        for word in self._state + self._epochs:
             word.close()
+
+    def close(self) -> None:
+        self._close_views()
         self.segment.close()
 
     def unlink(self) -> None:

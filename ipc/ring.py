@@ -101,13 +101,22 @@ class Ring:
         self._read = AtomicWord(buf, offset + _OFF_READ)
         self._epoch = AtomicWord(buf, offset + _OFF_EPOCH)
         self._producers = AtomicWord(buf, offset + _OFF_PRODUCERS)
+        # Counters are single-writer, but /health reads them from other processes: atomic, so never torn.
+        self._seq = AtomicWord(buf, offset + _OFF_SEQ)
+        self._drops = AtomicWord(buf, offset + _OFF_DROPS)
+        self._stale = AtomicWord(buf, offset + _OFF_STALE)
 
     @staticmethod
-    def format(buf: memoryview, offset: int, slots: int, capacity: int, start_index: int = 0) -> None:
-        """Initialise a ring in zeroed memory. `start_index` exists to test u64 wrap-around."""
+    def format(buf: memoryview, offset: int, slots: int, capacity: int, start_index: int = 0,
+               zeroed: bool = False) -> None:
+        """Initialise a ring (`zeroed`: the memory is known to be zero already, e.g. a new segment).
+
+        `start_index` exists to test u64 wrap-around.
+        """
         if slots < 2 or slots & (slots - 1):
             raise ValueError(f"ring slots must be a power of two >= 2, got {slots}")
-        buf[offset:offset + ring_bytes(slots, capacity)] = bytes(ring_bytes(slots, capacity))
+        if not zeroed:
+            buf[offset:offset + ring_bytes(slots, capacity)] = bytes(ring_bytes(slots, capacity))
         _U64.pack_into(buf, offset + _OFF_WRITE, start_index & _MASK64)
         _U64.pack_into(buf, offset + _OFF_READ, start_index & _MASK64)
         _STATIC.pack_into(buf, offset + _OFF_STATIC, MAGIC, slots, capacity, slot_stride(capacity))
@@ -134,14 +143,12 @@ class Ring:
         """A racy but untorn snapshot, for health reporting from any process."""
         w = self._write.load_relaxed()
         r = self._read.load_relaxed()
-        seq = _U64.unpack_from(self.buf, self.base + _OFF_SEQ)[0]
-        drops = _U64.unpack_from(self.buf, self.base + _OFF_DROPS)[0]
-        stale = _U64.unpack_from(self.buf, self.base + _OFF_STALE)[0]
+        seq, drops, stale = self._seq.load_relaxed(), self._drops.load_relaxed(), self._stale.load_relaxed()
         return RingStats(seq - drops, r, drops, stale, (w - r) & _MASK64,
                          self._epoch.load_relaxed(), self._producers.load_relaxed())
 
     def close(self) -> None:
-        for word in (self._write, self._read, self._epoch, self._producers):
+        for word in (self._write, self._read, self._epoch, self._producers, self._seq, self._drops, self._stale):
             word.close()
 
 
@@ -161,8 +168,8 @@ class RingWriter:
         self.producer = (ring._producers.fetch_add(1) + 1) & 0xFFFFFFFF
         self._w = ring._write.load()  # ours alone from here on
         self._r_cached = ring._read.load()
-        self._seq = _U64.unpack_from(ring.buf, ring.base + _OFF_SEQ)[0]
-        self._drops: int = _U64.unpack_from(ring.buf, ring.base + _OFF_DROPS)[0]
+        self._seq = ring._seq.load()
+        self._drops = ring._drops.load()
 
     @property
     def drops(self) -> int:
@@ -180,13 +187,13 @@ class RingWriter:
             return False
         seq = self._seq
         self._seq = seq + 1
-        _U64.pack_into(ring.buf, ring.base + _OFF_SEQ, self._seq)
+        ring._seq.store_relaxed(self._seq)
         w = self._w
         if (w - self._r_cached) & _MASK64 >= ring.slots:
             self._r_cached = ring._read.load()
         if (w - self._r_cached) & _MASK64 >= ring.slots:
             self._drops += 1
-            _U64.pack_into(ring.buf, ring.base + _OFF_DROPS, self._drops)
+            ring._drops.store_relaxed(self._drops)
             return False
         off = ring.slot_offset(w)
         SLOT_HEADER.pack_into(ring.buf, off, seq, time.monotonic_ns() if t_ns is None else t_ns,
@@ -211,13 +218,20 @@ class RingReader:
         self.ring = ring
         self.epoch = epoch
         self.last_producer = 0
-        self._stale = _U64.unpack_from(ring.buf, ring.base + _OFF_STALE)[0]
+        self._stale = ring._stale.load()
         self._r = ring._read.load()  # ours alone from here on
         self._w_cached = self._r
 
     def read(self) -> Frame | None:
-        """Next frame of this epoch, or None when the ring is empty. Never blocks."""
+        """Next frame of this epoch, or None when the ring is empty. Never blocks.
+
+        A reader whose call is over (the ring has moved on to a newer epoch) is
+        inert: it returns None and never touches the read index, which now
+        belongs to the new call's reader.
+        """
         ring = self.ring
+        if self.epoch is not None and ring._epoch.load() != self.epoch:
+            return None
         while True:
             r = self._r
             if r == self._w_cached:
@@ -232,14 +246,19 @@ class RingReader:
             ring._read.store(self._r)
             if self.epoch is not None and epoch != self.epoch:
                 self._stale += 1
-                _U64.pack_into(ring.buf, ring.base + _OFF_STALE, self._stale)
+                ring._stale.store_relaxed(self._stale)
                 continue
             self.last_producer = producer
             return Frame(seq, t_ns, epoch, rate, flags, producer, payload)
 
     def discard_all(self) -> int:
-        """Skip everything published so far (a call ended; its leftovers are worthless)."""
+        """Skip everything published so far (a call ended; its leftovers are worthless).
+
+        Does nothing once the ring belongs to a newer epoch.
+        """
         ring = self.ring
+        if self.epoch is not None and ring._epoch.load() != self.epoch:
+            return 0
         r = self._r
         w = self._w_cached = ring._write.load()
         self._r = w

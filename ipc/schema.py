@@ -63,8 +63,12 @@ class ProcState(msgspec.Struct, kw_only=True):
     incarnation: int
     restarts: int
     last_exit: str | None
+    ready_t_ns: int | None
+    """When the current incarnation became ready (monotonic ns, comparable across processes)."""
     uptime_s: float
     heartbeat_age_s: float | None
+    stats: dict[str, int] = {}
+    """The process's own counters from its last heartbeat (calls, frames, cancels...)."""
 
 
 class Status(Msg):
@@ -78,13 +82,17 @@ class Status(Msg):
 # --- calls ----------------------------------------------------------------------
 
 class CallStarted(Msg):
-    """Transport -> everyone: a call leased ring pair `slot` under `epoch`."""
+    """Transport -> speech, llm, tts: a call leased ring pair `slot` under `epoch`.
 
+    Urgent, like CallEnded, so one sender's start and end of a call stay in order.
+    The supervisor replays it for every live call to a restarted process.
+    """
+
+    urgent: ClassVar[bool] = True
     call_id: str
     slot: int
     epoch: int
     inbound_rate: int
-    outbound_rate: int
 
 
 class CallEnded(Msg):

@@ -38,6 +38,15 @@ class ShmSegment:
         try:
             if create:
                 os.ftruncate(fd, size)
+                try:
+                    # Reserve the pages now: on a too-small /dev/shm, ftruncate succeeds and the
+                    # first write to a missing page kills the process with SIGBUS instead.
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot reserve {size / 2**20:.1f} MiB of shared memory for "
+                                             f"{name} in {SHM_DIR}: {exc.strerror}; make /dev/shm larger "
+                                             f"(e.g. docker --shm-size) or lower engine.max_calls / "
+                                             f"ring.slots / ring.frame_bytes") from None
             else:
                 size = os.fstat(fd).st_size
             self._mmap: mmap.mmap | None = mmap.mmap(fd, size)
@@ -108,14 +117,20 @@ def run_resources(instance: str, runtime_base: Path) -> tuple[list[tuple[str, in
 
 
 def sweep_dead_runs(instance: str, runtime_base: Path) -> list[str]:
-    """Unlink segments and remove socket dirs left by runs whose supervisor is gone."""
+    """Unlink segments and remove socket dirs left by runs whose supervisor is gone.
+
+    Only for a supervisor's start-up, before it creates its own.
+    """
     removed: list[str] = []
     segments, dirs = run_resources(instance, runtime_base)
+    # Called before this run creates anything, so entries with our own pid are leftovers too
+    # (a container's PID 1 is always 1).
+    me = os.getpid()
     for name, pid in segments:
-        if pid != os.getpid() and not pid_alive(pid) and unlink_segment(name):
+        if (pid == me or not pid_alive(pid)) and unlink_segment(name):
             removed.append(str(SHM_DIR / name))
     for path, pid in dirs:
-        if pid != os.getpid() and not pid_alive(pid):
+        if pid == me or not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     for item in removed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from engine.calls import CallTable
 from engine.config import Config
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo
 from procs.child import SyncChild, run_sync_child
@@ -19,18 +20,19 @@ class LlmProc(SyncChild):
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
-        self.calls: dict[str, int] = {}  # call_id -> highest cancelled generation
+        self.calls: CallTable[list[int]] = CallTable()  # per call: the generations cancelled
         self.cancels = 0
 
     def handle(self, msg: AnyMsg) -> None:
         if isinstance(msg, CallStarted):
-            self.calls[msg.call_id] = -1
+            self.calls.start(msg.slot, msg.epoch, msg.call_id, [])
         elif isinstance(msg, CallEnded):
-            self.calls.pop(msg.call_id, None)
+            self.calls.end(msg.slot, msg.epoch)
         elif isinstance(msg, Cancel):
             self.cancels += 1
-            if msg.call_id in self.calls:
-                self.calls[msg.call_id] = max(self.calls[msg.call_id], msg.gen)
+            call = self.calls.find(msg.call_id)
+            if call is not None:
+                call.state.append(msg.gen)
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.calls), "cancels": self.cancels}

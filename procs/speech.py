@@ -6,6 +6,7 @@ call's audio lands, and drains every ring it owns.
 
 from __future__ import annotations
 
+from engine.calls import CallTable
 from engine.config import Config
 from ipc.ring import RingReader
 from ipc.schema import AnyMsg, CallEnded, CallStarted, ProcName, RunInfo
@@ -19,41 +20,46 @@ class SpeechProc(SyncChild):
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
-        self.readers: dict[str, RingReader] = {}
+        self.calls: CallTable[RingReader] = CallTable()
         self.frames_in = 0
         self.epoch_skips = 0
+
+    def setup(self) -> None:
+        assert self.pool is not None
+        self.pool.doorbells["inbound"].reset_waiters()  # we are its only sleeper
 
     def handle(self, msg: AnyMsg) -> None:
         assert self.pool is not None
         if isinstance(msg, CallStarted):
-            self.readers[msg.call_id] = RingReader(self.pool.inbound[msg.slot], msg.epoch)
+            self.calls.start(msg.slot, msg.epoch, msg.call_id, RingReader(self.pool.inbound[msg.slot], msg.epoch))
         elif isinstance(msg, CallEnded):
-            reader = self.readers.pop(msg.call_id, None)
-            if reader is not None:
-                reader.discard_all()
+            ended = self.calls.end(msg.slot, msg.epoch)
+            if ended is not None:
+                ended.state.discard_all()
 
     def drain_rings(self) -> int:
         n = 0
-        for reader in self.readers.values():
-            while reader.read() is not None:
+        for call in self.calls.values():
+            while call.state.read() is not None:
                 n += 1
         self.frames_in += n
         return n
 
     def wait_for_work(self, timeout_s: float) -> None:
         assert self.pool is not None and self.bus is not None
-        if not self.readers:
+        if not len(self.calls):
             super().wait_for_work(timeout_s)
             return
         self.poll_bus()
         if self.drain_rings() == 0:
             bell = self.pool.doorbells["inbound"]
-            bell.wait(lambda: any(r.ring.available() for r in self.readers.values()),
+            readers = [c.state for c in self.calls.values()]
+            bell.wait(lambda: any(r.ring.available() for r in readers),
                       min(timeout_s, BUS_POLL_S), self.cfg.ring.spin_us * 1e-6)
             self.drain_rings()
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.readers), "frames_in": self.frames_in}
+        return {"calls": len(self.calls), "frames_in": self.frames_in}
 
 
 def main(cfg_bytes: bytes, run_bytes: bytes) -> None:

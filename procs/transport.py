@@ -60,7 +60,6 @@ from procs.child import bootstrap, watch_parent
 log = logging.getLogger("engine.transport")
 
 CLOSE_TRY_AGAIN = 1013
-OUTBOUND_RATE_HINT = 22050  # the default TTS's rate; the real rate travels with every frame
 CALL_PEERS = ("speech", "llm", "tts")
 
 
@@ -161,7 +160,7 @@ class TransportProc:
 
     async def health(self, request: web.Request) -> web.Response:
         assert self.bus is not None
-        age = None if self.status is None else time.monotonic() - self.status_at
+        age = None if self.status is None else time.monotonic_ns() / 1e9 - self.status_at
         code, body = build_health(
             self.status, age, 4 * self.cfg.supervisor.heartbeat_interval_s,
             self.pool.leases(),
@@ -264,8 +263,7 @@ class TransportProc:
         self.calls[call_id] = call
         for peer in CALL_PEERS:
             self.bus.send(peer, CallStarted(call_id=call_id, slot=lease.slot, epoch=lease.epoch,
-                                            inbound_rate=self.cfg.transport.inbound_rate,
-                                            outbound_rate=OUTBOUND_RATE_HINT))
+                                            inbound_rate=self.cfg.transport.inbound_rate))
         call.sender = asyncio.ensure_future(self._send_loop(call))
         self.counters["calls_started"] += 1
         self._record_event(call, {"event": "start", "stream_sid": started.stream_sid, "slot": lease.slot,
@@ -349,7 +347,8 @@ class TransportProc:
         while True:
             msg = await self.bus.recv()
             if isinstance(msg, Status):
-                self.status, self.status_at = msg, time.monotonic()
+                # Fresh by when it was sent, not received: after a restart, stale ones may be queued.
+                self.status, self.status_at = msg, msg.t_ns / 1e9
             elif isinstance(msg, Shutdown):
                 log.info("shutdown requested: %s", msg.reason)
                 self.stopping.set()
@@ -378,6 +377,7 @@ class TransportProc:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         watch_parent(self.run, lambda: self._stop_from_thread(loop))
         self.bus = AsyncBus(Path(self.run.runtime_dir), "transport")
+        self.pool.doorbells["outbound"].reset_waiters()  # its only sleeper is our watcher thread
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         watcher = threading.Thread(target=self._watch_outbound, name="outbound-doorbell", daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.calls import CallTable
 from engine.config import Config
 from ipc.ring import RingWriter
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo
@@ -13,20 +14,20 @@ class TtsProc(SyncChild):
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
-        self.writers: dict[str, RingWriter] = {}
+        self.calls: CallTable[RingWriter] = CallTable()
         self.cancels = 0
 
     def handle(self, msg: AnyMsg) -> None:
         assert self.pool is not None
         if isinstance(msg, CallStarted):
-            self.writers[msg.call_id] = RingWriter(self.pool.outbound[msg.slot], msg.epoch)
+            self.calls.start(msg.slot, msg.epoch, msg.call_id, RingWriter(self.pool.outbound[msg.slot], msg.epoch))
         elif isinstance(msg, CallEnded):
-            self.writers.pop(msg.call_id, None)
+            self.calls.end(msg.slot, msg.epoch)
         elif isinstance(msg, Cancel):
             self.cancels += 1
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.writers), "cancels": self.cancels}
+        return {"calls": len(self.calls), "cancels": self.cancels}
 
 
 def main(cfg_bytes: bytes, run_bytes: bytes) -> None:

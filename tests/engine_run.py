@@ -28,12 +28,18 @@ def free_port() -> int:
 
 
 def pid_exists(pid: int) -> bool:
+    """Alive, or a zombie some parent of ours should have reaped. An orphan's zombie (re-parented
+    to an init that may not reap, e.g. pytest as a container's PID 1) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie is dead for our purposes only once reaped; report it as alive so leaks show
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return not (state == "Z" and int(ppid) != os.getpid())
 
 
 class EngineRun:

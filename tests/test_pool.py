@@ -70,3 +70,25 @@ def test_attach_to_something_else_is_refused() -> None:
     finally:
         seg.close()
         seg.unlink()
+
+
+def test_releasing_twice_cannot_free_the_next_lease_of_the_same_slot(pool: RingPool) -> None:
+    first = pool.lease("CA-a")
+    assert first is not None and pool.release(first)
+    second = pool.lease("CA-b")
+    assert second is not None and second.slot == first.slot
+    assert not pool.release(first)  # a late duplicate release of the first call
+    assert [i.call_id for i in pool.leases()] == ["CA-b"]
+
+
+def test_start_up_sweep_removes_leftovers_named_with_our_own_pid(tmp_path) -> None:
+    """In a container the supervisor is PID 1 in every run: its old segments carry its own pid."""
+    from ipc.shm import ShmSegment, sweep_dead_runs
+
+    instance = unique_instance()
+    seg = ShmSegment.create(f"{instance}-{os.getpid()}-pool", 4096)
+    seg.close()
+    (tmp_path / f"{instance}-{os.getpid()}").mkdir()
+    removed = sweep_dead_runs(instance, tmp_path)
+    assert len(removed) == 2
+    assert shm_entries(f"{instance}-") == [] and not (tmp_path / f"{instance}-{os.getpid()}").exists()

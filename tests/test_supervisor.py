@@ -49,12 +49,13 @@ def test_sigkilled_child_is_back_within_a_second_and_the_others_never_stopped(en
     run = engine()
     body = run.wait_healthy()
     before = run.child_pids(body)
-    killed_at = time.monotonic()
+    killed_at_ns = time.monotonic_ns()
     os.kill(before[victim], signal.SIGKILL)
     after = run.wait_healthy(unless=lambda b: b["processes"][victim]["pid"] == before[victim])
-    ready_again_at = time.monotonic() - after["processes"][victim]["uptime_s"]
-    print(f"{victim} back {1000 * (ready_again_at - killed_at):.0f} ms after SIGKILL")
-    assert ready_again_at - killed_at < 1.0
+    # Both stamps are CLOCK_MONOTONIC, shared by every process on the host: no polling error.
+    back_after_s = (after["processes"][victim]["ready_t_ns"] - killed_at_ns) / 1e9
+    print(f"{victim} back {1000 * back_after_s:.0f} ms after SIGKILL")
+    assert 0 < back_after_s < 1.0  # the issue's requirement: restarted and ready within a second
     assert after["processes"][victim]["restarts"] == 1
     assert after["processes"][victim]["last_exit"] == "killed by SIGKILL"
     for name in CHILDREN:
@@ -105,8 +106,14 @@ def test_children_exit_when_the_supervisor_is_sigkilled(engine) -> None:
 
 def test_hung_child_is_detected_by_heartbeat_and_replaced(engine) -> None:
     run = engine(ENGINE_FAULTS__HANG_AFTER_READY='["tts"]', ENGINE_SUPERVISOR__HEARTBEAT_TIMEOUT_S="1.0",
-                 ENGINE_SUPERVISOR__READY_TIMEOUT_S="20")
-    first = run.child_pids(run.wait_healthy())
+                 ENGINE_SUPERVISOR__READY_TIMEOUT_S="20", ENGINE_SUPERVISOR__RESTART_INTENSITY="100")
+
+    def tts_ready() -> bool:
+        h = run.health()
+        return h is not None and h[1]["processes"].get("tts", {}).get("state") == "ready"
+
+    wait_for(tts_ready, 60, "tts to come up (it hangs right after)")
+    first = run.child_pids(run.health()[1])  # type: ignore[index]
     wait_for(lambda: "tts missed heartbeats" in run.log, 20, "hang detection")
     wait_for(lambda: (h := run.health()) is not None and h[1]["processes"]["tts"]["restarts"] >= 1
              and h[1]["processes"]["tts"]["pid"] != first["tts"], 20, "tts to be restarted")
@@ -139,3 +146,27 @@ def test_leftovers_of_a_crashed_run_are_swept_at_start_up(engine, tmp_path: Path
     assert not stale_dir.exists()
     assert second.stop() == 0
     assert_no_leftovers(second, pids)
+
+
+def test_a_restarted_child_learns_of_calls_already_in_progress(engine) -> None:
+    """The pool's lease table is the truth: a new speech process is told about live calls."""
+    from ipc.pool import RingPool
+
+    run = engine()
+    body = run.wait_healthy()
+    (segment,) = run.segments()
+    pool = RingPool.attach(segment)
+    try:
+        lease = pool.lease("CA-in-progress")
+        assert lease is not None
+        os.kill(body["processes"]["speech"]["pid"], signal.SIGKILL)
+        wait_for(lambda: (h := run.health()) is not None
+                 and h[1]["processes"]["speech"]["restarts"] == 1 and h[1]["status"] == "ok", 30, "speech restart")
+        wait_for(lambda: (h := run.health()) is not None
+                 and h[1]["processes"]["speech"]["stats"].get("calls") == 1, 10,
+                 "the new speech process to track the call")
+        pool.release(lease)
+    finally:
+        pool.close()
+    assert run.stop() == 0
+
