@@ -70,6 +70,8 @@ class TransportSection(_Section):
     outbound_lead_ms: Annotated[int, msgspec.Meta(ge=40, le=2000)] = 200
     """How far ahead of real-time playback audio is sent to Twilio: small, so `clear` silences fast."""
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536
+    stream_idle_timeout_s: Positive = 10.0
+    """A Media Stream that sends nothing for this long is dead (Twilio sends media every 20 ms)."""
     recordings_dir: str = ""
     """Per-call WAV (both directions) + JSONL events go here; empty: no recording."""
 

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,20 @@ log = logging.getLogger("engine.transport")
 
 CLOSE_TRY_AGAIN = 1013
 CALL_PEERS = ("speech", "llm", "tts")
+
+
+async def _messages_until_idle(ws: web.WebSocketResponse, idle_s: float) -> AsyncIterator[aiohttp.WSMessage]:
+    """The socket's messages until it closes or goes silent for `idle_s` (a network that died without a FIN)."""
+    while True:
+        try:
+            msg = await ws.receive(timeout=idle_s)
+        except asyncio.TimeoutError:
+            log.warning("media stream silent for %.1f s: treating the caller as gone", idle_s)
+            await ws.close(code=1001, message=b"stream idle")
+            return
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            return
+        yield msg
 
 
 def _any_has_audio(rings: list[Ring]) -> bool:
@@ -190,7 +205,7 @@ class TransportProc:
         call: ActiveCall | None = None
         outcome = "socket closed without stop"
         try:
-            async for msg in ws:
+            async for msg in _messages_until_idle(ws, self.cfg.transport.stream_idle_timeout_s):
                 t_ns = time.monotonic_ns()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     event = session.receive(msg.data)

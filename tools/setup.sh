@@ -8,10 +8,16 @@ cd "$(dirname "$0")/.."
 extras=""
 if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
 
-# Debian packages: none needed yet beyond Python itself.
-if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+# Debian packages: espeak-ng is the synthetic caller's voice in the tests (and the TTS floor).
+debs=()
+python3 -c "import venv, ensurepip" 2>/dev/null || debs+=(python3-venv)
+if [[ -n "$extras" ]] && ! command -v espeak-ng >/dev/null; then debs+=(espeak-ng); fi
+if (( ${#debs[@]} )); then
     if command -v apt-get >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq python3-venv
+        SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debs[@]}"
+    else
+        echo "please install: ${debs[*]}" >&2; exit 1
     fi
 fi
 
