@@ -42,6 +42,7 @@ from engine.media_stream import (
     Stopped,
 )
 from engine.recorder import Recorder
+from engine.stats import Recent
 from engine.telephony import (
     STATUS_PATH,
     STREAM_PATH,
@@ -112,6 +113,10 @@ class TransportProc:
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
         self.calls: dict[str, ActiveCall] = {}
         self.counters: Counter[str] = Counter()
+        # Per-frame cost on the event loop, in µs: a Twilio media message in (parse, decode,
+        # resample, ring write), and a 20 ms frame out (pull, convert, send).
+        self.inbound_us = Recent()
+        self.outbound_us = Recent()
         self.recorder = Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
         self._watch_stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,6 +189,8 @@ class TransportProc:
         )
         body["transport"] = {
             "counters": dict(self.counters),
+            "inbound_frame_us": self.inbound_us.summary(),
+            "outbound_frame_us": self.outbound_us.summary(),
             "calls": {cid: {"stream_sid": c.started.stream_sid, "frames_in": c.audio.frames_in,
                             "frames_out": c.audio.frames_out, "inbound_dropped": c.audio.inbound_dropped,
                             "marks_sent": c.audio.marks_sent}
@@ -207,6 +214,7 @@ class TransportProc:
         try:
             async for msg in _messages_until_idle(ws, self.cfg.transport.stream_idle_timeout_s):
                 t_ns = time.monotonic_ns()
+                t0 = time.perf_counter_ns()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     event = session.receive(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
@@ -236,6 +244,7 @@ class TransportProc:
                     continue
                 elif isinstance(event, Audio):
                     call.audio.on_media(event.mulaw, t_ns)
+                    self.inbound_us.add((time.perf_counter_ns() - t0) / 1000)
                 elif isinstance(event, Dtmf):
                     call.dtmf.append(event.digit)
                     self._record_event(call, {"event": "dtmf", "digit": event.digit})
@@ -325,9 +334,13 @@ class TransportProc:
         """Move bot audio from the ring to Twilio, paced; sleeps on the doorbell thread when idle."""
         audio = call.audio
         while not call.ws.closed:
+            t0 = time.perf_counter_ns()
             audio.pull()
-            for message in audio.due_messages(time.monotonic()):
+            messages = audio.due_messages(time.monotonic())
+            for message in messages:
                 await call.ws.send_str(message)
+            if messages:
+                self.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
             due = audio.next_due_at()
             if due is not None:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
