@@ -57,6 +57,18 @@ class _BusBase:
             self._peers[key] = sock
         return sock
 
+    def send(self, dest: str, msg: Msg) -> bool:
+        """Queue `msg` for `dest`; False (and counted) if its queue is full. Never blocks.
+
+        On an asyncio socket too, NOBLOCK completes at once or raises Again.
+        """
+        try:
+            self._peer(dest, msg.urgent).send(self.codec.encode(msg), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.dropped_sends += 1
+            return False
+
     def _decode(self, data: bytes) -> AnyMsg | None:
         try:
             return self.codec.decode(data)
@@ -80,14 +92,6 @@ class Bus(_BusBase):
         self._poller = zmq.Poller()
         self._poller.register(self._urgent, zmq.POLLIN)
         self._poller.register(self._data, zmq.POLLIN)
-
-    def send(self, dest: str, msg: Msg) -> bool:
-        try:
-            self._peer(dest, msg.urgent).send(self.codec.encode(msg), zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            self.dropped_sends += 1
-            return False
 
     def recv_nowait(self) -> AnyMsg | None:
         for sock in (self._urgent, self._data):
@@ -129,15 +133,6 @@ class AsyncBus(_BusBase):
         self._poller = zmq.asyncio.Poller()
         self._poller.register(self._urgent, zmq.POLLIN)
         self._poller.register(self._data, zmq.POLLIN)
-
-    def send(self, dest: str, msg: Msg) -> bool:
-        try:
-            # NOBLOCK on an asyncio socket completes at once or raises Again.
-            self._peer(dest, msg.urgent).send(self.codec.encode(msg), zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            self.dropped_sends += 1
-            return False
 
     async def recv(self) -> AnyMsg:
         """Next message, urgent first."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,15 +13,11 @@ from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
 from engine.pacing import OutboundPacer
 from ipc.pool import RingPool
 from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
-from tests.shm_helpers import unique_instance
 
 
 @pytest.fixture
-def pool():
-    p = RingPool.create(f"{unique_instance()}-{os.getpid()}-pool", max_calls=1, slots=64, capacity=1920)
-    yield p
-    p.close()
-    p.unlink()
+def pool(make_pool):
+    return make_pool(max_calls=1, slots=64, capacity=1920)
 
 
 def make_call(pool: RingPool, inbound_rate: int = 16000, lead_s: float = 0.2) -> tuple[CallAudio, list]:

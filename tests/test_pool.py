@@ -11,13 +11,8 @@ from tests.shm_helpers import shm_entries, unique_instance
 
 
 @pytest.fixture
-def pool():
-    name = f"{unique_instance()}-{os.getpid()}-pool"
-    p = RingPool.create(name, max_calls=3, slots=4, capacity=64)
-    yield p
-    p.close()
-    p.unlink()
-    assert shm_entries(name) == []
+def pool(make_pool):
+    return make_pool(max_calls=3, slots=4, capacity=64)
 
 
 def test_lease_until_full_then_release_makes_room(pool: RingPool) -> None:

@@ -16,13 +16,8 @@ from tests.shm_helpers import shm_entries, unique_instance
 
 
 @pytest.fixture
-def pool():
-    name = f"{unique_instance()}-{os.getpid()}-pool"
-    p = RingPool.create(name, max_calls=2, slots=8, capacity=640)
-    yield p
-    p.close()
-    p.unlink()
-    assert shm_entries(name) == []
+def pool(make_pool):
+    return make_pool(max_calls=2, slots=8, capacity=640)
 
 
 def test_frames_come_out_in_order_with_their_metadata(pool: RingPool) -> None:
