@@ -52,6 +52,7 @@ from engine.telephony import (
     connect_twiml,
     reject_twiml,
     signature_valid,
+    stream_url,
 )
 from ipc.bus import AsyncBus
 from ipc.pool import Lease, RingPool
@@ -65,14 +66,16 @@ CLOSE_TRY_AGAIN = 1013
 CALL_PEERS = ("speech", "llm", "tts")
 
 
-async def _messages_until_idle(ws: web.WebSocketResponse, idle_s: float) -> AsyncIterator[aiohttp.WSMessage]:
-    """The socket's messages until it closes or goes silent for `idle_s` (a network that died without a FIN)."""
+async def _messages_until_idle(ws: web.WebSocketResponse,
+                               idle_s: float) -> AsyncIterator[aiohttp.WSMessage | None]:
+    """The socket's messages until it closes; None, once, if it goes silent for `idle_s` (a network that
+    died without a FIN), after closing it."""
     while True:
         try:
             msg = await ws.receive(timeout=idle_s)
         except asyncio.TimeoutError:
-            log.warning("media stream silent for %.1f s: treating the caller as gone", idle_s)
             await ws.close(code=1001, message=b"stream idle")
+            yield None
             return
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return
@@ -205,7 +208,19 @@ class TransportProc:
             return "stream token missing from customParameters"
         return self.tokens.verify(token, call_sid)
 
-    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+    def _upgrade_signed(self, request: web.Request) -> bool:
+        """Twilio signs the Media Streams upgrade too: the stream URL, no parameters."""
+        signature = request.headers.get("X-Twilio-Signature")
+        public = self.public_url(request)
+        # The wss:// form is what Twilio connects to; accept the https:// spelling of the same URL as well.
+        return any(signature_valid(self.cfg.twilio.auth_token, url, {}, signature)
+                   for url in (stream_url(public), public + STREAM_PATH))
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        if self.cfg.transport.validate_signatures and not self._upgrade_signed(request):
+            log.warning("refused media stream upgrade from %s: bad or missing X-Twilio-Signature", request.remote)
+            self.counters["streams_refused_signature"] += 1
+            return web.Response(status=403, text="invalid signature\n")
         ws = web.WebSocketResponse(max_msg_size=self.cfg.transport.max_message_bytes, autoping=True)
         await ws.prepare(request)
         session = MediaStreamSession(self._verify_token)
@@ -215,6 +230,10 @@ class TransportProc:
             async for msg in _messages_until_idle(ws, self.cfg.transport.stream_idle_timeout_s):
                 t_ns = time.monotonic_ns()
                 t0 = time.perf_counter_ns()
+                if msg is None:
+                    outcome = f"stream silent for {self.cfg.transport.stream_idle_timeout_s:g} s"
+                    log.warning("media stream %s: %s; treating the caller as gone", session.stream_sid, outcome)
+                    break
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     event = session.receive(msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 import wave
 from pathlib import Path
@@ -17,7 +18,7 @@ from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
 from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
 from ipc.schema import CallEnded
 from tests.transport_harness import AUTH_TOKEN, PUBLIC_URL, TransportHarness
-from tools.caller import SyntheticCaller, speech_from_text
+from tools.caller import SyntheticCaller, speech_from_text, twilio_signature
 
 SENTENCE = ("Hello, my name is Alice Johnson. I would like to book a table for four people "
             "on the twelfth of March at seven thirty in the evening.")
@@ -108,7 +109,9 @@ def test_caller_speech_reaches_the_inbound_ring_exactly(tmp_path: Path, speech: 
         asyncio.run(scenario())
         assert len(speech) >= 8000 * 4
         assert bytes(got) == expected_inbound(speech, rate)
-        with wave.open(str(next(h.recordings.glob("*/inbound.wav")))) as w:
+        (call_dir,) = list(h.recordings.iterdir())
+        wait_recording_closed(call_dir)
+        with wave.open(str(call_dir / "inbound.wav")) as w:
             assert w.getframerate() == 8000
             recorded = w.readframes(w.getnframes())
         assert recorded.rstrip(b"\0") == speech.tobytes().rstrip(b"\0")  # what the caller said, as received
@@ -152,6 +155,28 @@ def test_bot_audio_reaches_the_caller_with_its_marks(harness: TransportHarness) 
     arrivals = [t for t, _ in c.received_media_times]
     first = arrivals[0]
     assert all(t - first >= i * 0.02 - 0.22 for i, t in enumerate(arrivals))
+    # The call's recording holds what the caller heard, and its events.
+    (call_dir,) = list(harness.recordings.iterdir())
+    wait_recording_closed(call_dir)
+    with wave.open(str(call_dir / "outbound.wav")) as w:
+        recorded = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    assert np.array_equal(recorded[:len(heard)], heard)
+    events = [json.loads(line) for line in (call_dir / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("mark") == 4
+    assert events[-1]["outcome"] == "caller hung up (stop)" and events[-1]["seq_gaps"] == 0
+
+
+def wait_recording_closed(call_dir: Path, timeout: float = 10.0) -> None:
+    """The recorder thread writes asynchronously: wait for the end event and a WAV header that covers the data."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = (call_dir / "events.jsonl").read_text() if (call_dir / "events.jsonl").exists() else ""
+        wav = (call_dir / "outbound.wav").read_bytes()
+        if '"end"' in events and len(wav) >= 44 and int.from_bytes(wav[40:44], "little") == len(wav) - 44:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"recording in {call_dir} not closed within {timeout} s")
 
 
 BAD_CLIENTS = {
@@ -164,8 +189,12 @@ BAD_CLIENTS = {
 }
 
 
+STREAM_SIGNATURE = {"X-Twilio-Signature": twilio_signature(AUTH_TOKEN, "wss://voice.example.test/twilio/stream", {})}
+
+
 async def bad_client(h: TransportHarness, action) -> int | None:  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession() as session, session.ws_connect(h.base_url + "/twilio/stream") as ws:
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(h.base_url + "/twilio/stream", headers=STREAM_SIGNATURE) as ws:
         await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await action(ws)
         async for _ in ws:
@@ -231,6 +260,20 @@ def test_misbehaving_clients_are_closed_and_a_good_call_never_notices(harness: T
     assert json.loads(body)["calls_active"] == 0
 
 
+def test_an_unsigned_stream_upgrade_is_refused(harness: TransportHarness) -> None:
+    async def attempt(headers: dict[str, str]) -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(harness.base_url + "/twilio/stream", headers=headers):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert asyncio.run(attempt({})) == 403
+    assert asyncio.run(attempt({"X-Twilio-Signature": "forged"})) == 403
+    assert asyncio.run(attempt(STREAM_SIGNATURE)) == 101
+
+
 def test_a_stream_that_goes_silent_is_ended(tmp_path: Path) -> None:
     """A network that dies without closing the socket must not hold a line forever."""
     h = TransportHarness(tmp_path, ENGINE_TRANSPORT__STREAM_IDLE_TIMEOUT_S="1.0")
@@ -243,7 +286,7 @@ def test_a_stream_that_goes_silent_is_ended(tmp_path: Path) -> None:
 
         c = asyncio.run(scenario())
         assert c.close_code == 1001 and c.close_reason == "stream idle"
-        assert h.next_message("speech", CallEnded).reason == "socket closed without stop"
+        assert h.next_message("speech", CallEnded).reason == "stream silent for 1 s"
         assert h.pool.leases() == []
     finally:
         h.close()
