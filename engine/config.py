@@ -104,10 +104,22 @@ class SupervisorSection(_Section):
 
 class SpeechSection(_Section):
     vad: Literal["silero"] = "silero"
+    vad_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    min_speech_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 64
+    """Speech shorter than this never starts a turn (clicks, coughs)."""
+    pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 200
+    """Silence after which transcription starts speculatively."""
+    end_silence_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 500
+    """Silence that ends the caller's turn."""
+    prefix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 200
+    max_turn_s: Annotated[float, msgspec.Meta(ge=1, le=120)] = 30.0
     stt_model: str = "tiny.en"
     """`tiny.en` (bundled), `base` (bundled, two parts), or a CTranslate2 model directory."""
     stt_device: Literal["cpu", "cuda"] = "cpu"
     stt_compute_type: str = "int8"
+    stt_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    model_cache_dir: str = "~/.cache/voice-engine"
+    """Where models assembled at first use (Whisper base) are kept."""
 
 
 class LlmSection(_Section):
@@ -244,6 +256,8 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     slots = cfg.ring.slots
     if slots & (slots - 1):
         fail("ring.slots", slots, "must be a power of two")
+    if cfg.speech.pause_ms >= cfg.speech.end_silence_ms:
+        fail("speech.pause_ms", cfg.speech.pause_ms, "must be shorter than speech.end_silence_ms")
     if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:
         fail("supervisor.heartbeat_timeout_s", cfg.supervisor.heartbeat_timeout_s,
              "must exceed twice supervisor.heartbeat_interval_s")

@@ -118,6 +118,10 @@ class RingPool:
             segment.close()
             raise
 
+    def doorbell_view(self, name: str) -> Doorbell:
+        """A separate Doorbell object on the same word, for another thread (AtomicWord objects are per thread)."""
+        return Doorbell(self.segment.buf, HEADER_BYTES + DOORBELL_BYTES * DOORBELLS.index(name))
+
     def _entry(self, slot: int) -> int:
         return self._lease_base + slot * LEASE_BYTES
 

@@ -111,7 +111,43 @@ class Cancel(Msg):
     gen: int
 
 
-AnyMsg = Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel
+# --- speech ---------------------------------------------------------------------
+
+class SpeechStarted(Msg):
+    """Speech -> transport: the caller started talking (barge-in if the bot is speaking)."""
+
+    urgent: ClassVar[bool] = True
+    call_id: str
+    turn: int
+    onset_t_ns: int
+    """When the speech began, on the caller's audio clock (arrival time of that audio)."""
+
+
+class EndOfTurn(Msg):
+    """Speech -> transport: the caller has been silent for the end-of-turn time."""
+
+    call_id: str
+    turn: int
+    speech_end_t_ns: int
+    """When the caller stopped talking (arrival time of the last speech audio)."""
+
+
+class Transcript(Msg):
+    """Speech -> transport, llm: what the caller said in a turn."""
+
+    call_id: str
+    turn: int
+    text: str
+    final: bool
+    speech_end_t_ns: int
+    audio_ms: int
+    stt_ms: int
+    speculative: bool = False
+    """True when transcription began during the silence, before the turn was confirmed over."""
+
+
+AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | EndOfTurn
+          | Transcript)
 
 
 class Codec:

@@ -1,18 +1,33 @@
-"""The speech process: reads every call's inbound ring (VAD and STT arrive in later issues).
+"""The speech process: hears every call. VAD and endpointing on the main loop, Whisper on a worker.
 
-One loop serves all calls: it sleeps on the pool's inbound doorbell, wakes when any
-call's audio lands, and drains every ring it owns.
+The main loop sleeps on the pool's inbound doorbell, drains every call's ring,
+runs batched VAD rounds (`engine.hearing`), and publishes what they mean. A
+transcription worker thread takes jobs off a queue, so VAD never waits for
+Whisper; when a job is done it rings the same doorbell to wake the main loop.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
 from engine.calls import CallTable
 from engine.config import Config
+from engine.endpointer import EndpointerConfig
+from engine.hearing import Hearing, Job
+from engine.stt import Transcriber, WhisperTranscriber, resolve_model
+from engine.vad import SileroVad
 from ipc.ring import RingReader
-from ipc.schema import AnyMsg, CallEnded, CallStarted, ProcName, RunInfo
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Msg, ProcName, RunInfo, Transcript
 from procs.child import SyncChild, run_sync_child
 
+log = logging.getLogger("engine.speech")
+
 BUS_POLL_S = 0.02  # longest a bus message waits while audio is flowing
+PEERS: dict[str, tuple[ProcName, ...]] = {"Transcript": ("transport", "llm")}
 
 
 class SpeechProc(SyncChild):
@@ -22,44 +37,117 @@ class SpeechProc(SyncChild):
         super().__init__(cfg, run)
         self.calls: CallTable[RingReader] = CallTable()
         self.frames_in = 0
-        self.epoch_skips = 0
+        self.transcripts = 0
+        self.hearing: Hearing | None = None
+        self.transcriber: Transcriber | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     def setup(self) -> None:
         assert self.pool is not None
+        s = self.cfg.speech
         self.pool.doorbells["inbound"].reset_waiters()  # we are its only sleeper
+        endpointing = EndpointerConfig(threshold=s.vad_threshold, min_speech_ms=s.min_speech_ms,
+                                       pause_ms=s.pause_ms, end_silence_ms=s.end_silence_ms,
+                                       prefix_pad_ms=s.prefix_pad_ms, max_turn_s=s.max_turn_s)
+        self.hearing = Hearing(SileroVad(), endpointing, self.cfg.transport.inbound_rate, s.max_turn_s)
+        t0 = time.monotonic()
+        model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
+        self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads)
+        log.info("loaded VAD and Whisper %s (%s, %s) in %.1f s", s.stt_model, s.stt_device, s.stt_compute_type,
+                 time.monotonic() - t0)
+        self._worker = threading.Thread(target=self._transcribe_loop, name="stt", daemon=True)
+        self._worker.start()
+
+    def _transcribe_loop(self) -> None:
+        """Worker thread: Whisper, one job at a time; wakes the main loop when one is done."""
+        assert self.pool is not None and self.transcriber is not None
+        bell = self.pool.doorbell_view("inbound")
+        try:
+            while (job := self._jobs.get()) is not None:
+                if job.cancelled:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    job.text = self.transcriber.transcribe(job.audio)
+                except Exception:  # a bad utterance must not kill every call's transcription
+                    log.exception("transcription failed (call %s turn %d)", job.call_id, job.turn)
+                    job.text = ""
+                job.stt_ms = int((time.perf_counter() - t0) * 1000)
+                self._done.put(job)
+                bell.ring()
+        finally:
+            bell.close()
 
     def handle(self, msg: AnyMsg) -> None:
-        assert self.pool is not None
+        assert self.pool is not None and self.hearing is not None
         if isinstance(msg, CallStarted):
-            self.calls.start(msg.slot, msg.epoch, msg.call_id, RingReader(self.pool.inbound[msg.slot], msg.epoch))
+            accepted, displaced = self.calls.start(msg.slot, msg.epoch, msg.call_id,
+                                                   RingReader(self.pool.inbound[msg.slot], msg.epoch))
+            if displaced is not None:
+                self.hearing.end_call(displaced.call_id)
+            if accepted:
+                self.hearing.add_call(msg.call_id)
         elif isinstance(msg, CallEnded):
             ended = self.calls.end(msg.slot, msg.epoch)
             if ended is not None:
                 ended.state.discard_all()
+                self.hearing.end_call(ended.call_id)
 
-    def drain_rings(self) -> int:
+    def _publish(self, msgs: list[Msg]) -> None:
+        assert self.bus is not None
+        for msg in msgs:
+            for peer in PEERS.get(type(msg).__name__, ("transport",)):
+                self.bus.send(peer, msg)
+            if isinstance(msg, Transcript):
+                self.transcripts += 1
+                log.info("call %s turn %d: %r (%d ms audio, stt %d ms%s)", msg.call_id, msg.turn, msg.text,
+                         msg.audio_ms, msg.stt_ms, ", speculative" if msg.speculative else "")
+
+    def work(self) -> int:
+        """Drain rings, run VAD rounds, hand out jobs, publish results. Returns frames read."""
+        assert self.hearing is not None
         n = 0
         for call in self.calls.values():
-            while call.state.read() is not None:
+            while (frame := call.state.read()) is not None:
+                self.hearing.add_audio(call.call_id, frame.payload, frame.t_ns)
                 n += 1
         self.frames_in += n
+        while any(ear.window_ready() for ear in self.hearing.ears.values()):
+            self._publish(self.hearing.vad_round())
+        for job in self.hearing.take_jobs():
+            self._jobs.put(job)
+        while True:
+            try:
+                done = self._done.get_nowait()
+            except queue.Empty:
+                break
+            self._publish(self.hearing.finished(done))
         return n
 
     def wait_for_work(self, timeout_s: float) -> None:
         assert self.pool is not None and self.bus is not None
-        if not len(self.calls):
+        if not len(self.calls) and self._done.empty():
             super().wait_for_work(timeout_s)
             return
         self.poll_bus()
-        if self.drain_rings() == 0:
-            bell = self.pool.doorbells["inbound"]
+        if self.work() == 0:
             readers = [c.state for c in self.calls.values()]
-            bell.wait(lambda: any(r.ring.available() for r in readers),
+            bell = self.pool.doorbells["inbound"]
+            bell.wait(lambda: not self._done.empty() or any(r.ring.available() for r in readers),
                       min(timeout_s, BUS_POLL_S), self.cfg.ring.spin_us * 1e-6)
-            self.drain_rings()
+            self.work()
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.calls), "frames_in": self.frames_in}
+        h = self.hearing
+        return {"calls": len(self.calls), "frames_in": self.frames_in, "transcripts": self.transcripts,
+                "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0}
+
+    def teardown(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join(10)
 
 
 def main(cfg_bytes: bytes, run_bytes: bytes) -> None:

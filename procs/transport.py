@@ -57,7 +57,18 @@ from engine.telephony import (
 from ipc.bus import AsyncBus
 from ipc.pool import Lease, RingPool
 from ipc.ring import Ring, RingReader, RingWriter
-from ipc.schema import CallEnded, CallStarted, Heartbeat, Ready, RunInfo, Shutdown, Status
+from ipc.schema import (
+    CallEnded,
+    CallStarted,
+    EndOfTurn,
+    Heartbeat,
+    Ready,
+    RunInfo,
+    Shutdown,
+    SpeechStarted,
+    Status,
+    Transcript,
+)
 from procs.child import bootstrap, watch_parent
 
 log = logging.getLogger("engine.transport")
@@ -399,6 +410,10 @@ class TransportProc:
             elif isinstance(msg, Shutdown):
                 log.info("shutdown requested: %s", msg.reason)
                 self.stopping.set()
+            elif isinstance(msg, SpeechStarted | EndOfTurn | Transcript):
+                call = self.calls.get(msg.call_id)
+                if call is not None:  # the conductor (issue #6) acts on these; until then they are recorded
+                    self._record_event(call, {"event": type(msg).__name__, **msgspec.to_builtins(msg)})
 
     async def heartbeat_loop(self) -> None:
         assert self.bus is not None

@@ -1,0 +1,181 @@
+"""The speech process's logic, with no rings, sockets or threads: audio in, bus messages out.
+
+`Hearing` keeps one `CallEar` per call: its audio history on the call's sample
+clock, its VAD stream and its endpointer. `vad_round()` runs one batched VAD
+inference over every call that has a window ready and turns the endpointer's
+events into messages and transcription jobs. Transcription is speculative: a
+job starts at the first `Pause` of a turn; if the turn ends with no more speech,
+that job's result is the final transcript, so the end-of-turn silence hides it.
+Jobs run elsewhere (a worker thread in the process); `finished()` takes results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted
+from engine.vad import WINDOW, SileroVad, VadStream
+from ipc.schema import EndOfTurn as EndOfTurnMsg
+from ipc.schema import Msg, Transcript
+from ipc.schema import SpeechStarted as SpeechStartedMsg
+
+Float32 = npt.NDArray[np.float32]
+
+
+@dataclass
+class Job:
+    """Transcribe samples [start, end) of a call's turn."""
+
+    call_id: str
+    turn: int
+    start: int
+    end: int
+    audio: Float32
+    speech_end_t_ns: int
+    speculative: bool
+    final: bool = False  # the turn is confirmed over: publish the result
+    cancelled: bool = False
+    published: bool = False
+    text: str | None = None  # set by the worker when done
+    stt_ms: int = 0
+
+
+class AudioHistory:
+    """The last `seconds` of a call's audio, addressed by absolute sample index."""
+
+    def __init__(self, rate: int, seconds: float) -> None:
+        self.capacity = int(rate * seconds)
+        self.buf = np.zeros(0, np.float32)
+        self.base = 0  # absolute index of buf[0]
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.buf)
+
+    def append(self, samples: Float32) -> None:
+        self.buf = np.concatenate([self.buf, samples])
+        excess = len(self.buf) - self.capacity
+        if excess > 0:
+            self.buf = self.buf[excess:]
+            self.base += excess
+
+    def range(self, start: int, end: int) -> Float32:
+        return self.buf[max(0, start - self.base):max(0, end - self.base)].copy()
+
+
+@dataclass
+class CallEar:
+    call_id: str
+    rate: int
+    endpointer: Endpointer
+    history: AudioHistory
+    vad: VadStream
+    next_window: int = 0  # absolute index of the next sample to run VAD on
+    turn: int = 0
+    last_t_ns: int = 0  # arrival time of the newest audio
+    speculative: Job | None = None
+    jobs: list[Job] = field(default_factory=list)
+
+    def t_ns_of(self, sample: int) -> int:
+        """When sample `sample` arrived, from the newest frame's arrival time."""
+        return self.last_t_ns - (self.history.end - sample) * 1_000_000_000 // self.rate
+
+    def window_ready(self) -> bool:
+        return self.history.end - self.next_window >= WINDOW[self.rate]
+
+
+class Hearing:
+    def __init__(self, vad: SileroVad, endpointing: EndpointerConfig, rate: int, max_turn_s: float) -> None:
+        self.vad = vad
+        self.endpointing = endpointing
+        self.rate = rate
+        self.history_s = max_turn_s + 2.0
+        self.ears: dict[str, CallEar] = {}
+        self.pending_jobs: list[Job] = []
+        self.vad_batches = 0
+        self.vad_windows = 0
+
+    def add_call(self, call_id: str) -> None:
+        self.ears[call_id] = CallEar(call_id, self.rate, Endpointer(self.endpointing, self.rate),
+                                     AudioHistory(self.rate, self.history_s), VadStream(self.rate))
+
+    def end_call(self, call_id: str) -> None:
+        ear = self.ears.pop(call_id, None)
+        if ear is not None:
+            for job in ear.jobs:
+                job.cancelled = True
+
+    def add_audio(self, call_id: str, pcm16: bytes, t_ns: int) -> None:
+        ear = self.ears[call_id]
+        ear.history.append(np.frombuffer(pcm16, np.int16).astype(np.float32) * (1 / 32768))
+        ear.last_t_ns = t_ns
+
+    def vad_round(self) -> list[Msg]:
+        """One batched inference over every call with a window ready; the messages it leads to."""
+        ready = [ear for ear in self.ears.values() if ear.window_ready()]
+        if not ready:
+            return []
+        n = WINDOW[self.rate]
+        windows = np.stack([ear.history.range(ear.next_window, ear.next_window + n) for ear in ready])
+        probs = self.vad.infer(windows, [ear.vad for ear in ready])
+        self.vad_batches += 1
+        self.vad_windows += len(ready)
+        out: list[Msg] = []
+        for ear, prob in zip(ready, probs, strict=True):
+            start = ear.next_window
+            ear.next_window += n
+            for event in ear.endpointer.feed(float(prob), start, n):
+                out += self._on_event(ear, event)
+        return out
+
+    def _on_event(self, ear: CallEar, event: object) -> list[Msg]:
+        if isinstance(event, SpeechStarted):
+            ear.turn += 1
+            return [SpeechStartedMsg(call_id=ear.call_id, turn=ear.turn, onset_t_ns=ear.t_ns_of(event.start))]
+        if isinstance(event, Pause):
+            ear.speculative = self._job(ear, event.start, event.end, speculative=True)
+            return []
+        if isinstance(event, Resumed):
+            if ear.speculative is not None:
+                ear.speculative.cancelled = True
+                ear.speculative = None
+            return []
+        if isinstance(event, EndOfTurn):
+            spec, ear.speculative = ear.speculative, None
+            end_t_ns = ear.t_ns_of(event.end)
+            msgs: list[Msg] = [EndOfTurnMsg(call_id=ear.call_id, turn=ear.turn, speech_end_t_ns=end_t_ns)]
+            if spec is not None and (spec.start, spec.end) == (event.start, event.end) and not spec.cancelled:
+                spec.final = True
+                msgs += self.finished(spec)  # if it finished during the silence, the transcript is ready now
+            else:
+                if spec is not None:
+                    spec.cancelled = True
+                self._job(ear, event.start, event.end, speculative=False).final = True
+            return msgs
+        return []
+
+    def _job(self, ear: CallEar, start: int, end: int, *, speculative: bool) -> Job:
+        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, end), ear.t_ns_of(end), speculative)
+        ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
+        self.pending_jobs.append(job)
+        return job
+
+    def take_jobs(self) -> list[Job]:
+        jobs, self.pending_jobs = [j for j in self.pending_jobs if not j.cancelled], []
+        return jobs
+
+    def finished(self, job: Job) -> list[Msg]:
+        """A job's transcription is done (job.text set): publish it if its turn is over."""
+        if job.cancelled or job.published or not job.final or job.text is None or job.call_id not in self.ears:
+            return []
+        job.published = True
+        return [self._transcript(job)]
+
+    def _transcript(self, job: Job) -> Transcript:
+        return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=True,
+                          speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // self.rate,
+                          stt_ms=job.stt_ms, speculative=job.speculative, t_ns=time.monotonic_ns())

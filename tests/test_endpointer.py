@@ -1,0 +1,79 @@
+"""The endpointer, table-driven: speech/silence patterns in 32 ms windows -> events."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted
+
+W = 512  # samples per window at 16 kHz = 32 ms
+CFG = EndpointerConfig(threshold=0.5, hysteresis=0.15, min_speech_ms=64, pause_ms=200, end_silence_ms=500,
+                       prefix_pad_ms=64)
+
+
+def run(pattern: str, cfg: EndpointerConfig = CFG) -> list[tuple[int, object]]:
+    """`S` speech (0.9), `.` silence (0.05), `~` in between (0.45): one character per window."""
+    ep = Endpointer(cfg, 16000)
+    probs = {"S": 0.9, ".": 0.05, "~": 0.45}
+    events = []
+    for i, ch in enumerate(pattern):
+        for event in ep.feed(probs[ch], i * W, W):
+            events.append((i, event))
+    return events
+
+
+def kinds(pattern: str, cfg: EndpointerConfig = CFG) -> list[str]:
+    return [type(e).__name__ for _, e in run(pattern, cfg)]
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    ("." * 40, []),                                            # silence
+    ("..S....", []),                                           # a click: one window never starts a turn
+    ("..S.S.S.S.", []),                                        # line crackle: isolated windows
+    ("..SS" + "." * 20, ["SpeechStarted", "Pause", "EndOfTurn"]),  # the shortest turn (64 ms)
+    ("SSSSSSSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),
+    ("SSSSS" + "." * 10 + "SSSSS" + "." * 16,                  # a 320 ms pause inside the turn: one turn
+     ["SpeechStarted", "Pause", "Resumed", "Pause", "EndOfTurn"]),
+    ("SSSSS" + "..." + "SSSSS" + "." * 16,                     # a pause shorter than pause_ms: not even a Pause
+     ["SpeechStarted", "Pause", "EndOfTurn"]),
+    ("SS~~~~~~" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),  # in-between keeps speech going
+    ("S~" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),        # ...and counts toward the onset
+    ("SSSSS" + "." * 16 + "SSSS" + "." * 16,                   # two turns
+     ["SpeechStarted", "Pause", "EndOfTurn", "SpeechStarted", "Pause", "EndOfTurn"]),
+])
+def test_patterns(pattern: str, expected: list[str]) -> None:
+    assert kinds(pattern) == expected
+
+
+def test_timing_and_ranges() -> None:
+    events = run("...." + "SSSSSS" + "." * 20)
+    (i0, started), (i1, pause), (i2, end) = events
+    assert isinstance(started, SpeechStarted) and started.start == 4 * W
+    assert i0 == 5  # fires on the second speech window: 64 ms, fast enough for barge-in
+    assert isinstance(pause, Pause) and pause.end == 10 * W
+    assert i1 == 10 + 6  # 7 windows of silence = 224 ms >= 200
+    assert isinstance(end, EndOfTurn) and (end.start, end.end) == (4 * W - 1024, 10 * W)  # 64 ms prefix pad
+    assert i2 == 10 + 15  # 16 windows = 512 ms >= 500
+    assert not end.forced
+
+
+def test_pause_then_resume_then_end_ranges_cover_the_whole_turn() -> None:
+    events = run("SSSS" + "." * 8 + "SSSS" + "." * 16)
+    pause, resumed, pause2, end = (e for _, e in events[1:])
+    assert isinstance(resumed, Resumed)
+    assert isinstance(pause, Pause) and pause.end == 4 * W
+    assert isinstance(pause2, Pause) and isinstance(end, EndOfTurn)
+    assert (pause2.start, pause2.end) == (end.start, end.end) == (0, 16 * W)  # the speculative job matches
+
+
+def test_a_monologue_is_cut_at_max_turn() -> None:
+    cfg = EndpointerConfig(min_speech_ms=64, pause_ms=200, end_silence_ms=500, max_turn_s=1.0)
+    events = run("S" * 80, cfg)
+    ends = [e for _, e in events if isinstance(e, EndOfTurn)]
+    assert len(ends) == 2 and all(e.forced for e in ends)
+
+
+def test_longer_min_speech_ignores_a_cough() -> None:
+    cfg = EndpointerConfig(min_speech_ms=200)
+    assert kinds("...SSS....", cfg) == []           # 96 ms cough
+    assert kinds("...SSSSSSS" + "." * 20, cfg)[0] == "SpeechStarted"
