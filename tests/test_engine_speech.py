@@ -1,0 +1,53 @@
+"""The whole engine under its supervisor hears a synthetic caller: one utterance, one transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.engine_run import EngineRun
+from tests.speech_helpers import silence, spoken, words
+from tools.caller import SyntheticCaller
+
+AUTH = "engine-test-auth-token"
+PUBLIC = "https://voice.example.test"
+
+
+def test_a_callers_utterance_becomes_one_transcript(tmp_path: Path) -> None:
+    recordings = tmp_path / "recordings"
+    run = EngineRun(tmp_path, ENGINE_TRANSPORT__PUBLIC_URL=PUBLIC, ENGINE_TWILIO__AUTH_TOKEN=AUTH,
+                    ENGINE_TRANSPORT__RECORDINGS_DIR=str(recordings))
+    try:
+        run.wait_healthy(timeout=120)
+        utterance = np.concatenate([silence(0.5), spoken("I would like to cancel my order and get a refund."),
+                                    silence(1.5)])
+
+        async def call() -> str:
+            async with SyntheticCaller(f"http://127.0.0.1:{run.port}", public_url=PUBLIC, auth_token=AUTH) as c:
+                await c.connect(await c.dial())
+                await c.send_audio(utterance)
+                events = recordings / c.call_sid / "events.jsonl"
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and '"Transcript"' not in (
+                        events.read_text() if events.exists() else ""):
+                    await asyncio.sleep(0.1)
+                await c.send_audio(silence(1.0))  # nothing more is said
+                await c.hangup()
+                return c.call_sid
+
+        call_sid = asyncio.run(call())
+        time.sleep(0.5)  # the recorder flushes within a second of the call ending
+        events = [json.loads(line) for line in (recordings / call_sid / "events.jsonl").read_text().splitlines()]
+        transcripts = [e for e in events if e["event"] == "Transcript"]
+        assert len(transcripts) == 1, events
+        assert [e["event"] for e in events].count("SpeechStarted") == 1
+        text = transcripts[0]["text"]
+        assert len({"cancel", "order", "refund"} & words(text)) >= 2, text
+        assert transcripts[0]["final"] and transcripts[0]["turn"] == 1
+        assert run.stop() == 0
+    finally:
+        run.kill_everything()
