@@ -133,6 +133,7 @@ class TransportProc:
         self.outbound_us = Recent()
         self.recorder = Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
         self._watch_stop = threading.Event()
+        self._someone_waiting = threading.Event()  # set when a call's sender goes idle
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- HTTP: webhooks and health ---------------------------------------------------------
@@ -377,6 +378,7 @@ class TransportProc:
                 continue
             call.kick.clear()
             call.waiting_for_audio = True
+            self._someone_waiting.set()
             if audio.outbound.ring.available():
                 call.waiting_for_audio = False
                 continue
@@ -389,7 +391,12 @@ class TransportProc:
         bell = self.pool.doorbells["outbound"]
         spin = self.cfg.ring.spin_us * 1e-6
         while not self._watch_stop.is_set():
+            self._someone_waiting.clear()  # before the snapshot: a sender going idle after it sets it again
             rings = {c: c.watch_ring for c in list(self.calls.values()) if c.waiting_for_audio and c.watch_ring}
+            if not rings:
+                # Nobody idle: stay off the doorbell, or every TTS write would pay a futex wake for nothing.
+                self._someone_waiting.wait(0.05)
+                continue
             ready = [c for c, ring in rings.items() if ring.available()]
             if not ready:
                 bell.wait(functools.partial(_any_has_audio, list(rings.values())), 0.05, spin)

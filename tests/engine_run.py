@@ -46,10 +46,10 @@ class EngineRun:
     """One supervisor with its own instance name, port and runtime dir."""
 
     def __init__(self, tmp_path: Path, **overrides: str) -> None:
-        self.instance = overrides.pop("instance", None) or unique_instance()
+        self.instance = overrides.pop("instance", "") or unique_instance()
         self.port = free_port()
         # Unix socket paths are short: keep the runtime dir out of pytest's long tmp paths.
-        given_base = overrides.pop("runtime_base", None)
+        given_base = overrides.pop("runtime_base", "")
         self.runtime_base = Path(given_base or tempfile.mkdtemp(prefix="eng", dir="/tmp"))
         self.log_path = tmp_path / f"{self.instance}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
