@@ -77,3 +77,21 @@ def test_longer_min_speech_ignores_a_cough() -> None:
     cfg = EndpointerConfig(min_speech_ms=200)
     assert kinds("...SSS....", cfg) == []           # 96 ms cough
     assert kinds("...SSSSSSS" + "." * 20, cfg)[0] == "SpeechStarted"
+
+
+def test_audio_history_is_a_window_on_the_absolute_sample_clock() -> None:
+    import numpy as np
+
+    from engine.hearing import AudioHistory
+
+    h = AudioHistory(rate=10, seconds=3.0)  # holds 30 samples
+    stream = np.arange(100, dtype=np.float32)
+    for i in range(0, 100, 7):  # appends that wrap around the buffer at odd places
+        h.append(stream[i:i + 7])
+    assert (h.start, h.end) == (70, 100)
+    assert np.array_equal(h.range(70, 100), stream[70:100])
+    assert np.array_equal(h.range(85, 93), stream[85:93])
+    assert np.array_equal(h.range(0, 75), stream[70:75])  # older than held: clipped
+    assert len(h.range(100, 120)) == 0
+    h.append(np.arange(100, 200, dtype=np.float32))  # one append longer than the buffer
+    assert (h.start, h.end) == (170, 200) and np.array_equal(h.range(170, 200), np.arange(170, 200))

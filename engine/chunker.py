@@ -1,0 +1,78 @@
+"""Streaming sentence chunking: LLM text deltas in, speakable pieces out, as early as is safe.
+
+The first piece of a reply may end at a clause boundary (`,` `;` `:` `—`) once it has
+`first_min_words` words, so speech starts before the first sentence is finished;
+after that, pieces are whole sentences. A `.` ends a sentence only when whitespace
+follows and it does not end an abbreviation ("Dr.", "e.g.", "a.m."), an initial
+("J. Smith") or a list number ("2. Pears"); decimals, times, e-mail addresses and
+URLs never have whitespace after their dots. A boundary at the very end of the
+buffer waits for the next delta (or `flush`), since "3." may become "3.5".
+"""
+
+from __future__ import annotations
+
+import re
+
+ABBREVIATIONS = frozenset(["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "u.s", "u.k", "inc", "ltd", "co", "corp", "no", "nos", "approx", "dept", "est", "fig", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "tues", "wed", "thu", "thur", "thurs", "fri", "sat", "sun", "ave", "blvd", "rd", "min", "max", "tel", "ext", "vol", "ref"])
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
+_CLAUSE_END = re.compile(r"[,;:—–][\"')\]]*(?=\s)")
+_WORD_BEFORE_DOT = re.compile(r"([\w.]+)\.$")
+
+
+def _is_sentence_end(text: str, end: int) -> bool:
+    """Whether the punctuation run ending at `end` closes a sentence."""
+    mark = text[:end].rstrip("\"')]")
+    if not mark.endswith(".") or mark.endswith(".."):
+        return True  # ! ? … and newlines always end one
+    m = _WORD_BEFORE_DOT.search(mark)
+    if m is None:
+        return True
+    word = m.group(1).lower()
+    if word in ABBREVIATIONS:
+        return False
+    if len(word) == 1 and word.isalpha() and m.group(1).isupper():
+        return False  # an initial: "J. Smith"
+    line_start = text.rfind("\n", 0, m.start()) + 1
+    return not (word.isdigit() and text[line_start:m.start()].strip() == "")  # "2. Pears" at a line start
+
+
+class SentenceChunker:
+    def __init__(self, first_min_words: int = 4, max_chars: int = 300) -> None:
+        self.first_min_words = first_min_words
+        self.max_chars = max_chars
+        self._buf = ""
+        self._emitted = 0
+
+    def push(self, delta: str) -> list[str]:
+        """Add generated text; returns the pieces now ready to speak."""
+        self._buf += delta
+        out: list[str] = []
+        while (cut := self._next_cut()) is not None:
+            piece, self._buf = self._buf[:cut].strip(), self._buf[cut:]
+            if piece:
+                out.append(piece)
+                self._emitted += 1
+        return out
+
+    def flush(self) -> list[str]:
+        """The end of the reply: whatever is left is the last piece."""
+        piece, self._buf = self._buf.strip(), ""
+        if piece:
+            self._emitted += 1
+            return [piece]
+        return []
+
+    def _next_cut(self) -> int | None:
+        text = self._buf
+        for m in _SENTENCE_END.finditer(text):
+            if _is_sentence_end(text, m.end()):
+                return m.end()
+        if self._emitted == 0:
+            for m in _CLAUSE_END.finditer(text):
+                if len(text[:m.start()].split()) >= self.first_min_words:
+                    return m.end()
+        if len(text) > self.max_chars:  # a run-on with no boundary: cut at the last space
+            space = text.rfind(" ", 0, self.max_chars)
+            return space if space > 0 else self.max_chars
+        return None

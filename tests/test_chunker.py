@@ -1,0 +1,60 @@
+"""The streaming sentence chunker, table-driven, fed as an LLM would feed it."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.chunker import SentenceChunker
+
+
+def chunk(text: str, step: int = 3, first_min_words: int = 4) -> list[str]:
+    """Feed `text` in small deltas, as tokens arrive."""
+    c = SentenceChunker(first_min_words=first_min_words)
+    out: list[str] = []
+    for i in range(0, len(text), step):
+        out += c.push(text[i:i + step])
+    return out + c.flush()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Hello there. How are you today? I am fine!",
+     ["Hello there.", "How are you today?", "I am fine!"]),
+    ("Sure, let me check that for you, it will only take a moment. Thanks for waiting.",
+     ["Sure, let me check that for you,", "it will only take a moment.", "Thanks for waiting."]),
+    ("Dr. Smith will see you at 3:30 p.m. on Friday. Please arrive early.",
+     ["Dr. Smith will see you at 3:30 p.m. on Friday.", "Please arrive early."]),
+    ("The total is $42.50, which includes tax. Anything else?",
+     ["The total is $42.50,", "which includes tax.", "Anything else?"]),  # first clause goes early
+    ("Pi is about 3.14159. That is all.", ["Pi is about 3.14159.", "That is all."]),
+    ("Email me at john.doe@example.com. I reply fast.", ["Email me at john.doe@example.com.", "I reply fast."]),
+    ("Visit www.example.co.uk for details. Bye.", ["Visit www.example.co.uk for details.", "Bye."]),
+    ("Bring these:\n1. Your ID\n2. Your card\n3. A pen", ["Bring these:", "1. Your ID", "2. Your card", "3. A pen"]),
+    ("We have apples, pears, e.g. the green ones, and plums. Want some?",
+     ["We have apples, pears,", "e.g. the green ones, and plums.", "Want some?"]),
+    ("J. R. R. Tolkien wrote it. Great book.", ["J. R. R. Tolkien wrote it.", "Great book."]),
+    ("It opens at 9 a.m. tomorrow. See you.", ["It opens at 9 a.m. tomorrow.", "See you."]),
+    ("Call 555-0199 now! Or later...", ["Call 555-0199 now!", "Or later..."]),
+    ("He said \"Stop.\" Then he left.", ["He said \"Stop.\"", "Then he left."]),
+    ("Version 2.0.1 is out. Update now.", ["Version 2.0.1 is out.", "Update now."]),
+    ("Yes", ["Yes"]),
+])
+def test_pieces(text: str, expected: list[str]) -> None:
+    assert chunk(text) == expected
+    assert chunk(text, step=1) == expected  # token boundaries never change the result
+
+
+def test_first_clause_needs_enough_words() -> None:
+    assert chunk("Well, I think so. Yes.") == ["Well, I think so.", "Yes."]
+    assert chunk("Well, I think so, honestly. Yes.", first_min_words=2) == ["Well, I think so,", "honestly.", "Yes."]
+
+
+def test_a_dot_at_the_end_of_a_delta_waits_for_the_next_one() -> None:
+    c = SentenceChunker()
+    assert c.push("The rate is 3.") == []
+    assert c.push("5 percent. Ok") == ["The rate is 3.5 percent."]
+    assert c.flush() == ["Ok"]
+
+
+def test_run_on_text_is_cut_at_a_space() -> None:
+    pieces = chunk("word " * 200, first_min_words=100)
+    assert all(len(p) <= 300 for p in pieces) and " ".join(pieces).split() == ["word"] * 200
