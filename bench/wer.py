@@ -2,11 +2,13 @@
 
 The test set is a fixed list of short caller utterances heavy in what a phone agent must get right:
 account and phone numbers, names, dates, times, addresses and amounts. The reference text is written
-in words, the way a person reads it aloud, and espeak-ng speaks it in two conditions:
+in words, the way a person reads it aloud, and two synthetic voices speak it: espeak-ng (formant
+synthesis, robotic) and Piper en_US-joe-medium (neural, much closer to a person), in these conditions:
 
   16k    espeak-ng straight to 16 kHz (`tools.caller.speech_from_text(text, rate=16000)`)
   phone  espeak-ng at 8 kHz through the phone path (`tests.speech_helpers.phone_path`: μ-law,
          decoded, resampled to 16 kHz in 20 ms chunks), what the speech process hears on a call
+  piper-16k, piper-phone   the same with Piper's voice (22.05 kHz, resampled to 16 kHz / 8 kHz)
   8k     diagnostic, tiny.en only (`--bandwidth-check`): espeak-ng at 8 kHz resampled straight to
          16 kHz by soxr, no μ-law and no engine resampler, to tell what the 4 kHz bandwidth of a
          phone line costs apart from what the codec and the engine's resampler cost
@@ -64,12 +66,12 @@ import soxr  # noqa: E402
 
 from engine.stt import WhisperTranscriber, resolve_model  # noqa: E402
 from tests.speech_helpers import phone_path, spoken  # noqa: E402
-from tools.caller import speech_from_text  # noqa: E402
+from tools.caller import piper_speech, speech_from_text  # noqa: E402
 
 RATE = 16_000
 TARGET_WER = 0.10  # the target: tiny.en on the phone path
 TARGET = ("tiny.en", 1, "phone")
-CONDITIONS = ("16k", "phone")
+CONDITIONS = ("16k", "phone", "piper-16k", "piper-phone")
 SWEEP_S = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 Float32 = npt.NDArray[np.float32]
 
@@ -346,7 +348,11 @@ def guarded(run: Callable[[], dict[str, Any]], no_wait: bool, retries: int = 3) 
 # --- the run -----------------------------------------------------------------------------------
 
 def synthesise(condition: str, text: str) -> Float32:
-    if condition == "16k":
+    if condition == "piper-16k":
+        pcm = piper_speech(text, rate=RATE)
+    elif condition == "piper-phone":
+        pcm = phone_path(piper_speech(text, rate=8000), rate=RATE)
+    elif condition == "16k":
         pcm = speech_from_text(text, rate=RATE)
     elif condition == "8k":
         pcm = np.asarray(soxr.resample(spoken(text), 8000, RATE), dtype=np.int16)
@@ -500,7 +506,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "wer.json")
     args = ap.parse_args()
 
-    print(f"synthesising {len(UTTERANCES)} utterances x {len(args.conditions)} conditions (espeak-ng) ...",
+    print(f"synthesising {len(UTTERANCES)} utterances x {len(args.conditions)} conditions (espeak-ng, Piper) ...",
           flush=True)
     plan: list[tuple[str, int, str]] = []  # each model's cases together: it is loaded once
     for tier in args.tiers:
@@ -540,6 +546,13 @@ def main() -> None:
     analysis = {f"{c['tier']}/{c['threads']}/{c['condition']}": error_analysis(c) for c in cases}
     target_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == TARGET), None)
     target: dict[str, Any] = {"tier": TARGET[0], "condition": TARGET[2], "wer_max": TARGET_WER}
+    piper_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == ("tiny.en", 1, "piper-phone")),
+                      None)
+    if piper_case is not None:
+        target["piper_phone_wer"] = piper_case["wer"]
+        target["piper_phone_met"] = piper_case["wer"] <= TARGET_WER
+        print(f"\ntiny.en phone-path WER with Piper's voice: {piper_case['wer']:.1%}  "
+              f"{'MET' if target['piper_phone_met'] else 'MISSED'} (target {TARGET_WER:.0%})")
     if target_case is not None:
         target.update(wer=target_case["wer"], met=target_case["wer"] <= TARGET_WER)
         print(f"\ntarget: tiny.en phone-path WER <= {TARGET_WER:.0%}: {target_case['wer']:.1%}  "
@@ -554,7 +567,8 @@ def main() -> None:
             print(f"  {w['edits']} edits: {w['reference']!r}\n           -> {w['hypothesis']!r}")
 
     result = {
-        "benchmark": "Whisper tiers: WER and latency on espeak-ng caller utterances, 16 kHz and phone path",
+        "benchmark": "Whisper tiers: WER and latency on synthetic caller utterances (espeak-ng and Piper voices), "
+                     "16 kHz and phone path",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
