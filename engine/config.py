@@ -123,10 +123,20 @@ class SpeechSection(_Section):
 
 
 class LlmSection(_Section):
-    backend: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
     model: str = "smollm2-135m"
+    """llamacpp: `smollm2-135m` (bundled) or a .gguf path. openai: the served model's name."""
     base_url: str = ""
     """For the openai backend: the server's /v1 URL."""
+    api_key: str = ""
+    system_prompt: str = ("You are a friendly, concise voice assistant on a phone call. Answer in one or two "
+                          "short spoken sentences. No lists, no markdown, no emojis.")
+    greeting: str = "Hello! How can I help you today?"
+    max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
+    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4
+    """The first speakable piece may end at a comma once it has this many words."""
 
 
 class TtsSection(_Section):
@@ -256,6 +266,8 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     slots = cfg.ring.slots
     if slots & (slots - 1):
         fail("ring.slots", slots, "must be a power of two")
+    if cfg.llm.backend == "openai" and not cfg.llm.base_url:
+        fail("llm.base_url", "", "the openai backend needs the server's /v1 URL")
     if cfg.speech.pause_ms >= cfg.speech.end_silence_ms:
         fail("speech.pause_ms", cfg.speech.pause_ms, "must be shorter than speech.end_silence_ms")
     if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:

@@ -31,19 +31,14 @@ def endpoint(runtime_dir: Path, name: str, lane: str) -> str:
     return f"ipc://{runtime_dir}/{name}.{lane}"
 
 
-class _BusBase:
-    def __init__(self, ctx: Any, runtime_dir: Path, name: str) -> None:
+class _Sending:
+    """PUSH sockets to peers, made on first use. Sends never block."""
+
+    def __init__(self, ctx: Any, runtime_dir: Path) -> None:
         self.runtime_dir = Path(runtime_dir)
-        self.name = name
         self.codec = Codec()
         self.dropped_sends = 0
-        self.bad_messages = 0
         self._ctx = ctx
-        self._urgent = ctx.socket(zmq.PULL)
-        self._data = ctx.socket(zmq.PULL)
-        for sock, lane in ((self._urgent, "urgent"), (self._data, "data")):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(endpoint(self.runtime_dir, name, lane))
         self._peers: dict[tuple[str, bool], Any] = {}
 
     def _peer(self, dest: str, urgent: bool) -> Any:
@@ -69,6 +64,38 @@ class _BusBase:
             self.dropped_sends += 1
             return False
 
+    def _close_peers(self) -> None:
+        for sock in self._peers.values():
+            sock.close(linger=0)
+        self._peers.clear()
+
+
+class Sender(_Sending):
+    """Send-only bus handle for a worker thread (a ZeroMQ socket belongs to one thread)."""
+
+    def __init__(self, runtime_dir: Path, ctx: zmq.Context[Any] | None = None) -> None:
+        self._own_ctx = ctx is None
+        super().__init__(ctx or zmq.Context(), runtime_dir)
+
+    def close(self) -> None:
+        self._close_peers()
+        if self._own_ctx:
+            self._ctx.term()
+
+
+class _BusBase(_Sending):
+    """A process's two receiving lanes plus sending."""
+
+    def __init__(self, ctx: Any, runtime_dir: Path, name: str) -> None:
+        super().__init__(ctx, runtime_dir)
+        self.name = name
+        self.bad_messages = 0
+        self._urgent = ctx.socket(zmq.PULL)
+        self._data = ctx.socket(zmq.PULL)
+        for sock, lane in ((self._urgent, "urgent"), (self._data, "data")):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(endpoint(self.runtime_dir, name, lane))
+
     def _decode(self, data: bytes) -> AnyMsg | None:
         try:
             return self.codec.decode(data)
@@ -78,9 +105,9 @@ class _BusBase:
             return None
 
     def close(self) -> None:
-        for sock in [self._urgent, self._data, *self._peers.values()]:
-            sock.close(linger=0)
-        self._peers.clear()
+        self._urgent.close(linger=0)
+        self._data.close(linger=0)
+        self._close_peers()
 
 
 class Bus(_BusBase):

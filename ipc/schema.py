@@ -146,8 +146,39 @@ class Transcript(Msg):
     """True when transcription began during the silence, before the turn was confirmed over."""
 
 
+# --- thinking and speaking ----------------------------------------------------------
+
+class Sentence(Msg):
+    """LLM -> tts: the next speakable piece of reply `gen`; `last` marks the end of the reply."""
+
+    call_id: str
+    gen: int
+    index: int
+    text: str
+    last: bool = False
+
+
+class Heard(Msg):
+    """Transport -> llm: of reply `gen`, the caller heard only `text` before a barge-in."""
+
+    call_id: str
+    gen: int
+    text: str
+
+
+class Spoken(Msg):
+    """TTS -> transport: frames seq_first..seq_last of the outbound ring carry `text` of reply `gen`."""
+
+    call_id: str
+    gen: int
+    index: int
+    seq_first: int
+    seq_last: int
+    text: str
+
+
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | EndOfTurn
-          | Transcript)
+          | Transcript | Sentence | Heard | Spoken)
 
 
 class Codec:

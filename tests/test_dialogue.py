@@ -1,0 +1,40 @@
+"""Heard-only history."""
+
+from engine.dialogue import Dialogue
+
+
+def test_history_keeps_what_was_heard_not_what_was_generated() -> None:
+    d = Dialogue("You are a receptionist.")
+    d.add_user("Do you open on Sunday?")
+    d.add_assistant(1, "Yes, we open on Sunday from ten to four. Would you like to book?")
+    d.heard(1, "Yes, we open on Sunday")
+    assert d.messages() == [
+        {"role": "system", "content": "You are a receptionist."},
+        {"role": "user", "content": "Do you open on Sunday?"},
+        {"role": "assistant", "content": "Yes, we open on Sunday [interrupted by the caller]"},
+    ]
+
+
+def test_a_reply_nobody_heard_leaves_no_trace() -> None:
+    d = Dialogue("sys")
+    d.add_user("Hello?")
+    d.add_assistant(2, "Hi there, how can I help you today?")
+    d.heard(2, "")
+    d.add_user("Are you there?")
+    assert [m["role"] for m in d.messages()] == ["system", "user"]
+    assert d.messages()[1]["content"] == "Hello? Are you there?"
+
+
+def test_uninterrupted_replies_stay_whole_and_history_is_bounded() -> None:
+    d = Dialogue("sys", max_turns=4)
+    for i in range(5):
+        d.add_user(f"question {i}")
+        d.add_assistant(i, f"answer {i}")
+    assert [m["content"] for m in d.messages()[1:]] == ["question 3", "answer 3", "question 4", "answer 4"]
+
+
+def test_heard_report_arriving_before_the_reply_was_recorded() -> None:
+    d = Dialogue("sys")
+    d.add_user("Hi")
+    d.heard(7, "Good morning")
+    assert d.messages()[-1] == {"role": "assistant", "content": "Good morning [interrupted by the caller]"}

@@ -1,0 +1,113 @@
+"""LLM backends: llama.cpp with the bundled SmolLM2, and the OpenAI-compatible client against a local server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from engine.llm import LlamaCppBackend, LlmError, OpenAIBackend, resolve_gguf
+from tests.engine_run import free_port
+
+MESSAGES = [{"role": "system", "content": "You are a helpful phone assistant. Answer briefly."},
+            {"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def llama() -> LlamaCppBackend:
+    return LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=2)
+
+
+def test_llama_cpp_streams_a_reply(llama: LlamaCppBackend) -> None:
+    deltas: list[str] = []
+    llama.stream(MESSAGES, lambda d: deltas.append(d) or False, max_tokens=40)
+    assert len(deltas) > 2 and "paris" in "".join(deltas).lower()
+
+
+def test_llama_cpp_stops_when_asked(llama: LlamaCppBackend) -> None:
+    full: list[str] = []
+    llama.stream([MESSAGES[0], {"role": "user", "content": "Tell me a long story about a dragon."}],
+                 lambda d: full.append(d) or False, max_tokens=80)
+    cut: list[str] = []
+    llama.stream([MESSAGES[0], {"role": "user", "content": "Tell me a long story about a dragon."}],
+                 lambda d: cut.append(d) is None and len(cut) >= 3, max_tokens=80)
+    assert len(cut) == 3 < len(full)
+
+
+class FakeOpenAI:
+    """A local OpenAI-compatible server of the test's own: streams a reply one word every 20 ms."""
+
+    def __init__(self, words: list[str], status: int = 200) -> None:
+        self.words, self.status = words, status
+        self.requests: list[dict[str, object]] = []
+        self.sent = 0
+        self.disconnected = threading.Event()
+        self.port = free_port()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        if self.status != 200:
+            return web.Response(status=self.status, text='{"error": "overloaded"}')
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for word in self.words:
+                chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+                await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.sent += 1
+                await asyncio.sleep(0.02)
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return resp
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    yield FakeOpenAI([f"word{i}" for i in range(50)])
+
+
+def test_openai_backend_streams(fake: FakeOpenAI) -> None:
+    backend = OpenAIBackend(f"http://127.0.0.1:{fake.port}/v1", "gemma-3-27b")
+    deltas: list[str] = []
+    backend.stream(MESSAGES, lambda d: deltas.append(d) or False, max_tokens=64)
+    assert "".join(deltas).split() == [f"word{i}" for i in range(50)]
+    assert fake.requests[0]["stream"] is True and fake.requests[0]["messages"] == MESSAGES
+
+
+def test_openai_backend_cancel_closes_the_stream(fake: FakeOpenAI) -> None:
+    backend = OpenAIBackend(f"http://127.0.0.1:{fake.port}/v1", "m")
+    deltas: list[str] = []
+    backend.stream(MESSAGES, lambda d: deltas.append(d) is None and len(deltas) >= 5, max_tokens=64)
+    assert len(deltas) == 5
+    assert fake.disconnected.wait(5)  # the server saw the connection go: vLLM would abort the request
+    time.sleep(0.1)
+    assert fake.sent < 50
+
+
+def test_openai_backend_errors_are_clear() -> None:
+    failing = FakeOpenAI([], status=503)
+    with pytest.raises(LlmError, match="HTTP 503"):
+        OpenAIBackend(f"http://127.0.0.1:{failing.port}/v1", "m").stream(MESSAGES, lambda d: False, 10)
+    with pytest.raises(LlmError):
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=2).stream(MESSAGES, lambda d: False, 10)

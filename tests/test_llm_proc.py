@@ -1,0 +1,70 @@
+"""The LLM process with the real bundled model: a transcript becomes sentences; Cancel stops them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Heartbeat, Sentence, Transcript
+from tests.child_harness import ChildHarness
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[ChildHarness]:
+    # Greedy decoding: a 135M model sampled at 0.6 sometimes wanders off; tests want the same reply every run.
+    h = ChildHarness("llm", {"ENGINE_LLM__MAX_TOKENS": "200", "ENGINE_LLM__TEMPERATURE": "0"})
+    yield h
+    h.close()
+
+
+def start_call(llm: ChildHarness, call_id: str, slot: int) -> None:
+    """Start a call and wait until the LLM process tracks it (its heartbeat says so): the
+    transcript comes from another sender, so it could otherwise overtake the CallStarted."""
+    llm.send(CallStarted(call_id=call_id, slot=slot, epoch=1, inbound_rate=16000), "transport")
+    llm.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 1)
+
+
+def transcript(call_id: str, text: str, turn: int = 1) -> Transcript:
+    return Transcript(call_id=call_id, turn=turn, text=text, final=True, speech_end_t_ns=time.monotonic_ns(),
+                      audio_ms=2000, stt_ms=400)
+
+
+def test_a_question_becomes_a_spoken_reply_in_sentences(llm: ChildHarness) -> None:
+    start_call(llm, "CA-q", 0)
+    try:
+        llm.send(transcript("CA-q", "What is the capital of France?"), "speech")
+        sentences = [llm.wait_for("tts", Sentence, 60)]
+        while not sentences[-1].last:
+            sentences.append(llm.wait_for("tts", Sentence, 30))
+        assert {s.gen for s in sentences} == {1}
+        assert [s.index for s in sentences] == list(range(len(sentences)))
+        reply = " ".join(s.text for s in sentences)
+        assert "paris" in reply.lower(), reply
+    finally:
+        llm.send(CallEnded(call_id="CA-q", slot=0, epoch=1, reason="test"), "transport")
+
+
+def test_cancel_stops_the_generation_and_nothing_more_of_it_arrives(llm: ChildHarness) -> None:
+    llm.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 0)
+    start_call(llm, "CA-c", 1)
+    try:
+        _cancel_scenario(llm)
+    finally:
+        llm.send(CallEnded(call_id="CA-c", slot=1, epoch=1, reason="test"), "transport")
+
+
+def _cancel_scenario(llm: ChildHarness) -> None:
+    ask = "Tell me a very long story about a brave knight, a dragon and a princess, with many details."
+    llm.send(transcript("CA-c", ask), "speech")
+    first = llm.wait_for("tts", Sentence, 60, lambda s: s.call_id == "CA-c")
+    llm.send(Cancel(call_id="CA-c", gen=first.gen), "transport")
+    after = [s for s in llm.messages("tts", Sentence, 3.0) if s.call_id == "CA-c"]
+    assert len(after) <= 1  # at most one was already on its way when the cancel landed
+    assert not any(s.last for s in after)  # the cancelled reply never completes
+    # The caller heard only the first piece: the next reply is generation 2 and the history says so.
+    llm.send(Heard(call_id="CA-c", gen=first.gen, text=first.text), "transport")
+    llm.send(transcript("CA-c", "Stop. What is two plus two?", turn=2), "speech")
+    nxt = llm.wait_for("tts", Sentence, 60, lambda s: s.call_id == "CA-c" and s.gen == 2)
+    assert nxt.index == 0
