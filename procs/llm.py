@@ -120,8 +120,8 @@ class LlmProc(SyncChild):
         produced: list[str] = []
         index = 0
 
-        def stopped() -> bool:
-            return gen in mind.cancelled or mind.ended
+        def stopped() -> bool:  # cancelled, call over, or the process is shutting down
+            return gen in mind.cancelled or mind.ended or self.stop.is_set()
 
         def emit(pieces: list[str], last: bool = False) -> None:
             nonlocal index

@@ -101,8 +101,8 @@ class TtsProc(SyncChild):
         rate = self.tts.sample_rate
         frame = rate // 50
 
-        def stopped() -> bool:
-            return sentence.gen in voice.cancelled or voice.ended
+        def stopped() -> bool:  # cancelled, call over, or the process is shutting down
+            return sentence.gen in voice.cancelled or voice.ended or self.stop.is_set()
 
         if stopped():
             return
