@@ -63,6 +63,10 @@ class LlamaCppBackend:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.verbosity = -1
+        # The server's RAM prompt cache keeps every distinct conversation (default cap 8 GiB): measured
+        # ~4 MiB per 200-token call, unbounded in practice. Off, the slot's own KV still reuses the
+        # shared system-prompt prefix, which is what time-to-first-token needs.
+        params.cache_ram_mib = 0
         self.temperature = temperature
         self._server: Any = xllamacpp.Server(params)
 
