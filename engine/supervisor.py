@@ -83,6 +83,7 @@ class Child:
     started_at: float = 0.0
     ready_at: float = 0.0
     ready_t_ns: int = 0
+    started_t_ns: int = 0
     last_heartbeat: float | None = None
     restart_at: float | None = None
     stats: dict[str, int] = field(default_factory=dict)
@@ -202,6 +203,7 @@ class Supervisor:
         child.process = process
         child.state = "starting"
         child.started_at = time.monotonic()
+        child.started_t_ns = time.monotonic_ns()
         child.last_heartbeat = None
         child.restart_at = None
         log.info("spawned %s (pid %d, incarnation %d)", child.name, process.pid, child.incarnation)
@@ -337,7 +339,8 @@ class Supervisor:
         assert self.bus is not None
         procs = [
             ProcState(name=c.name, state=c.state, pid=c.pid, incarnation=c.incarnation, restarts=c.restarts,
-                      last_exit=c.last_exit, ready_t_ns=c.ready_t_ns if c.state == "ready" else None,
+                      last_exit=c.last_exit, started_t_ns=c.started_t_ns,
+                      ready_t_ns=c.ready_t_ns if c.state == "ready" else None,
                       uptime_s=round(now - c.ready_at, 3) if c.state == "ready" else 0.0,
                       heartbeat_age_s=None if c.last_heartbeat is None else round(now - c.last_heartbeat, 3),
                       stats=c.stats)

@@ -63,6 +63,8 @@ class ProcState(msgspec.Struct, kw_only=True):
     incarnation: int
     restarts: int
     last_exit: str | None
+    started_t_ns: int
+    """When the current incarnation was spawned (monotonic ns, comparable across processes)."""
     ready_t_ns: int | None
     """When the current incarnation became ready (monotonic ns, comparable across processes)."""
     uptime_s: float

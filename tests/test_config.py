@@ -18,7 +18,8 @@ def test_defaults_are_valid() -> None:
 def test_file_then_environment(tmp_path: Path) -> None:
     path = tmp_path / "engine.toml"
     path.write_text('[engine]\nmax_calls = 4\n[transport]\nport = 9000\n')
-    cfg = load_config(path, environ={"ENGINE_TRANSPORT__PORT": "9100", "ENGINE_LLM__BACKEND": "openai"})
+    cfg = load_config(path, environ={"ENGINE_TRANSPORT__PORT": "9100", "ENGINE_LLM__BACKEND": "openai",
+                                     "ENGINE_LLM__BASE_URL": "http://llm.internal:8000/v1"})
     assert (cfg.engine.max_calls, cfg.transport.port, cfg.llm.backend) == (4, 9100, "openai")
 
 

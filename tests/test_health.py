@@ -12,7 +12,8 @@ IDLE = RingStats(0, 0, 0, 0, 0, 0, 0)
 def status(*states: str) -> Status:
     names = ("transport", "speech", "llm", "tts")
     return Status(pool="p", max_calls=2, procs=[
-        ProcState(name=n, state=s, pid=100 + i, incarnation=1, restarts=0, last_exit=None, ready_t_ns=1, uptime_s=1.0,
+        ProcState(name=n, state=s, pid=100 + i, incarnation=1, restarts=0, last_exit=None, started_t_ns=1,
+                  ready_t_ns=1, uptime_s=1.0,
                   heartbeat_age_s=0.1)  # type: ignore[arg-type]
         for i, (n, s) in enumerate(zip(names, states, strict=True))
     ])

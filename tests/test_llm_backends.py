@@ -20,7 +20,7 @@ MESSAGES = [{"role": "system", "content": "You are a helpful phone assistant. An
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaCppBackend:
-    return LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=2)
+    return LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=2, temperature=0.0)  # greedy: same reply each run
 
 
 def test_llama_cpp_streams_a_reply(llama: LlamaCppBackend) -> None:
