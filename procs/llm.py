@@ -63,6 +63,7 @@ class LlmProc(SyncChild):
         self.backend: LlmBackend | None = None
         self.cancels = 0
         self.generations = 0
+        self.failures = 0
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
@@ -107,7 +108,11 @@ class LlmProc(SyncChild):
         sender = Sender(Path(self.run.runtime_dir))
         try:
             while (job := self._jobs.get()) is not None:
-                self._generate(job, sender)
+                try:
+                    self._generate(job, sender)
+                except Exception:  # one bad generation must not leave every later caller unanswered
+                    self.failures += 1
+                    log.exception("generation %d for call %s failed", job.gen, job.call_id)
         finally:
             sender.close()
 
@@ -155,7 +160,8 @@ class LlmProc(SyncChild):
         mind.dialogue.add_assistant(gen, "".join(produced).strip())
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.calls), "cancels": self.cancels, "generations": self.generations}
+        return {"calls": len(self.calls), "cancels": self.cancels, "generations": self.generations,
+                "failures": self.failures}
 
     def teardown(self) -> None:
         if self._worker is not None:

@@ -58,6 +58,7 @@ class TtsProc(SyncChild):
         self.cancels = 0
         self.sentences = 0
         self.frames_out = 0
+        self.failures = 0
         self._jobs: queue.SimpleQueue[tuple[Voice, Sentence] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
@@ -92,7 +93,11 @@ class TtsProc(SyncChild):
         sender = Sender(Path(self.run.runtime_dir))
         try:
             while (job := self._jobs.get()) is not None:
-                self._speak(*job, sender)
+                try:
+                    self._speak(*job, sender)
+                except Exception:  # one bad sentence must not silence every later call
+                    self.failures += 1
+                    log.exception("speaking %r for call %s failed", job[1].text[:60], job[1].call_id)
         finally:
             sender.close()
 
@@ -149,7 +154,7 @@ class TtsProc(SyncChild):
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.calls), "cancels": self.cancels, "sentences": self.sentences,
-                "frames_out": self.frames_out}
+                "frames_out": self.frames_out, "failures": self.failures}
 
     def teardown(self) -> None:
         if self._worker is not None:
