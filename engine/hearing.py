@@ -126,7 +126,9 @@ class Hearing:
                 job.cancelled = True
 
     def add_audio(self, call_id: str, pcm16: bytes, t_ns: int) -> None:
-        ear = self.ears[call_id]
+        ear = self.ears.get(call_id)
+        if ear is None:  # its CallEnded was handled already (e.g. the same call id re-leased elsewhere)
+            return
         ear.history.append(np.frombuffer(pcm16, np.int16).astype(np.float32) * (1 / 32768))
         ear.last_t_ns = t_ns
 

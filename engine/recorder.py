@@ -7,6 +7,7 @@ time, so a crash loses at most the last second and leaves playable files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import struct
@@ -108,11 +109,16 @@ class Recorder:
             try:
                 if kind == "stop":
                     for files in calls.values():
-                        files.close()
+                        with contextlib.suppress(Exception):  # close the others whatever one does
+                            files.close()
                     return
                 if kind == "open":
                     safe = "".join(c for c in call_id if c.isalnum() or c in "-_")
-                    calls[call_id] = _CallFiles(self.root / safe)
+                    directory, n = self.root / safe, 1
+                    while directory.exists():  # the same call streaming again: never overwrite its first part
+                        n += 1
+                        directory = self.root / f"{safe}-{n}"
+                    calls[call_id] = _CallFiles(directory)
                 elif call_id in calls:
                     files = calls[call_id]
                     if kind == "inbound":
@@ -123,14 +129,14 @@ class Recorder:
                         files.events.write(encoder.encode(payload) + b"\n")
                     elif kind == "close":
                         calls.pop(call_id).close()
-            except OSError as exc:  # a full disk must not take the transport down
+            except Exception as exc:  # a full disk (or anything else) must not take the transport down
                 self.errors += 1
                 log.error("recording %s failed: %s", call_id or "(all)", exc)
             if time.monotonic() >= next_flush:
                 for files in calls.values():
                     try:
                         files.flush()
-                    except OSError as exc:
+                    except Exception as exc:
                         self.errors += 1
                         log.error("recording flush failed: %s", exc)
                 next_flush = time.monotonic() + FLUSH_EVERY_S

@@ -21,7 +21,7 @@ from engine.calls import CallTable
 from engine.chunker import SentenceChunker
 from engine.config import Config
 from engine.dialogue import Dialogue
-from engine.llm import LlamaCppBackend, LlmBackend, LlmError, OpenAIBackend, resolve_gguf
+from engine.llm import LlamaCppBackend, LlmBackend, OpenAIBackend, resolve_gguf
 from ipc.bus import Sender
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Heard, ProcName, RunInfo, Sentence, Transcript
 from procs.child import SyncChild, run_sync_child
@@ -37,6 +37,7 @@ class Mind:
     gen: int = 0
     cancelled: set[int] = field(default_factory=set)
     ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -92,15 +93,21 @@ class LlmProc(SyncChild):
         elif isinstance(msg, Heard):
             call = self.calls.find(msg.call_id)
             if call is not None:
-                call.state.dialogue.heard(msg.gen, msg.text)
+                with call.state.lock:
+                    call.state.dialogue.heard(msg.gen, msg.text)
         elif isinstance(msg, Transcript) and msg.final and msg.text.strip():
             call = self.calls.find(msg.call_id)
             if call is not None:
                 mind = call.state
-                mind.cancelled.add(mind.gen)  # a new turn supersedes any reply still being generated
+                if mind.gen:  # a new turn supersedes any reply still being generated or spoken
+                    mind.cancelled.add(mind.gen)
+                    assert self.bus is not None
+                    self.bus.send("tts", Cancel(call_id=msg.call_id, gen=mind.gen))
                 mind.gen += 1
-                mind.dialogue.add_user(msg.text)
-                self._jobs.put(Job(msg.call_id, mind, mind.gen, mind.dialogue.messages()))
+                with mind.lock:
+                    mind.dialogue.add_user(msg.text)
+                    messages = mind.dialogue.messages()
+                self._jobs.put(Job(msg.call_id, mind, mind.gen, messages))
 
     def _generate_loop(self) -> None:
         """Worker thread: one generation at a time, sentences sent as soon as they are speakable."""
@@ -147,8 +154,9 @@ class LlmProc(SyncChild):
         self.generations += 1
         try:
             self.backend.stream(job.messages, on_delta, self.cfg.llm.max_tokens)
-        except LlmError as exc:
-            log.error("call %s gen %d: %s", job.call_id, gen, exc)
+        except Exception as exc:  # LlmError, or a server dropping mid-stream: end the reply, keep the worker
+            self.failures += 1
+            log.error("call %s gen %d: generation failed: %s", job.call_id, gen, exc)
         if stopped():
             log.info("call %s gen %d cancelled after %d deltas", job.call_id, gen, len(produced))
             return
@@ -157,7 +165,8 @@ class LlmProc(SyncChild):
             emit(tail, last=True)
         else:
             sender.send("tts", Sentence(call_id=job.call_id, gen=gen, index=index, text="", last=True))
-        mind.dialogue.add_assistant(gen, "".join(produced).strip())
+        with mind.lock:  # Heard and new transcripts change the dialogue on the main thread
+            mind.dialogue.add_assistant(gen, "".join(produced).strip())
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.calls), "cancels": self.cancels, "generations": self.generations,

@@ -70,11 +70,12 @@ class SpeechProc(SyncChild):
                     continue
                 t0 = time.perf_counter()
                 try:
-                    job.text = self.transcriber.transcribe(job.audio)
+                    text = self.transcriber.transcribe(job.audio)
                 except Exception:  # a bad utterance must not kill every call's transcription
                     log.exception("transcription failed (call %s turn %d)", job.call_id, job.turn)
-                    job.text = ""
+                    text = ""
                 job.stt_ms = int((time.perf_counter() - t0) * 1000)
+                job.text = text  # last: the main loop publishes as soon as it sees the text
                 self._done.put(job)
                 bell.ring()
         finally:

@@ -93,8 +93,8 @@ async def _messages_until_idle(ws: web.WebSocketResponse,
         yield msg
 
 
-def _any_has_audio(rings: list[Ring]) -> bool:
-    return any(ring.available() for ring in rings)
+def _idle_or_audio(someone_waiting: threading.Event, rings: list[Ring]) -> bool:
+    return someone_waiting.is_set() or any(ring.available() for ring in rings)
 
 
 class ActiveCall:
@@ -134,6 +134,7 @@ class TransportProc:
         self.recorder = Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
         self._watch_stop = threading.Event()
         self._someone_waiting = threading.Event()  # set when a call's sender goes idle
+        self._closing: set[asyncio.Future[bool]] = set()  # socket closes in flight (kept referenced)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- HTTP: webhooks and health ---------------------------------------------------------
@@ -320,11 +321,22 @@ class TransportProc:
             self.bus.send(peer, CallStarted(call_id=call_id, slot=lease.slot, epoch=lease.epoch,
                                             inbound_rate=self.cfg.transport.inbound_rate))
         call.sender = asyncio.ensure_future(self._send_loop(call))
+        call.sender.add_done_callback(lambda task: self._sender_done(call, task))
         self.counters["calls_started"] += 1
         self._record_event(call, {"event": "start", "stream_sid": started.stream_sid, "slot": lease.slot,
                                   "epoch": lease.epoch, "custom_parameters": sorted(started.custom_parameters)})
         log.info("call %s streaming on ring pair %d (epoch %d)", call_id, lease.slot, lease.epoch)
         return call
+
+    def _sender_done(self, call: ActiveCall, task: asyncio.Task[None]) -> None:
+        """A sender that died (not cancelled) would leave the caller in silence: close the socket instead,
+        which ends the call through the normal path, and say why."""
+        if task.cancelled() or task.exception() is None or call.ws.closed:
+            return
+        log.error("call %s: outbound audio failed (%r); ending the call", call.lease.call_id, task.exception())
+        self.counters["outbound_failures"] += 1
+        self._closing.add(closing := asyncio.ensure_future(call.ws.close(code=1011, message=b"engine error")))
+        closing.add_done_callback(self._closing.discard)
 
     async def _end_call(self, call: ActiveCall, outcome: str, session: MediaStreamSession) -> None:
         assert self.bus is not None
@@ -332,8 +344,12 @@ class TransportProc:
         self.calls.pop(call_id, None)
         if call.sender is not None:
             call.sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            try:
                 await call.sender
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            except Exception:  # the call's cleanup below must happen whatever killed its sender
+                log.exception("call %s: outbound audio task failed", call_id)
         for peer in CALL_PEERS:
             self.bus.send(peer, CallEnded(call_id=call_id, slot=call.lease.slot, epoch=call.lease.epoch,
                                           reason=outcome))
@@ -376,11 +392,17 @@ class TransportProc:
             if due is not None:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 continue
+            if audio.outbound.ring.epoch != call.lease.epoch:
+                # Our ring pair was reclaimed or re-leased under us: this call cannot play audio any more.
+                log.error("call %s: its ring pair now belongs to another call; ending it", call.lease.call_id)
+                await call.ws.close(code=1011, message=b"engine error")
+                return
             call.kick.clear()
             call.waiting_for_audio = True
             self._someone_waiting.set()
             if audio.outbound.ring.available():
                 call.waiting_for_audio = False
+                await asyncio.sleep(0)  # never spin the loop without yielding
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(call.kick.wait(), 1.0)
@@ -399,7 +421,9 @@ class TransportProc:
                 continue
             ready = [c for c, ring in rings.items() if ring.available()]
             if not ready:
-                bell.wait(functools.partial(_any_has_audio, list(rings.values())), 0.05, spin)
+                views = list(rings.values())
+                # Also wake when another call's sender goes idle: its ring is not in this snapshot.
+                bell.wait(functools.partial(_idle_or_audio, self._someone_waiting, views), 0.05, spin)
                 continue
             for c in ready:
                 c.waiting_for_audio = False

@@ -34,6 +34,7 @@ log = logging.getLogger("engine.tts")
 
 HEADROOM = 4  # frames kept free in the ring: a full ring would refuse (and count) our frames
 WAIT_S = 0.005
+STALL_S = 3.0  # a ring the transport drains in real time frees a frame every 20 ms
 
 
 @dataclass
@@ -143,10 +144,19 @@ class TtsProc(SyncChild):
             voice.writer = RingWriter(self.pool.outbound[voice.slot], voice.epoch)
         writer = voice.writer
         ring = writer.ring
+        deadline = time.monotonic() + STALL_S
         while ring.slots - ring.available() <= HEADROOM:
             if stopped():
                 return -1
+            if time.monotonic() > deadline:
+                # Nobody drains this call's ring (its transport side is stuck or gone without a CallEnded):
+                # give up on the call rather than hold up every other call's speech.
+                log.error("call ring %d not drained for %.0f s: no more speech for it", voice.slot, STALL_S)
+                voice.ended = True
+                return -1
             time.sleep(WAIT_S)
+        if stopped():
+            return -1
         seq = writer.next_seq
         writer.write(samples.tobytes(), rate, flags=flags)
         self.frames_out += 1
