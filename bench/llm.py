@@ -25,8 +25,6 @@ import datetime
 import gc
 import importlib.metadata
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.common import cpu_seconds, loadavg, machine_info, wait_for_idle  # noqa: E402
 from engine.chunker import SentenceChunker  # noqa: E402
 from engine.llm import LlamaCppBackend, LlmBackend, LlmError, OpenAIBackend, resolve_gguf  # noqa: E402
 
@@ -91,29 +90,6 @@ class TimingsTap:
 def caller_question(i: int) -> str:
     """The i-th caller question of a run, never the same text twice (for i < 80)."""
     return QUESTIONS[i % len(QUESTIONS)] + SUFFIXES[i // len(QUESTIONS) % len(SUFFIXES)]
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(CPU the whole box has used, CPU this process and its reaped children have used), in seconds."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = os.times()
-    return ((f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system + own.children_user + own.children_system)
-
-
-def wait_for_idle(max_load: float, max_wait_s: float) -> dict[str, Any]:
-    t0 = time.monotonic()
-    if loadavg() >= max_load:
-        print(f"waiting for the 1-minute load average ({loadavg():.2f}) to fall below {max_load} ...", flush=True)
-    while loadavg() >= max_load:
-        if time.monotonic() - t0 > max_wait_s:
-            raise SystemExit(f"box not idle after {max_wait_s:.0f} s (load {loadavg():.2f})")
-        time.sleep(5)
-    return {"waited_s": round(time.monotonic() - t0, 1), "loadavg_1m_at_start": loadavg()}
 
 
 def request(backend: LlmBackend, system: str, question: str, max_tokens: int, cancel_after: int = 0,
@@ -261,12 +237,8 @@ def budget(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__,
-            "xllamacpp": importlib.metadata.version("xllamacpp")}
+def versions() -> dict[str, str]:
+    return {"numpy": np.__version__, "xllamacpp": importlib.metadata.version("xllamacpp")}
 
 
 def main() -> None:
@@ -312,7 +284,7 @@ def main() -> None:
     result = {
         "benchmark": "LLM latency: TTFT cold/warm/cache-defeated, decode speed, first speakable clause, cancel",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info(**versions()),
         "conditions": {**conditions, "loadavg_1m_at_end": loadavg(), "other_processes_cores": others},
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "model": str(gguf.name), "system_prompt": SYSTEM_PROMPT, "questions": QUESTIONS},

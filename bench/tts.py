@@ -31,8 +31,6 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -47,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bench.common import cpu_seconds, loadavg, machine_info, wait_for_idle  # noqa: E402
 from engine.tts import EspeakTts, PiperTts, TtsBackend  # noqa: E402
 from ipc.ring import FLAG_END, RingReader  # noqa: E402
 from ipc.schema import CallEnded, CallStarted, Heartbeat, Sentence  # noqa: E402
@@ -73,29 +72,6 @@ SENTENCES = (
 )
 TARGET_FIRST_AUDIO_MS = 150.0  # DESIGN.md: TTS first audio <= 150 ms
 BACKENDS = {"piper": PiperTts, "espeak": EspeakTts}
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(CPU the whole box has used, CPU this process and its reaped children have used), in seconds."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = os.times()
-    return ((f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK"),
-            own.user + own.system + own.children_user + own.children_system)
-
-
-def wait_for_idle(max_load: float, max_wait_s: float) -> dict[str, Any]:
-    t0 = time.monotonic()
-    if loadavg() >= max_load:
-        print(f"waiting for the 1-minute load average ({loadavg():.2f}) to fall below {max_load} ...", flush=True)
-    while loadavg() >= max_load:
-        if time.monotonic() - t0 > max_wait_s:
-            raise SystemExit(f"box not idle after {max_wait_s:.0f} s (load {loadavg():.2f})")
-        time.sleep(5)
-    return {"waited_s": round(time.monotonic() - t0, 1), "loadavg_1m_at_start": loadavg()}
 
 
 def pcts(values: list[float]) -> dict[str, float]:
@@ -222,13 +198,9 @@ def budget(rows: list[dict[str, Any]], procs: list[dict[str, Any]]) -> dict[str,
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+def versions() -> dict[str, str]:
     espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__,
-            "piper_tts": importlib.metadata.version("piper-tts"),
+    return {"numpy": np.__version__, "piper_tts": importlib.metadata.version("piper-tts"),
             "onnxruntime": importlib.metadata.version("onnxruntime"), "espeak_ng": espeak}
 
 
@@ -258,7 +230,7 @@ def main() -> None:
     result = {
         "benchmark": "TTS first audio and real-time factor; tts process Sentence -> first frame in the ring",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info(**versions()),
         "conditions": {**conditions, "loadavg_1m_at_end": loadavg(), "other_processes_cores": others},
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "sentences": SENTENCES},

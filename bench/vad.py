@@ -38,12 +38,8 @@ import datetime
 import gc
 import itertools
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,6 +53,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from bench.common import guarded, loadavg, machine_info, wait_for_idle  # noqa: E402
 from engine.endpointer import EndpointerConfig  # noqa: E402
 from engine.hearing import Hearing  # noqa: E402
 from engine.vad import WINDOW, SileroVad, VadStream  # noqa: E402
@@ -110,72 +107,6 @@ class Calls:
 
 
 # --- measurement hygiene -----------------------------------------------------------------------
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def transport_bench_running() -> bool:
-    return subprocess.run(["pgrep", "-f", "bench/transport.py"], capture_output=True, check=False).returncode == 0
-
-
-def wait_for_idle(max_load: float, max_wait_s: float) -> dict[str, Any]:
-    """Block until no transport benchmark runs and the 1-minute load is below `max_load`."""
-    t0 = time.monotonic()
-    said = False
-    while transport_bench_running() or loadavg() >= max_load:
-        if time.monotonic() - t0 > max_wait_s:
-            raise SystemExit(f"box not idle after {max_wait_s:.0f} s (load {loadavg():.2f}, "
-                             f"transport bench running: {transport_bench_running()})")
-        if not said:
-            print(f"waiting for an idle box (load {loadavg():.2f}, bench/transport.py running: "
-                  f"{transport_bench_running()}) ...", flush=True)
-            said = True
-        time.sleep(5)
-    return {"waited_s": round(time.monotonic() - t0, 1), "loadavg_1m_at_start": loadavg()}
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """Box-wide busy and steal jiffies so far (/proc/stat's first line)."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-def guarded(run: Callable[[], dict[str, Any]], no_wait: bool, retries: int = 3) -> dict[str, Any]:
-    """Run one measured case with no transport benchmark beside it; redo it if one started meanwhile.
-
-    Only the transport benchmark is waited for between cases: our own run keeps the load average
-    near 1. A case that ends with it running is thrown away and measured again once it is gone.
-    """
-    waited = 0.0
-    for attempt in range(retries + 1):
-        t0 = time.monotonic()
-        while not no_wait and transport_bench_running():
-            time.sleep(5)
-        if time.monotonic() - t0 > 0.5:
-            time.sleep(10)  # let its processes finish tearing down
-        waited += time.monotonic() - t0
-        load = loadavg()
-        busy0, steal0 = cpu_ticks()
-        own0, wall0 = os.times(), time.monotonic()
-        row = run()
-        busy1, steal1 = cpu_ticks()
-        own1, wall = os.times(), time.monotonic() - wall0
-        clean = no_wait or not transport_bench_running()
-        if clean or attempt == retries:
-            hz = os.sysconf("SC_CLK_TCK")
-            own = (own1.user + own1.system) - (own0.user + own0.system)
-            # CPU the rest of the box used meanwhile, in cores: what could have disturbed this case.
-            others = max(0.0, (busy1 - busy0) / hz - own) / wall
-            row["case_conditions"] = {"loadavg_1m_at_case_start": load, "waited_s": round(waited, 1),
-                                      "redone": attempt, "transport_bench_overlapped": not clean,
-                                      "other_processes_cores": round(others, 3),
-                                      "steal_cores": round((steal1 - steal0) / hz / wall, 3)}
-            return row
-        print("  bench/transport.py started during this case: measuring it again once it is gone", flush=True)
-    raise AssertionError("unreachable")
-
 
 # --- model only: batched vs sequential ---------------------------------------------------------
 
@@ -288,7 +219,7 @@ def run_hearing_case(vad: SileroVad, track: Int16, n: int, rounds: int, warmup: 
             jobs = 0
     return {
         "calls": n, "rounds": rounds, "history": "full" if full_history else "fresh",
-        "history_s_at_end": round(len(hearing.ears[ids[0]].history.buf) / RATE, 1),
+        "history_s_at_end": round((hearing.ears[ids[0]].history.end - hearing.ears[ids[0]].history.start) / RATE, 1),
         "history_capacity_s": hearing.ears[ids[0]].history.capacity / RATE,
         "frames_per_round": frames / rounds, "messages": msgs, "jobs": jobs,
         "add_audio": stats_ms(t_add[warmup:]), "vad_round": stats_ms(t_vad[warmup:]),
@@ -330,12 +261,8 @@ def print_hearing_table(rows: list[dict[str, Any]], model: dict[int, dict[str, A
               f"{r['add_audio_us_per_frame']:>8.1f}")
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "numpy": np.__version__, "onnxruntime": ort.__version__}
+def versions() -> dict[str, str]:
+    return {"numpy": np.__version__, "onnxruntime": ort.__version__}
 
 
 def main() -> None:
@@ -410,7 +337,7 @@ def main() -> None:
     result = {
         "benchmark": "silero VAD real-time capacity, batched vs sequential, 16 kHz phone-path audio",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info(**versions()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "conditions": {**idle, "loadavg_1m_at_end": loadavg(),
                        "track_s": round(len(track) / RATE, 2), "utterances": list(UTTERANCES),

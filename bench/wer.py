@@ -42,14 +42,11 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -64,6 +61,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 import soxr  # noqa: E402
 
+from bench.common import guarded, loadavg, machine_info, wait_for_idle  # noqa: E402
 from engine.stt import WhisperTranscriber, resolve_model  # noqa: E402
 from tests.speech_helpers import phone_path, spoken  # noqa: E402
 from tools.caller import piper_speech, speech_from_text  # noqa: E402
@@ -279,72 +277,6 @@ def align(ref: list[str], hyp: list[str]) -> Alignment:
 
 # --- measurement hygiene -----------------------------------------------------------------------
 
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def transport_bench_running() -> bool:
-    return subprocess.run(["pgrep", "-f", "bench/transport.py"], capture_output=True, check=False).returncode == 0
-
-
-def wait_for_idle(max_load: float, max_wait_s: float) -> dict[str, Any]:
-    """Block until no transport benchmark runs and the 1-minute load is below `max_load`."""
-    t0 = time.monotonic()
-    said = False
-    while transport_bench_running() or loadavg() >= max_load:
-        if time.monotonic() - t0 > max_wait_s:
-            raise SystemExit(f"box not idle after {max_wait_s:.0f} s (load {loadavg():.2f}, "
-                             f"transport bench running: {transport_bench_running()})")
-        if not said:
-            print(f"waiting for an idle box (load {loadavg():.2f}, bench/transport.py running: "
-                  f"{transport_bench_running()}) ...", flush=True)
-            said = True
-        time.sleep(5)
-    return {"waited_s": round(time.monotonic() - t0, 1), "loadavg_1m_at_start": loadavg()}
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """Box-wide busy and steal jiffies so far (/proc/stat's first line)."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-    return user + nice + system + irq + softirq, steal
-
-
-def guarded(run: Callable[[], dict[str, Any]], no_wait: bool, retries: int = 3) -> dict[str, Any]:
-    """Run one measured case with no transport benchmark beside it; redo it if one started meanwhile.
-
-    Only the transport benchmark is waited for between cases: our own run keeps the load average
-    near 1. A case that ends with it running is thrown away and measured again once it is gone.
-    """
-    waited = 0.0
-    for attempt in range(retries + 1):
-        t0 = time.monotonic()
-        while not no_wait and transport_bench_running():
-            time.sleep(5)
-        if time.monotonic() - t0 > 0.5:
-            time.sleep(10)  # let its processes finish tearing down
-        waited += time.monotonic() - t0
-        load = loadavg()
-        busy0, steal0 = cpu_ticks()
-        own0, wall0 = os.times(), time.monotonic()
-        row = run()
-        busy1, steal1 = cpu_ticks()
-        own1, wall = os.times(), time.monotonic() - wall0
-        clean = no_wait or not transport_bench_running()
-        if clean or attempt == retries:
-            hz = os.sysconf("SC_CLK_TCK")
-            own = (own1.user + own1.system) - (own0.user + own0.system)
-            # CPU the rest of the box used meanwhile, in cores: what could have disturbed this case.
-            others = max(0.0, (busy1 - busy0) / hz - own) / wall
-            row["case_conditions"] = {"loadavg_1m_at_case_start": load, "waited_s": round(waited, 1),
-                                      "redone": attempt, "transport_bench_overlapped": not clean,
-                                      "other_processes_cores": round(others, 3),
-                                      "steal_cores": round((steal1 - steal0) / hz / wall, 3)}
-            return row
-        print("  bench/transport.py started during this case: measuring it again once it is gone", flush=True)
-    raise AssertionError("unreachable")
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 def synthesise(condition: str, text: str) -> Float32:
@@ -479,13 +411,9 @@ def print_utterances(cases: list[dict[str, Any]]) -> None:
         print(f"{i:>3} {phone['utterances'][i]['audio_s']:>5.1f}  {cols}  {text}")
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+def versions() -> dict[str, str]:
     espeak = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "python": sys.version.split()[0], "platform": platform.platform(), "numpy": np.__version__,
-            "faster_whisper": importlib.metadata.version("faster-whisper"),
+    return {"numpy": np.__version__, "faster_whisper": importlib.metadata.version("faster-whisper"),
             "ctranslate2": importlib.metadata.version("ctranslate2"), "espeak_ng": espeak}
 
 
@@ -570,7 +498,7 @@ def main() -> None:
         "benchmark": "Whisper tiers: WER and latency on synthetic caller utterances (espeak-ng and Piper voices), "
                      "16 kHz and phone path",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info(**versions()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "conditions": {**idle, "loadavg_1m_at_end": loadavg(),
                        "transcriber": "engine.stt.WhisperTranscriber: int8, beam 1, no timestamps, cpu"},
