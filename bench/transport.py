@@ -3,7 +3,7 @@
 Three kinds of process, so the load generator and the measurement never share an event loop:
 
   transport  the real `procs.transport`, spawned the way the supervisor spawns it (as
-             tests/transport_harness.py does), with recordings off
+             tools/solo.py does for tests), with recordings off
   callers    one or more processes of `tools.caller.SyntheticCaller`s: each call streams a
              tone at real-time pace (20 ms μ-law frames, `continuous=True` as a phone line)
              and plays the bot audio it receives the way Twilio does
@@ -50,11 +50,9 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -77,14 +75,13 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
 from engine.codec import StreamResampler  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.supervisor import _child_entry  # noqa: E402
 from ipc.bus import Bus  # noqa: E402
 from ipc.futex import Doorbell  # noqa: E402
 from ipc.pool import RingPool  # noqa: E402
 from ipc.ring import Ring, RingReader, RingWriter  # noqa: E402
-from ipc.schema import CallEnded, CallStarted, Ready, RunInfo  # noqa: E402
+from ipc.schema import CallEnded, CallStarted  # noqa: E402
 from tools.caller import CallerError, SyntheticCaller  # noqa: E402
+from tools.solo import SoloChild  # noqa: E402
 
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://voice.bench.test"
@@ -110,23 +107,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class TransportUnderTest:
-    """The real transport process; this process owns its ring pool and binds its peers' bus sockets.
-
-    The same set-up as tests/transport_harness.py, kept here so a benchmark does not depend on the
-    test package.
-    """
+class TransportUnderTest(SoloChild):
+    """The real transport process; this process owns its ring pool and plays its peers (tools/solo.py)."""
 
     def __init__(self, max_calls: int, log_level: str) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="benchtr", dir="/tmp"))
-        self.buses: dict[str, Bus] = {}
-        self.pool: RingPool | None = None
-        self.process: BaseProcess | None = None
-        instance = f"bt{os.getpid()}"
-        self.cfg = load_config(environ={
-            "ENGINE_ENGINE__INSTANCE": instance,
+        super().__init__("transport", {
             "ENGINE_ENGINE__MAX_CALLS": str(max_calls),
             "ENGINE_ENGINE__LOG_LEVEL": log_level,
             "ENGINE_TRANSPORT__HOST": "127.0.0.1",
@@ -136,29 +123,7 @@ class TransportUnderTest:
             "ENGINE_TRANSPORT__RECORDINGS_DIR": "",
             "ENGINE_TWILIO__AUTH_TOKEN": AUTH_TOKEN,
             "ENGINE_SUPERVISOR__HEARTBEAT_INTERVAL_S": "0.5",
-        })
-        try:
-            self.pool = RingPool.create(f"{instance}-pool", max_calls, self.cfg.ring.slots,
-                                        self.cfg.ring.frame_bytes)
-            self.buses = {name: Bus(self.runtime_dir, name) for name in ("supervisor", "speech", "llm", "tts")}
-            run = RunInfo(proc="transport", incarnation=1, supervisor_pid=os.getpid(),
-                          pool_name=self.pool.segment.name, runtime_dir=str(self.runtime_dir))
-            self.process = mp.get_context("spawn").Process(
-                target=_child_entry, args=("procs.transport", self.cfg.to_bytes(), run.to_bytes()), name="transport")
-            self.process.start()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and self.process.is_alive():
-                if isinstance(self.buses["supervisor"].recv(0.2), Ready):
-                    return
-            raise RuntimeError(f"transport did not become ready (exit code {self.process.exitcode})")
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None and self.process.pid is not None
-        return self.process.pid
+        }, ready_timeout=60)
 
     def health(self) -> dict[str, Any]:
         """/health as JSON (503 is expected: no supervisor sends it process states)."""
@@ -169,26 +134,6 @@ class TransportUnderTest:
             body = e.read()
         doc: dict[str, Any] = json.loads(body)
         return doc
-
-    def close(self) -> None:
-        """Stop the process, close the buses, unlink the shared memory. Safe on a half-built instance."""
-        if self.process is not None and self.process.pid is not None:
-            if self.process.is_alive():
-                self.process.terminate()
-                self.process.join(10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
-        for bus in self.buses.values():
-            bus.close()
-        self.buses = {}
-        if self.pool is not None:
-            try:
-                self.pool.unlink()  # first: should closing fail on a view still open, nothing is left behind
-            finally:
-                self.pool.close()
-                self.pool = None
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 # --- the speech and TTS side: rings --------------------------------------------------------------
@@ -608,7 +553,7 @@ def run_step(n: int, args: argparse.Namespace, transport: TransportUnderTest, ri
     time.sleep(max(0.0, start - time.monotonic()))
     cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
     box0 = box_busy_idle()
-    wakeups0 = transport.pool.doorbells["outbound"].wakeups if transport.pool else 0
+    wakeups0 = transport.pool.doorbells["outbound"].wakeups
     in_p99s: list[float] = []
     while (remaining := end - time.monotonic()) > 0:
         time.sleep(min(HEALTH_EVERY_S, remaining))
@@ -616,7 +561,7 @@ def run_step(n: int, args: argparse.Namespace, transport: TransportUnderTest, ri
             in_p99s.append(transport.health()["transport"]["inbound_frame_us"].get("p99", 0.0))
     cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
     box1 = box_busy_idle()
-    wakeups1 = transport.pool.doorbells["outbound"].wakeups if transport.pool else 0
+    wakeups1 = transport.pool.doorbells["outbound"].wakeups
     elapsed = time.monotonic() - start
     health = transport.health()  # at the end of the window, before anyone hangs up
 
@@ -744,7 +689,6 @@ def main() -> None:
     engine_cfg: dict[str, Any] = {}
     try:
         transport = TransportUnderTest(max(steps), args.log_level)
-        assert transport.pool is not None
         tcfg = transport.cfg
         engine_cfg.update({"max_calls": tcfg.engine.max_calls, "ring_slots": tcfg.ring.slots,
                            "outbound_lead_ms": tcfg.transport.outbound_lead_ms,

@@ -11,7 +11,7 @@ one warm-up synthesis, as the tts process does at start-up:
 First audio is also fitted against sentence length (ms per word): a backend that streams within a sentence
 stays flat, one that returns a sentence whole grows with it.
 
-Process path: the real tts process spawned alone by `tests/child_harness.ChildHarness("tts")`, one call
+Process path: the real tts process spawned alone by `tools.solo.SoloChild("tts")`, one call
 leased and started as `tests/test_tts.py` does; each sentence is sent as `Sentence(last=True)` from the
 llm's bus once the previous reply has fully arrived, and the outbound ring is drained continuously.
 Latency = send (CLOCK_MONOTONIC) -> the first frame's ring stamp (`Frame.t_ns`, taken by the writer when
@@ -49,7 +49,7 @@ from bench.common import cpu_seconds, loadavg, machine_info, wait_for_idle  # no
 from engine.tts import EspeakTts, PiperTts, TtsBackend  # noqa: E402
 from ipc.ring import FLAG_END, RingReader  # noqa: E402
 from ipc.schema import CallEnded, CallStarted, Heartbeat, Sentence  # noqa: E402
-from tests.child_harness import ChildHarness  # noqa: E402
+from tools.solo import SoloChild  # noqa: E402
 
 SENTENCES = (
     "Sure, one moment.",
@@ -132,7 +132,7 @@ def bench_process(backend: str, n: int) -> dict[str, Any]:
     """Sentence sent -> first frame in the outbound ring, through the real tts process."""
     print(f"tts process ({backend}): {n} sentences ...", flush=True)
     t0 = time.perf_counter()
-    h = ChildHarness("tts", env={"ENGINE_TTS__BACKEND": backend})
+    h = SoloChild("tts", env={"ENGINE_TTS__BACKEND": backend})
     ready_s = time.perf_counter() - t0
     lease = None
     rows: list[dict[str, Any]] = []

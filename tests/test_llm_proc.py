@@ -8,18 +8,18 @@ from collections.abc import Iterator
 import pytest
 
 from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Heartbeat, Sentence, Transcript
-from tests.child_harness import ChildHarness
+from tools.solo import SoloChild
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[ChildHarness]:
+def llm() -> Iterator[SoloChild]:
     # Greedy decoding: a 135M model sampled at 0.6 sometimes wanders off; tests want the same reply every run.
-    h = ChildHarness("llm", {"ENGINE_LLM__MAX_TOKENS": "200", "ENGINE_LLM__TEMPERATURE": "0"})
+    h = SoloChild("llm", {"ENGINE_LLM__MAX_TOKENS": "200", "ENGINE_LLM__TEMPERATURE": "0"})
     yield h
     h.close()
 
 
-def start_call(llm: ChildHarness, call_id: str, slot: int) -> None:
+def start_call(llm: SoloChild, call_id: str, slot: int) -> None:
     """Start a call and wait until the LLM process tracks it (its heartbeat says so): the
     transcript comes from another sender, so it could otherwise overtake the CallStarted."""
     llm.send(CallStarted(call_id=call_id, slot=slot, epoch=1, inbound_rate=16000), "transport")
@@ -31,7 +31,7 @@ def transcript(call_id: str, text: str, turn: int = 1) -> Transcript:
                       audio_ms=2000, stt_ms=400)
 
 
-def test_a_question_becomes_a_spoken_reply_in_sentences(llm: ChildHarness) -> None:
+def test_a_question_becomes_a_spoken_reply_in_sentences(llm: SoloChild) -> None:
     start_call(llm, "CA-q", 0)
     try:
         llm.send(transcript("CA-q", "What is the capital of France?"), "speech")
@@ -46,7 +46,7 @@ def test_a_question_becomes_a_spoken_reply_in_sentences(llm: ChildHarness) -> No
         llm.send(CallEnded(call_id="CA-q", slot=0, epoch=1, reason="test"), "transport")
 
 
-def test_cancel_stops_the_generation_and_nothing_more_of_it_arrives(llm: ChildHarness) -> None:
+def test_cancel_stops_the_generation_and_nothing_more_of_it_arrives(llm: SoloChild) -> None:
     llm.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 0)
     start_call(llm, "CA-c", 1)
     try:
@@ -55,7 +55,7 @@ def test_cancel_stops_the_generation_and_nothing_more_of_it_arrives(llm: ChildHa
         llm.send(CallEnded(call_id="CA-c", slot=1, epoch=1, reason="test"), "transport")
 
 
-def _cancel_scenario(llm: ChildHarness) -> None:
+def _cancel_scenario(llm: SoloChild) -> None:
     ask = "Tell me a very long story about a brave knight, a dragon and a princess, with many details."
     llm.send(transcript("CA-c", ask), "speech")
     first = llm.wait_for("tts", Sentence, 60, lambda s: s.call_id == "CA-c")

@@ -102,7 +102,7 @@ def test_caller_speech_reaches_the_inbound_ring_exactly(tmp_path: Path, speech: 
                 stop.set()
                 await drainer
                 await c.hangup()
-            ended = await asyncio.to_thread(h.next_message, "speech", CallEnded)
+            ended = await asyncio.to_thread(h.wait_for, "speech", CallEnded, 10.0)
             assert ended.call_id == started.call_id and "hung up" in ended.reason
             assert h.pool.inbound[started.slot].stats().drops == 0
 
@@ -286,7 +286,7 @@ def test_a_stream_that_goes_silent_is_ended(tmp_path: Path) -> None:
 
         c = asyncio.run(scenario())
         assert c.close_code == 1001 and c.close_reason == "stream idle"
-        assert h.next_message("speech", CallEnded).reason == "stream silent for 1 s"
+        assert h.wait_for("speech", CallEnded, 10.0).reason == "stream silent for 1 s"
         assert h.pool.leases() == []
     finally:
         h.close()

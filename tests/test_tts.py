@@ -15,13 +15,13 @@ from engine.tts import EspeakTts, PiperTts
 from ipc.pool import Lease
 from ipc.ring import FLAG_END, FLAG_MARK, RingReader
 from ipc.schema import CallEnded, CallStarted, Cancel, Heartbeat, Sentence, Spoken
-from tests.child_harness import ChildHarness
 from tests.speech_helpers import phone_path, words
+from tools.solo import SoloChild
 
 
 @pytest.fixture(scope="module")
-def tts() -> Iterator[ChildHarness]:
-    h = ChildHarness("tts")
+def tts() -> Iterator[SoloChild]:
+    h = SoloChild("tts")
     yield h
     h.close()
 
@@ -31,7 +31,7 @@ def whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperTranscriber:
     return WhisperTranscriber(resolve_model("tiny.en", tmp_path_factory.mktemp("m")))
 
 
-def start_call(h: ChildHarness, call_id: str) -> tuple[Lease, RingReader]:
+def start_call(h: SoloChild, call_id: str) -> tuple[Lease, RingReader]:
     """Lease a ring pair as the transport does, and tell the TTS."""
     lease = h.pool.lease(call_id)
     assert lease is not None
@@ -40,7 +40,7 @@ def start_call(h: ChildHarness, call_id: str) -> tuple[Lease, RingReader]:
     return lease, RingReader(h.pool.outbound[lease.slot], lease.epoch)
 
 
-def end_call(h: ChildHarness, lease: Lease) -> None:
+def end_call(h: SoloChild, lease: Lease) -> None:
     h.send(CallEnded(call_id=lease.call_id, slot=lease.slot, epoch=lease.epoch, reason="test"), "transport")
     h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls") == 0)
     h.pool.release(lease)
@@ -55,7 +55,7 @@ def drain(reader: RingReader, frames: list, seconds: float) -> None:  # type: ig
         time.sleep(0.01)
 
 
-def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: ChildHarness,
+def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: SoloChild,
                                                                    whisper: WhisperTranscriber) -> None:
     lease, reader = start_call(tts, "CA-t")
     try:
@@ -85,7 +85,7 @@ def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: ChildHarn
         end_call(tts, lease)
 
 
-def test_cancel_stops_the_reply_within_a_frame(tts: ChildHarness) -> None:
+def test_cancel_stops_the_reply_within_a_frame(tts: SoloChild) -> None:
     lease, reader = start_call(tts, "CA-x")
     try:
         for i in range(6):
