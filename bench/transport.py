@@ -51,7 +51,6 @@ import multiprocessing as mp
 import os
 import platform
 import signal
-import socket
 import sys
 import threading
 import time
@@ -81,7 +80,7 @@ from ipc.pool import RingPool  # noqa: E402
 from ipc.ring import Ring, RingReader, RingWriter  # noqa: E402
 from ipc.schema import CallEnded, CallStarted  # noqa: E402
 from tools.caller import CallerError, SyntheticCaller  # noqa: E402
-from tools.solo import SoloChild  # noqa: E402
+from tools.solo import SoloChild, free_port  # noqa: E402
 
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://voice.bench.test"
@@ -101,17 +100,11 @@ F64 = npt.NDArray[np.float64]
 
 # --- the transport process ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TransportUnderTest(SoloChild):
     """The real transport process; this process owns its ring pool and plays its peers (tools/solo.py)."""
 
     def __init__(self, max_calls: int, log_level: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         super().__init__("transport", {
             "ENGINE_ENGINE__MAX_CALLS": str(max_calls),

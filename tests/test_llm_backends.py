@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from engine.llm import LlamaCppBackend, LlmError, OpenAIBackend, resolve_gguf
-from tests.engine_run import free_port
+from tools.solo import free_port
 
 MESSAGES = [{"role": "system", "content": "You are a helpful phone assistant. Answer briefly."},
             {"role": "user", "content": "What is the capital of France?"}]

@@ -12,8 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from ipc.schema import CallStarted
-from tests.engine_run import free_port
-from tools.solo import SoloChild
+from tools.solo import SoloChild, free_port
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://voice.example.test"

@@ -11,6 +11,7 @@ import itertools
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -24,6 +25,13 @@ from ipc.pool import RingPool
 from ipc.schema import PROC_NAMES, AnyMsg, ProcName, Ready, RunInfo
 
 _instances = itertools.count()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class SoloChild:
