@@ -27,7 +27,6 @@ from procs.child import SyncChild, run_sync_child
 log = logging.getLogger("engine.speech")
 
 BUS_POLL_S = 0.02  # longest a bus message waits while audio is flowing
-PEERS: dict[str, tuple[ProcName, ...]] = {"Transcript": ("transport", "llm")}
 
 
 class SpeechProc(SyncChild):
@@ -99,7 +98,8 @@ class SpeechProc(SyncChild):
     def _publish(self, msgs: list[Msg]) -> None:
         assert self.bus is not None
         for msg in msgs:
-            for peer in PEERS.get(type(msg).__name__, ("transport",)):
+            # The transport acts on everything we hear; the LLM needs only what was said.
+            for peer in ("transport", "llm") if isinstance(msg, Transcript) else ("transport",):
                 self.bus.send(peer, msg)
             if isinstance(msg, Transcript):
                 self.transcripts += 1
