@@ -1,0 +1,465 @@
+"""The conversation of one call: a pure state machine from what happens to what to do.
+
+The transport feeds a `Conductor` what it learns about its call (the caller started
+talking, a transcript, a reply's audio spans and their marks, a keypress, a clock
+tick, a process restart) and carries out the actions it returns (clear Twilio's
+queue, cancel a reply, ask for one, tell the LLM what was heard, hang up). No
+clock, socket or model in here: time is passed in, so every path is a unit test.
+
+Phases:
+- LISTENING: nothing to say; waiting for the caller (re-prompts when idle too long).
+- THINKING: a reply `gen` was requested; none of its audio has been queued yet.
+- SPEAKING: reply `gen` is being played to the caller.
+- INTERRUPTED: the caller cut the reply short; waiting for what they say.
+- ENDING: a last line (goodbye, time limit) is playing; the call ends when it has.
+- ENDED: the caller hung up or we did.
+
+Heard-only history: the TTS reports which ring frames carry which text (`Spoken`
+spans); the transport marks the last frame of each span; Twilio echoes a mark once
+that audio has played. On a barge-in the conductor reports to the LLM exactly the
+spans whose audio played before the `clear`, plus the played share of the span in
+progress, cut to whole words. Marks Twilio echoes after a `clear` (it echoes the
+cleared ones too) are not evidence of playback and are ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+ProcName = Literal["transport", "speech", "llm", "tts"]
+
+
+class ConductorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    greeting: str = "Hello! How can I help you today?"
+    barge_in_min_speech_ms: int = 0
+    """Caller speech that must last this long before it interrupts the bot. 0 or at most speech.min_speech_ms:
+    interrupt as soon as speech is detected; longer lets "mm-hm" and coughs pass without cutting the reply."""
+    speech_min_ms: int = 64
+    """The speech process's own minimum (speech.min_speech_ms): a SpeechStarted already has this much."""
+    idle_reprompt_s: float = 8.0
+    reprompt: str = "Are you still there?"
+    max_reprompts: int = 2
+    goodbye: str = "It seems you have gone quiet, so I will hang up now. Goodbye!"
+    max_call_s: float = 600.0
+    time_limit: str = "We have reached the time limit for this call. Thank you for calling, goodbye!"
+    reply_timeout_s: float = 10.0
+    """A requested reply with no audio after this long is given up on: the caller hears the apology."""
+    apology: str = "Sorry, I ran into a problem there. Could you say that again?"
+    missed: str = "Sorry, I missed what you said. Could you say it again?"
+    dtmf_timeout_s: float = 2.0
+    """Keypresses are collected until '#' or this long without another key, then given to the LLM."""
+    ending_timeout_s: float = 20.0
+    """A last line that has not finished playing by then (no TTS, no marks) does not hold the line open."""
+
+
+class Phase(enum.Enum):
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    INTERRUPTED = "interrupted"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+# --- events ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Connected:
+    pass
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The speech process heard the caller start talking (already `speech_min_ms` of it)."""
+
+    onset_s: float
+
+
+@dataclass(frozen=True)
+class SpeechSustained:
+    """The caller has now talked for `barge_in_min_speech_ms` without stopping."""
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """The caller stopped talking (end of turn); the transcript follows."""
+
+
+@dataclass(frozen=True)
+class CallerSaid:
+    text: str
+
+
+@dataclass(frozen=True)
+class KeyPressed:
+    digit: str
+
+
+@dataclass(frozen=True)
+class SpanQueued:
+    """The TTS wrote ring frames seq_first..seq_last carrying `text` of reply `gen`."""
+
+    gen: int
+    index: int
+    seq_first: int
+    seq_last: int
+    text: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class AudioStarted:
+    """The first audio frame of reply `gen` left for the caller."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class MarkPlayed:
+    """Twilio echoed mark `seq`: the frame with that ring seq has played."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True)
+class PeerRestarted:
+    proc: ProcName
+
+
+@dataclass(frozen=True)
+class HungUp:
+    pass
+
+
+Event = (Connected | SpeechStarted | SpeechSustained | TurnEnded | CallerSaid | KeyPressed | SpanQueued
+         | AudioStarted | MarkPlayed | Tick | PeerRestarted | HungUp)
+
+
+# --- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clear:
+    """Silence the caller: Twilio's queue, our send queue, and this reply's frames still in the ring."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    """Stop generating and speaking reply `gen` (LLM and TTS)."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class RequestReply:
+    """Ask the LLM for reply `gen`: to `caller_text`, or, with `say`, to speak `say` verbatim (kept in its history)."""
+
+    gen: int
+    caller_text: str = ""
+    say: str = ""
+
+
+@dataclass(frozen=True)
+class Speak:
+    """Have the TTS say `text` as reply `gen` without the LLM (it may be the part that failed)."""
+
+    gen: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ReportHeard:
+    """Of reply `gen`, the caller heard only `text`."""
+
+    gen: int
+    text: str
+
+
+@dataclass(frozen=True)
+class HangUp:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something worth a log line and a trace event: `what` happened to reply `gen`."""
+
+    what: str
+    gen: int
+    detail: str = ""
+
+
+Action = Clear | CancelReply | RequestReply | Speak | ReportHeard | HangUp | Note
+
+
+@dataclass
+class _Span:
+    index: int
+    seq_first: int
+    seq_last: int
+    text: str
+    last: bool
+    played: bool = False
+
+
+@dataclass
+class _Reply:
+    gen: int
+    requested_s: float
+    caller_text: str = ""  # what it answers, so a lost reply can be retried
+    retried: bool = False
+    closing: bool = False  # a last line: the call ends when it has played
+    spans: dict[int, _Span] = field(default_factory=dict)  # by seq_last, the seq its mark carries
+    audio: bool = False
+    done: bool = False  # its last span has played
+
+
+class Conductor:
+    """One call's conversation. `handle(event, now, played)` returns the actions to carry out, in order.
+
+    `now` is monotonic seconds. `played` is the ring seq of the last outbound frame the caller has heard
+    by the transport's play-out clock (None if none): needed only to say what an interrupted reply got across.
+    """
+
+    def __init__(self, cfg: ConductorConfig, now: float) -> None:
+        self.cfg = cfg
+        self.phase = Phase.LISTENING
+        self.started_s = now
+        self.gen = 0
+        self.reply: _Reply | None = None
+        self.caller_speaking = False
+        self.barged_this_turn = False
+        self.idle_since = now
+        self.reprompts = 0
+        self.digits = ""
+        self.digits_at = 0.0
+        self.interruptions = 0
+        self.backchannels = 0
+
+    # --- dispatch -------------------------------------------------------------------------
+    def handle(self, event: Event, now: float, played: int | None = None) -> list[Action]:
+        if self.phase is Phase.ENDED:
+            return []
+        if isinstance(event, HungUp):
+            self.phase = Phase.ENDED
+            return []  # CallEnded, which the transport sends anyway, stops every process's work for the call
+        if isinstance(event, Connected):
+            return self._say_via_llm(self.cfg.greeting, now) if self.cfg.greeting else []
+        if isinstance(event, SpeechStarted):
+            return self._speech_started(now, played)
+        if isinstance(event, SpeechSustained):
+            return self._interrupt(now, played, "barge-in") if self._may_interrupt() else []
+        if isinstance(event, TurnEnded):
+            self.caller_speaking = False
+            self.idle_since = now
+            return []
+        if isinstance(event, CallerSaid):
+            return self._caller_said(event.text, now)
+        if isinstance(event, KeyPressed):
+            return self._key(event.digit, now, played)
+        if isinstance(event, SpanQueued):
+            return self._span(event)
+        if isinstance(event, AudioStarted):
+            if self.reply is not None and event.gen == self.reply.gen and not self.reply.audio:
+                self.reply.audio = True
+                if self.phase is Phase.THINKING:
+                    self.phase = Phase.SPEAKING
+            return []
+        if isinstance(event, MarkPlayed):
+            return self._mark(event.seq, now)
+        if isinstance(event, Tick):
+            return self._tick(now, played)
+        if isinstance(event, PeerRestarted):
+            return self._peer_restarted(event.proc, now, played)
+        raise TypeError(f"not a conductor event: {event!r}")
+
+    # --- the caller -----------------------------------------------------------------------
+    def _speech_started(self, now: float, played: int | None) -> list[Action]:
+        self.caller_speaking = True
+        self.barged_this_turn = False
+        self.reprompts = 0
+        if self.cfg.barge_in_min_speech_ms <= self.cfg.speech_min_ms and self._may_interrupt():
+            return self._interrupt(now, played, "barge-in")
+        return []
+
+    def _may_interrupt(self) -> bool:
+        return self.phase in (Phase.THINKING, Phase.SPEAKING) and self.reply is not None \
+            and not self.reply.closing
+
+    def _caller_said(self, text: str, now: float) -> list[Action]:
+        self.caller_speaking = False
+        self.idle_since = now
+        text = text.strip()
+        if not text:
+            return []
+        if self.phase in (Phase.THINKING, Phase.SPEAKING) and not self.barged_this_turn:
+            # Said over the bot without reaching the barge-in threshold: a backchannel, not a turn.
+            self.backchannels += 1
+            return [Note("backchannel", self.gen, text)]
+        if self.phase is Phase.ENDING:
+            return [Note("ignored while ending", self.gen, text)]
+        return self._request(now, caller_text=text)
+
+    def _key(self, digit: str, now: float, played: int | None) -> list[Action]:
+        actions: list[Action] = []
+        if self._may_interrupt():
+            actions += self._interrupt(now, played, "keypress")
+        self.reprompts = 0
+        self.idle_since = now
+        if digit == "#":
+            return actions + self._flush_digits(now)
+        self.digits += digit
+        self.digits_at = now
+        return actions
+
+    def _flush_digits(self, now: float) -> list[Action]:
+        digits, self.digits = self.digits, ""
+        if not digits or self.phase is Phase.ENDING:
+            return []
+        return self._request(now, caller_text=f"[pressed on the keypad: {' '.join(digits)}]")
+
+    # --- replies --------------------------------------------------------------------------
+    def _new_reply(self, now: float, caller_text: str = "", closing: bool = False) -> _Reply:
+        self.gen += 1
+        self.reply = _Reply(self.gen, now, caller_text=caller_text, closing=closing)
+        self.phase = Phase.ENDING if self.reply.closing else Phase.THINKING
+        return self.reply
+
+    def _request(self, now: float, caller_text: str) -> list[Action]:
+        actions = self._abandon(now)
+        reply = self._new_reply(now, caller_text=caller_text)
+        return actions + [RequestReply(reply.gen, caller_text=caller_text)]
+
+    def _say_via_llm(self, text: str, now: float, closing: bool = False) -> list[Action]:
+        actions = self._abandon(now)
+        reply = self._new_reply(now, closing=closing)
+        return actions + [RequestReply(reply.gen, say=text)]
+
+    def _speak(self, text: str, now: float, closing: bool = False) -> list[Action]:
+        actions = self._abandon(now)
+        reply = self._new_reply(now, closing=closing)
+        return actions + [Speak(reply.gen, text)]
+
+    def _abandon(self, now: float) -> list[Action]:
+        """Whatever reply is in progress is superseded: stop it (the caller may be hearing it)."""
+        reply = self.reply
+        if reply is None or reply.done:
+            return []
+        self.reply = None
+        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, self._heard(reply, None))]
+
+    def _interrupt(self, now: float, played: int | None, why: str) -> list[Action]:
+        reply = self.reply
+        assert reply is not None
+        self.interruptions += 1
+        self.barged_this_turn = True
+        self.reply = None
+        self.phase = Phase.INTERRUPTED
+        heard = self._heard(reply, played)
+        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard),
+                Note(why, reply.gen, heard)]
+
+    def _heard(self, reply: _Reply, played: int | None) -> str:
+        """The words of `reply` the caller heard: whole spans played, then the played share of the next."""
+        words: list[str] = []
+        for span in sorted(reply.spans.values(), key=lambda s: s.index):
+            if span.played or (played is not None and played >= span.seq_last):
+                words += span.text.split()
+                continue
+            if played is not None and played >= span.seq_first:
+                share = (played - span.seq_first + 1) / (span.seq_last - span.seq_first + 1)
+                span_words = span.text.split()
+                words += span_words[:int(len(span_words) * share)]
+            break
+        return " ".join(words)
+
+    def _span(self, event: SpanQueued) -> list[Action]:
+        reply = self.reply
+        if reply is None or event.gen != reply.gen:
+            return []  # a cancelled reply's span, or a stale one from before a restart
+        reply.spans[event.seq_last] = _Span(event.index, event.seq_first, event.seq_last, event.text, event.last)
+        return []
+
+    def _mark(self, seq: int, now: float) -> list[Action]:
+        reply = self.reply
+        if reply is None or seq not in reply.spans:
+            return []  # a cleared reply's mark (Twilio echoes those on clear) or not ours
+        span = reply.spans[seq]
+        span.played = True
+        if not span.last:
+            return []
+        reply.done = True
+        self.idle_since = now
+        if reply.closing:
+            self.phase = Phase.ENDED
+            return [HangUp("said goodbye")]
+        self.phase = Phase.LISTENING
+        return [Note("reply played", reply.gen)]
+
+    # --- time -----------------------------------------------------------------------------
+    def _tick(self, now: float, played: int | None) -> list[Action]:
+        cfg = self.cfg
+        if self.phase is Phase.ENDING:
+            assert self.reply is not None
+            if now - self.reply.requested_s >= cfg.ending_timeout_s:
+                self.phase = Phase.ENDED
+                return [HangUp("last line did not finish playing")]
+            return []
+        if now - self.started_s >= cfg.max_call_s:
+            actions: list[Action] = [Note("time limit", self.gen)]
+            if self._may_interrupt():
+                actions += self._interrupt(now, played, "time limit")
+            return actions + self._say_via_llm(cfg.time_limit, now, closing=True)
+        if self.digits and now - self.digits_at >= cfg.dtmf_timeout_s:
+            return self._flush_digits(now)
+        reply = self.reply
+        if self.phase is Phase.THINKING and reply is not None and now - reply.requested_s >= cfg.reply_timeout_s:
+            return [Note("reply timed out", reply.gen)] + self._speak(cfg.apology, now)
+        if self.phase in (Phase.LISTENING, Phase.INTERRUPTED) and not self.caller_speaking \
+                and not self.digits and now - self.idle_since >= cfg.idle_reprompt_s:
+            self.idle_since = now
+            if self.reprompts >= cfg.max_reprompts:
+                return self._say_via_llm(cfg.goodbye, now, closing=True)
+            self.reprompts += 1
+            return self._say_via_llm(cfg.reprompt, now)
+        return []
+
+    # --- faults ---------------------------------------------------------------------------
+    def _peer_restarted(self, proc: ProcName, now: float, played: int | None) -> list[Action]:
+        reply = self.reply
+        busy = reply is not None and not reply.done and self.phase in (Phase.THINKING, Phase.SPEAKING,
+                                                                       Phase.ENDING)
+        if proc == "speech":
+            if self.caller_speaking:  # their words so far died with the process
+                self.caller_speaking = False
+                return [Note("speech restarted mid-turn", self.gen)] + self._speak(self.cfg.missed, now)
+            return []
+        if not busy or reply is None:
+            return []
+        if reply.closing:  # a goodbye cut short: end the call rather than start over
+            self.phase = Phase.ENDED
+            return [HangUp(f"{proc} restarted during the last line")]
+        if proc == "llm" and self.phase is Phase.THINKING and reply.caller_text and not reply.retried:
+            # Nothing heard yet: ask the restarted LLM again, once.
+            actions: list[Action] = [Note("llm restarted: retrying", reply.gen)]
+            actions += self._request(now, reply.caller_text)
+            assert self.reply is not None
+            self.reply.retried = True
+            return actions
+        if proc in ("llm", "tts"):
+            heard = self._heard(reply, played)
+            self.reply = None
+            actions = [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard),
+                       Note(f"{proc} restarted mid-reply", reply.gen, heard)]
+            return actions + self._speak(self.cfg.apology, now)
+        return []
