@@ -28,32 +28,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-import msgspec
+from engine.config import ConversationSection
 
 ProcName = Literal["transport", "speech", "llm", "tts"]
-
-
-class ConductorConfig(msgspec.Struct, frozen=True, kw_only=True):
-    greeting: str = "Hello! How can I help you today?"
-    barge_in_min_speech_ms: int = 0
-    """Caller speech that must last this long before it interrupts the bot. 0 or at most speech.min_speech_ms:
-    interrupt as soon as speech is detected; longer lets "mm-hm" and coughs pass without cutting the reply."""
-    speech_min_ms: int = 64
-    """The speech process's own minimum (speech.min_speech_ms): a SpeechStarted already has this much."""
-    idle_reprompt_s: float = 8.0
-    reprompt: str = "Are you still there?"
-    max_reprompts: int = 2
-    goodbye: str = "It seems you have gone quiet, so I will hang up now. Goodbye!"
-    max_call_s: float = 600.0
-    time_limit: str = "We have reached the time limit for this call. Thank you for calling, goodbye!"
-    reply_timeout_s: float = 10.0
-    """A requested reply with no audio after this long is given up on: the caller hears the apology."""
-    apology: str = "Sorry, I ran into a problem there. Could you say that again?"
-    missed: str = "Sorry, I missed what you said. Could you say it again?"
-    dtmf_timeout_s: float = 2.0
-    """Keypresses are collected until '#' or this long without another key, then given to the LLM."""
-    ending_timeout_s: float = 20.0
-    """A last line that has not finished playing by then (no TTS, no marks) does not hold the line open."""
 
 
 class Phase(enum.Enum):
@@ -231,8 +208,9 @@ class Conductor:
     by the transport's play-out clock (None if none): needed only to say what an interrupted reply got across.
     """
 
-    def __init__(self, cfg: ConductorConfig, now: float) -> None:
+    def __init__(self, cfg: ConversationSection, now: float, *, speech_min_ms: int = 64) -> None:
         self.cfg = cfg
+        self.speech_min_ms = speech_min_ms  # a SpeechStarted already carries this much speech
         self.phase = Phase.LISTENING
         self.started_s = now
         self.gen = 0
@@ -288,7 +266,7 @@ class Conductor:
         self.caller_speaking = True
         self.barged_this_turn = False
         self.reprompts = 0
-        if self.cfg.barge_in_min_speech_ms <= self.cfg.speech_min_ms and self._may_interrupt():
+        if self.cfg.barge_in_min_speech_ms <= self.speech_min_ms and self._may_interrupt():
             return self._interrupt(now, played, "barge-in")
         return []
 
@@ -338,17 +316,17 @@ class Conductor:
     def _request(self, now: float, caller_text: str) -> list[Action]:
         actions = self._abandon(now)
         reply = self._new_reply(now, caller_text=caller_text)
-        return actions + [RequestReply(reply.gen, caller_text=caller_text)]
+        return [*actions, RequestReply(reply.gen, caller_text=caller_text)]
 
     def _say_via_llm(self, text: str, now: float, closing: bool = False) -> list[Action]:
         actions = self._abandon(now)
         reply = self._new_reply(now, closing=closing)
-        return actions + [RequestReply(reply.gen, say=text)]
+        return [*actions, RequestReply(reply.gen, say=text)]
 
     def _speak(self, text: str, now: float, closing: bool = False) -> list[Action]:
         actions = self._abandon(now)
         reply = self._new_reply(now, closing=closing)
-        return actions + [Speak(reply.gen, text)]
+        return [*actions, Speak(reply.gen, text)]
 
     def _abandon(self, now: float) -> list[Action]:
         """Whatever reply is in progress is superseded: stop it (the caller may be hearing it)."""
@@ -424,7 +402,7 @@ class Conductor:
             return self._flush_digits(now)
         reply = self.reply
         if self.phase is Phase.THINKING and reply is not None and now - reply.requested_s >= cfg.reply_timeout_s:
-            return [Note("reply timed out", reply.gen)] + self._speak(cfg.apology, now)
+            return [Note("reply timed out", reply.gen), *self._speak(cfg.apology, now)]
         if self.phase in (Phase.LISTENING, Phase.INTERRUPTED) and not self.caller_speaking \
                 and not self.digits and now - self.idle_since >= cfg.idle_reprompt_s:
             self.idle_since = now
@@ -442,7 +420,7 @@ class Conductor:
         if proc == "speech":
             if self.caller_speaking:  # their words so far died with the process
                 self.caller_speaking = False
-                return [Note("speech restarted mid-turn", self.gen)] + self._speak(self.cfg.missed, now)
+                return [Note("speech restarted mid-turn", self.gen), *self._speak(self.cfg.missed, now)]
             return []
         if not busy or reply is None:
             return []

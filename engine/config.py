@@ -131,7 +131,6 @@ class LlmSection(_Section):
     api_key: str = ""
     system_prompt: str = ("You are a friendly, concise voice assistant on a phone call. Answer in one or two "
                           "short spoken sentences. No lists, no markdown, no emojis.")
-    greeting: str = "Hello! How can I help you today?"
     max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
@@ -142,6 +141,34 @@ class LlmSection(_Section):
 class TtsSection(_Section):
     backend: Literal["piper", "csm", "espeak"] = "piper"
     voice: str = "en_US-joe-medium"
+
+
+class ConversationSection(_Section):
+    """What the conductor (engine/conductor.py) does with each call."""
+
+    greeting: str = "Hello! How can I help you today?"
+    """Said when a call connects (empty: wait for the caller)."""
+    barge_in_min_speech_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 0
+    """Caller speech must last this long to interrupt the bot. At most speech.min_speech_ms: the first speech
+    detected interrupts. Longer lets "mm-hm" and coughs pass; what is said then is taken as a backchannel."""
+    idle_reprompt_s: Annotated[float, msgspec.Meta(gt=0)] = 8.0
+    reprompt: str = "Are you still there?"
+    max_reprompts: Annotated[int, msgspec.Meta(ge=0)] = 2
+    goodbye: str = "It seems you have gone quiet, so I will hang up now. Goodbye!"
+    """Said before hanging up on a caller silent through every re-prompt."""
+    max_call_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    time_limit: str = "We have reached the time limit for this call. Thank you for calling, goodbye!"
+    reply_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """A reply with no audio this long after it was asked for is given up on, and the caller hears `apology`."""
+    apology: str = "Sorry, I ran into a problem there. Could you say that again?"
+    missed: str = "Sorry, I missed what you said. Could you say it again?"
+    """Said when the speech process restarts while the caller is talking."""
+    dtmf_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """Keypresses are collected until '#' or this long without another, then given to the LLM."""
+    ending_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    """A last line that has not finished playing by then does not hold the line open."""
+    tick_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.1
+    """How often the transport gives every call's conductor the time (timeouts, re-prompts)."""
 
 
 class FaultsSection(_Section):
@@ -159,6 +186,7 @@ class Config(_Section):
     supervisor: SupervisorSection = msgspec.field(default_factory=SupervisorSection)
     speech: SpeechSection = msgspec.field(default_factory=SpeechSection)
     llm: LlmSection = msgspec.field(default_factory=LlmSection)
+    conversation: ConversationSection = msgspec.field(default_factory=ConversationSection)
     tts: TtsSection = msgspec.field(default_factory=TtsSection)
     faults: FaultsSection = msgspec.field(default_factory=FaultsSection)
 

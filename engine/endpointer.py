@@ -5,6 +5,8 @@ sample clock (absolute sample index since the call started):
 
 - `SpeechStarted` once speech has lasted `min_speech_ms`: short clicks and coughs
   never start a turn. Used for barge-in, so it must come fast (~2-3 windows).
+- `SpeechSustained` once speech has gone on for `sustained_ms` without a silence (if
+  that is longer than `min_speech_ms`): long enough to interrupt the bot.
 - `Pause` when silence has lasted `pause_ms`: the turn may be over, so the
   speech process starts transcribing now and keeps the result if no speech follows.
 - `Resumed` when speech comes back after a `Pause`: that speculative work is void.
@@ -31,11 +33,18 @@ class EndpointerConfig(msgspec.Struct, frozen=True, kw_only=True):
     end_silence_ms: int = 500
     prefix_pad_ms: int = 200
     max_turn_s: float = 30.0
+    sustained_ms: int = 0
+    """If longer than min_speech_ms: also say when speech has gone on this long without a pause (barge-in)."""
 
 
 @dataclass(frozen=True)
 class SpeechStarted:
     start: int  # first sample of the speech
+
+
+@dataclass(frozen=True)
+class SpeechSustained:
+    start: int  # the speech has lasted `sustained_ms` from here with no silence
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class EndOfTurn:
     forced: bool = False  # cut at max_turn_s, not by silence
 
 
-Event = SpeechStarted | Pause | Resumed | EndOfTurn
+Event = SpeechStarted | SpeechSustained | Pause | Resumed | EndOfTurn
 Phase = Literal["idle", "onset", "speech", "silence"]
 
 
@@ -69,6 +78,8 @@ class Endpointer:
         self._onset_samples = 0
         self._silence_start = 0
         self._paused = False
+        self._run_start = 0  # where the current stretch of unbroken speech began
+        self._sustained = False
 
     def _ms(self, samples: int) -> float:
         return samples * 1000 / self.rate
@@ -89,6 +100,7 @@ class Endpointer:
                 if self._ms(self._onset_samples) >= cfg.min_speech_ms:
                     self.phase = "speech"
                     events.append(SpeechStarted(self._start))
+            self._run_start, self._sustained = window_start, False
         elif self.phase == "onset":
             if silence:
                 self.phase = "idle"  # too short: a click, a cough, line noise
@@ -102,7 +114,7 @@ class Endpointer:
                 self.phase, self._silence_start = "silence", window_start
         elif self.phase == "silence":
             if speech:
-                self.phase = "speech"
+                self.phase, self._run_start = "speech", window_start
                 if self._paused:
                     self._paused = False
                     events.append(Resumed())
@@ -114,6 +126,10 @@ class Endpointer:
                 if quiet >= cfg.end_silence_ms:
                     events.append(EndOfTurn(self._begin(), self._silence_start))
                     self._reset()
+        if self.phase == "speech" and not self._sustained and cfg.sustained_ms > cfg.min_speech_ms \
+                and self._ms(end - self._run_start) >= cfg.sustained_ms:
+            self._sustained = True
+            events.append(SpeechSustained(self._run_start))
         if self.phase in ("speech", "silence") and self._ms(end - self._start) >= cfg.max_turn_s * 1000:
             events.append(EndOfTurn(self._begin(), end, forced=True))
             self._reset()

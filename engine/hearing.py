@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted
+from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted, SpeechSustained
 from engine.vad import WINDOW, SileroVad, VadStream
 from ipc.schema import EndOfTurn as EndOfTurnMsg
 from ipc.schema import Msg, Transcript
 from ipc.schema import SpeechStarted as SpeechStartedMsg
+from ipc.schema import SpeechSustained as SpeechSustainedMsg
 
 Float32 = npt.NDArray[np.float32]
 
@@ -154,6 +155,8 @@ class Hearing:
         if isinstance(event, SpeechStarted):
             ear.turn += 1
             return [SpeechStartedMsg(call_id=ear.call_id, turn=ear.turn, onset_t_ns=ear.t_ns_of(event.start))]
+        if isinstance(event, SpeechSustained):
+            return [SpeechSustainedMsg(call_id=ear.call_id, turn=ear.turn)]
         if isinstance(event, Pause):
             ear.speculative = self._job(ear, event.start, event.end, speculative=True)
             return []

@@ -39,6 +39,18 @@ FLAG_MARK = 1
 """Outbound: tell the transport to send Twilio a mark named str(seq) once this frame has been sent."""
 FLAG_END = 2
 """Outbound: last frame of an utterance; flush resampler and partial frames so it all plays."""
+GEN_SHIFT = 8
+"""Outbound: the reply generation a frame belongs to rides in the flags' upper 24 bits, so the transport
+can drop a cancelled reply's frames that were already in the ring when it was cancelled."""
+GEN_MASK = (1 << 24) - 1
+
+
+def gen_flags(gen: int) -> int:
+    return (gen & GEN_MASK) << GEN_SHIFT
+
+
+def flags_gen(flags: int) -> int:
+    return (flags >> GEN_SHIFT) & GEN_MASK
 HEADER_BYTES = 256
 SLOT_HEADER = struct.Struct("<QQQIIII")
 _U64 = struct.Struct("<Q")

@@ -125,6 +125,15 @@ class SpeechStarted(Msg):
     """When the speech began, on the caller's audio clock (arrival time of that audio)."""
 
 
+class SpeechSustained(Msg):
+    """Speech -> transport: the caller has talked for conversation.barge_in_min_speech_ms without stopping
+    (sent only when that is longer than speech.min_speech_ms): long enough to interrupt the bot."""
+
+    urgent: ClassVar[bool] = True
+    call_id: str
+    turn: int
+
+
 class EndOfTurn(Msg):
     """Speech -> transport: the caller has been silent for the end-of-turn time."""
 
@@ -135,7 +144,7 @@ class EndOfTurn(Msg):
 
 
 class Transcript(Msg):
-    """Speech -> transport, llm: what the caller said in a turn."""
+    """Speech -> transport: what the caller said in a turn (the conductor decides what it means)."""
 
     call_id: str
     turn: int
@@ -150,8 +159,19 @@ class Transcript(Msg):
 
 # --- thinking and speaking ----------------------------------------------------------
 
+class Respond(Msg):
+    """Transport -> llm: produce reply `gen` of a call, to `caller_text` (added to the dialogue as the caller's),
+    or, with `say`, speak `say` verbatim (a greeting, a re-prompt: kept in the dialogue as the assistant's)."""
+
+    call_id: str
+    gen: int
+    caller_text: str = ""
+    say: str = ""
+
+
 class Sentence(Msg):
-    """LLM -> tts: the next speakable piece of reply `gen`; `last` marks the end of the reply."""
+    """LLM (or the transport, for a line said without the LLM) -> tts: the next speakable piece of reply `gen`;
+    `last` marks the end of the reply."""
 
     call_id: str
     gen: int
@@ -177,10 +197,20 @@ class Spoken(Msg):
     seq_first: int
     seq_last: int
     text: str
+    last: bool = False
 
 
-AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | EndOfTurn
-          | Transcript | Sentence | Heard | Spoken)
+class Trace(Msg):
+    """Any process -> transport: reply `gen` of a call reached `stage` at `at_ns` (monotonic, host-wide)."""
+
+    call_id: str
+    gen: int
+    stage: str
+    at_ns: int
+
+
+AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained
+          | EndOfTurn | Transcript | Respond | Sentence | Heard | Spoken | Trace)
 
 
 class Codec:

@@ -1,7 +1,8 @@
 """The LLM process: per-call dialogue, streaming generation, sentence chunking, cancellation.
 
-A final Transcript starts generation `gen` (one per caller turn) on the worker
-thread; text deltas go through the sentence chunker and each speakable piece goes
+The transport's conductor asks for each reply with `Respond(call, gen)`: an answer to
+what the caller said, generated on the worker thread, or a line to say verbatim
+(greeting, re-prompt), which is only chunked and kept in the dialogue. Text deltas go through the sentence chunker and each speakable piece goes
 to the TTS as a `Sentence` the moment it is complete. `Cancel(call, gen)` arrives
 on the urgent lane: the worker's delta callback sees it at the next token and
 stops the model, and nothing more of that generation is sent. `Heard` replaces
@@ -23,7 +24,7 @@ from engine.config import Config
 from engine.dialogue import Dialogue
 from engine.llm import LlamaCppBackend, LlmBackend, OpenAIBackend, resolve_gguf
 from ipc.bus import Sender
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Heard, ProcName, RunInfo, Sentence, Transcript
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Heard, ProcName, Respond, RunInfo, Sentence, Trace
 from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger("engine.llm")
@@ -46,6 +47,7 @@ class Job:
     mind: Mind
     gen: int
     messages: list[dict[str, str]]
+    say: str = ""  # speak this verbatim instead of generating
 
 
 def make_backend(cfg: Config) -> LlmBackend:
@@ -95,19 +97,20 @@ class LlmProc(SyncChild):
             if call is not None:
                 with call.state.lock:
                     call.state.dialogue.heard(msg.gen, msg.text)
-        elif isinstance(msg, Transcript) and msg.final and msg.text.strip():
+        elif isinstance(msg, Respond):
             call = self.calls.find(msg.call_id)
-            if call is not None:
-                mind = call.state
-                if mind.gen:  # a new turn supersedes any reply still being generated or spoken
-                    mind.cancelled.add(mind.gen)
-                    assert self.bus is not None
-                    self.bus.send("tts", Cancel(call_id=msg.call_id, gen=mind.gen))
-                mind.gen += 1
-                with mind.lock:
-                    mind.dialogue.add_user(msg.text)
-                    messages = mind.dialogue.messages()
-                self._jobs.put(Job(msg.call_id, mind, mind.gen, messages))
+            if call is None:
+                log.warning("reply %d asked for call %s, which this process does not know", msg.gen, msg.call_id)
+                return
+            mind = call.state
+            if mind.gen and mind.gen < msg.gen:  # a newer reply supersedes one not yet done (the conductor
+                mind.cancelled.add(mind.gen)     # cancels it too; this keeps the worker from starting it)
+            mind.gen = max(mind.gen, msg.gen)
+            with mind.lock:
+                if msg.caller_text:
+                    mind.dialogue.add_user(msg.caller_text)
+                messages = mind.dialogue.messages()
+            self._jobs.put(Job(msg.call_id, mind, msg.gen, messages, say=msg.say))
 
     def _generate_loop(self) -> None:
         """Worker thread: one generation at a time, sentences sent as soon as they are speakable."""
@@ -132,6 +135,9 @@ class LlmProc(SyncChild):
         produced: list[str] = []
         index = 0
 
+        def trace(stage: str) -> None:
+            sender.send("transport", Trace(call_id=job.call_id, gen=gen, stage=stage, at_ns=time.monotonic_ns()))
+
         def stopped() -> bool:  # cancelled, call over, or the process is shutting down
             return gen in mind.cancelled or mind.ended or self.stop.is_set()
 
@@ -140,6 +146,8 @@ class LlmProc(SyncChild):
             for i, piece in enumerate(pieces):
                 if stopped():
                     return
+                if index == 0:
+                    trace("llm_first_sentence")
                 sender.send("tts", Sentence(call_id=job.call_id, gen=gen, index=index, text=piece,
                                             last=last and i == len(pieces) - 1))
                 index += 1
@@ -147,16 +155,22 @@ class LlmProc(SyncChild):
         def on_delta(delta: str) -> bool:
             if stopped():
                 return True
+            if not produced:
+                trace("llm_first_token")
             produced.append(delta)
             emit(chunker.push(delta))
             return stopped()
 
-        self.generations += 1
-        try:
-            self.backend.stream(job.messages, on_delta, self.cfg.llm.max_tokens)
-        except Exception as exc:  # LlmError, or a server dropping mid-stream: end the reply, keep the worker
-            self.failures += 1
-            log.error("call %s gen %d: generation failed: %s", job.call_id, gen, exc)
+        trace("llm_start")
+        if job.say:
+            on_delta(job.say)
+        else:
+            self.generations += 1
+            try:
+                self.backend.stream(job.messages, on_delta, self.cfg.llm.max_tokens)
+            except Exception as exc:  # LlmError, or a server dropping mid-stream: end the reply, keep the worker
+                self.failures += 1
+                log.error("call %s gen %d: generation failed: %s", job.call_id, gen, exc)
         if stopped():
             log.info("call %s gen %d cancelled after %d deltas", job.call_id, gen, len(produced))
             return

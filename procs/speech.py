@@ -49,7 +49,8 @@ class SpeechProc(SyncChild):
         self.pool.doorbells["inbound"].reset_waiters()  # we are its only sleeper
         endpointing = EndpointerConfig(threshold=s.vad_threshold, min_speech_ms=s.min_speech_ms,
                                        pause_ms=s.pause_ms, end_silence_ms=s.end_silence_ms,
-                                       prefix_pad_ms=s.prefix_pad_ms, max_turn_s=s.max_turn_s)
+                                       prefix_pad_ms=s.prefix_pad_ms, max_turn_s=s.max_turn_s,
+                                       sustained_ms=self.cfg.conversation.barge_in_min_speech_ms)
         self.hearing = Hearing(SileroVad(), endpointing, self.cfg.transport.inbound_rate, s.max_turn_s)
         t0 = time.monotonic()
         model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
@@ -98,9 +99,7 @@ class SpeechProc(SyncChild):
     def _publish(self, msgs: list[Msg]) -> None:
         assert self.bus is not None
         for msg in msgs:
-            # The transport acts on everything we hear; the LLM needs only what was said.
-            for peer in ("transport", "llm") if isinstance(msg, Transcript) else ("transport",):
-                self.bus.send(peer, msg)
+            self.bus.send("transport", msg)  # its conductor decides what the caller's speech means
             if isinstance(msg, Transcript):
                 self.transcripts += 1
                 log.info("call %s turn %d: %r (%d ms audio, stt %d ms%s)", msg.call_id, msg.turn, msg.text,

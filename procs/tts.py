@@ -26,8 +26,8 @@ from engine.calls import CallTable
 from engine.config import Config
 from engine.tts import Pcm16, TtsBackend, make_tts
 from ipc.bus import Sender
-from ipc.ring import FLAG_END, FLAG_MARK, RingWriter
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo, Sentence, Spoken
+from ipc.ring import FLAG_END, FLAG_MARK, RingWriter, gen_flags
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo, Sentence, Spoken, Trace
 from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger("engine.tts")
@@ -47,6 +47,7 @@ class Voice:
     writer: RingWriter | None = None
     cancelled: set[int] = field(default_factory=set)
     ended: bool = False
+    sounded_gen: int = 0  # the latest reply whose first audio has been written
 
 
 class TtsProc(SyncChild):
@@ -113,6 +114,7 @@ class TtsProc(SyncChild):
         if stopped():
             return
         pending = np.zeros(0, np.int16)
+        stamp = gen_flags(sentence.gen)  # lets the transport drop this reply's frames once it is cancelled
         first_seq: int | None = None
         last_seq = -1
         chunks = self.tts.synthesize(sentence.text) if sentence.text.strip() else iter([np.zeros(frame, np.int16)])
@@ -121,21 +123,32 @@ class TtsProc(SyncChild):
             while len(pending) >= frame:
                 if stopped():
                     return  # leaving the generator cancels the synthesis
-                last_seq = self._write(voice, pending[:frame], rate, 0, stopped)
-                first_seq = last_seq if first_seq is None else first_seq
+                last_seq = self._write(voice, pending[:frame], rate, stamp, stopped)
+                if first_seq is None:
+                    first_seq = last_seq
+                    self._first_audio(voice, sentence, sender)
                 pending = pending[frame:]
         if stopped():
             return
         tail = np.concatenate([pending, np.zeros(-len(pending) % frame, np.int16)]) if len(pending) else \
             np.zeros(frame, np.int16)  # the flags need a frame to ride on
-        flags = FLAG_MARK | (FLAG_END if sentence.last else 0)
+        flags = stamp | FLAG_MARK | (FLAG_END if sentence.last else 0)
         last_seq = self._write(voice, tail, rate, flags, stopped)
         if last_seq < 0:
             return
-        first_seq = last_seq if first_seq is None else first_seq
+        if first_seq is None:
+            first_seq = last_seq
+            self._first_audio(voice, sentence, sender)
         self.sentences += 1
         sender.send("transport", Spoken(call_id=sentence.call_id, gen=sentence.gen, index=sentence.index,
-                                        seq_first=first_seq, seq_last=last_seq, text=sentence.text))
+                                        seq_first=first_seq, seq_last=last_seq, text=sentence.text,
+                                        last=sentence.last))
+
+    def _first_audio(self, voice: Voice, sentence: Sentence, sender: Sender) -> None:
+        if voice.sounded_gen < sentence.gen:
+            voice.sounded_gen = sentence.gen
+            sender.send("transport", Trace(call_id=sentence.call_id, gen=sentence.gen, stage="tts_first_audio",
+                                           at_ns=time.monotonic_ns()))
 
     def _write(self, voice: Voice, samples: Pcm16, rate: int, flags: int, stopped: Callable[[], bool]) -> int:
         """Write one frame, waiting for ring space; its seq, or -1 if cancelled while waiting."""

@@ -8,7 +8,6 @@ from engine.conductor import (
     CancelReply,
     Clear,
     Conductor,
-    ConductorConfig,
     Connected,
     HangUp,
     HungUp,
@@ -26,6 +25,7 @@ from engine.conductor import (
     Tick,
     TurnEnded,
 )
+from engine.config import ConversationSection as ConductorConfig
 
 
 def kinds(actions: list[object]) -> list[str]:
@@ -98,7 +98,7 @@ def test_barge_in_before_any_audio_reports_nothing_heard() -> None:
 
 
 def test_a_short_backchannel_does_not_cut_the_reply_when_a_minimum_is_set() -> None:
-    c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400, speech_min_ms=64), 0.0)
+    c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400), 0.0, speech_min_ms=64)
     c.handle(CallerSaid("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon's pull.", "Twice a day."], 0.5)
     assert c.handle(SpeechStarted(1.0), 1.07, played=3) == []  # "mm-hm" starts...

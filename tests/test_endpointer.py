@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted
@@ -95,3 +96,22 @@ def test_audio_history_is_a_window_on_the_absolute_sample_clock() -> None:
     assert len(h.range(100, 120)) == 0
     h.append(np.arange(100, 200, dtype=np.float32))  # one append longer than the buffer
     assert (h.start, h.end) == (170, 200) and np.array_equal(h.range(170, 200), np.arange(170, 200))
+
+
+SUSTAIN = msgspec.structs.replace(CFG, sustained_ms=320)  # 10 windows
+
+
+@pytest.mark.parametrize(("pattern", "expected"), [
+    ("SSSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),            # "mm-hm": never sustained
+    ("S" * 12 + "." * 16, ["SpeechStarted", "SpeechSustained", "Pause", "EndOfTurn"]),
+    ("SSSSS...SSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),     # broken by silence: not sustained
+    ("SSS" + "." * 8 + "S" * 11 + "." * 16,                                   # a longer second stretch is
+     ["SpeechStarted", "Pause", "Resumed", "SpeechSustained", "Pause", "EndOfTurn"]),
+    ("S" * 30 + "." * 16, ["SpeechStarted", "SpeechSustained", "Pause", "EndOfTurn"]),  # once per turn
+])
+def test_sustained_speech_is_reported_once_when_it_lasts(pattern: str, expected: list[str]) -> None:
+    assert kinds(pattern, SUSTAIN) == expected
+
+
+def test_no_sustained_event_unless_asked_for() -> None:
+    assert "SpeechSustained" not in kinds("S" * 40 + "." * 16)

@@ -13,7 +13,7 @@ from engine.codec import StreamResampler
 from engine.stt import WhisperTranscriber, resolve_model
 from engine.tts import EspeakTts, PiperTts
 from ipc.pool import Lease
-from ipc.ring import FLAG_END, FLAG_MARK, RingReader
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, flags_gen, gen_flags
 from ipc.schema import CallEnded, CallStarted, Cancel, Heartbeat, Sentence, Spoken
 from tests.speech_helpers import phone_path, words
 from tools.solo import SoloChild
@@ -69,11 +69,12 @@ def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: SoloChild
             drain(reader, frames, 0.2)
             spans += tts.messages("transport", Spoken, 0.05)
         drain(reader, frames, 0.5)
-        assert [(s.gen, s.index, s.text) for s in spans] == [(1, 0, texts[0]), (1, 1, texts[1])]
+        assert [(s.gen, s.index, s.text, s.last) for s in spans] == [(1, 0, texts[0], False), (1, 1, texts[1], True)]
         by_seq = {f.seq: f for f in frames}
         assert spans[0].seq_last < spans[1].seq_first and spans[1].seq_last == frames[-1].seq
-        assert by_seq[spans[0].seq_last].flags == FLAG_MARK  # a mark after each sentence ...
-        assert by_seq[spans[1].seq_last].flags == FLAG_MARK | FLAG_END  # ... and the end of the reply
+        assert all(flags_gen(f.flags) == 1 for f in frames)  # every frame says which reply it belongs to
+        assert by_seq[spans[0].seq_last].flags == gen_flags(1) | FLAG_MARK  # a mark after each sentence ...
+        assert by_seq[spans[1].seq_last].flags == gen_flags(1) | FLAG_MARK | FLAG_END  # ... and the reply's end
         rate = frames[0].sample_rate
         audio = np.frombuffer(b"".join(f.payload for f in frames), np.int16)
         assert len(audio) / rate > 2.0
