@@ -3,10 +3,11 @@
 The transport's conductor asks for each reply with `Respond(call, gen)`: an answer to
 what the caller said, generated on the worker thread, or a line to say verbatim
 (greeting, re-prompt), which is only chunked and kept in the dialogue. Text deltas
-go through the sentence chunker and each speakable piece goes to the TTS as a `Sentence` the moment it is complete. `Cancel(call, gen)` arrives
-on the urgent lane: the worker's delta callback sees it at the next token and
-stops the model, and nothing more of that generation is sent. `Heard` replaces
-the assistant's turn with what the caller actually heard.
+go through the sentence chunker and each speakable piece goes to the TTS as a
+`Sentence` the moment it is complete. `Cancel(call, gen)` arrives on the urgent
+lane: the worker's delta callback sees it at the next token and stops the model,
+and nothing more of that generation is sent. `Heard` replaces the assistant's turn
+with what the caller actually heard.
 """
 
 from __future__ import annotations
