@@ -5,6 +5,11 @@ inbound ring, the moment it arrives. Outbound: frames from the outbound ring (at
 the TTS's rate) -> 8 kHz -> μ-law, cut into 20 ms `media` messages that leave
 only as fast as `OutboundPacer` allows; a frame flagged FLAG_MARK is followed by a
 `mark` once all its audio has been sent.
+
+Each outbound frame carries its reply's generation: after a `clear(gen)`, frames of
+that reply (or older) still in the ring or written late are dropped, not played.
+The play-out clock of the pacer says which ring frame the caller has heard last
+(`played_seq`), which is how an interrupted reply's heard words are found.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
 from engine.media_stream import clear_message, mark_message, media_message
 from engine.pacing import OutboundPacer
-from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter, flags_gen
 
 TWILIO_RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
@@ -41,10 +46,17 @@ class CallAudio:
         self._queued_pos = 0  # absolute μ-law byte positions: end of what was queued / sent
         self._sent_pos = 0
         self._marks: deque[tuple[int, str]] = deque()
+        self._frame_ends: deque[tuple[int, int]] = deque()  # (queued_pos after it, ring seq) of frames queued
+        self._played_seq: int | None = None
+        self._gen_starts: deque[tuple[int, int]] = deque()  # (queued_pos before it, gen) of each reply's 1st frame
+        self._last_gen = 0
+        self.min_gen = 0  # frames of older replies were cleared: drop them
+        self.gens_started: list[int] = []  # replies whose first audio has been sent; the owner empties it
         self.frames_in = 0
         self.inbound_dropped = 0
         self.frames_out = 0
         self.marks_sent = 0
+        self.frames_dropped_cleared = 0
 
     # --- inbound ----------------------------------------------------------------------
     def on_media(self, mulaw: bytes, t_ns: int) -> None:
@@ -76,6 +88,13 @@ class CallAudio:
         n = 0
         while (frame := self.outbound.read()) is not None:
             n += 1
+            gen = flags_gen(frame.flags)
+            if gen < self.min_gen:
+                self.frames_dropped_cleared += 1
+                continue
+            if gen > self._last_gen:
+                self._last_gen = gen
+                self._gen_starts.append((self._queued_pos, gen))
             self._queue_pcm(np.frombuffer(frame.payload, np.int16), frame.sample_rate)
             if frame.flags & FLAG_END and self._out_resampler is not None:
                 self._queue_mulaw(pcm16_to_mulaw(self._out_resampler.flush()))
@@ -84,6 +103,7 @@ class CallAudio:
                     self._queue_mulaw(bytes([MULAW_SILENCE]) * (FRAME_BYTES - partial))
             if frame.flags & FLAG_MARK:
                 self._marks.append((self._queued_pos, str(frame.seq)))
+            self._frame_ends.append((self._queued_pos, frame.seq))
         return n
 
     def due_messages(self, now: float) -> list[str]:
@@ -97,6 +117,8 @@ class CallAudio:
                 return out
             chunk = bytes(self._pending[:FRAME_BYTES])
             del self._pending[:FRAME_BYTES]
+            while self._gen_starts and self._gen_starts[0][0] <= self._sent_pos:
+                self.gens_started.append(self._gen_starts.popleft()[1])
             self._sent_pos += FRAME_BYTES
             self.pacer.sent(now)
             self.frames_out += 1
@@ -110,8 +132,20 @@ class CallAudio:
             return self.pacer.next_send_at()
         return None
 
-    def clear(self, now: float) -> str:
-        """Barge-in: forget all unsent bot audio and marks; returns the Twilio `clear` to send."""
+    def played_seq(self, now: float) -> int | None:
+        """The ring seq of the last bot frame the caller has heard by now, by the play-out clock."""
+        played_pos = self._sent_pos - round(self.pacer.queued_s(now) * TWILIO_RATE)
+        while self._frame_ends and self._frame_ends[0][0] <= played_pos:
+            self._played_seq = self._frame_ends.popleft()[1]
+        return self._played_seq
+
+    def clear(self, now: float, gen: int = 0) -> str:
+        """Barge-in: forget all unsent bot audio and marks, and any frame of reply `gen` or older still to
+        come; returns the Twilio `clear` to send."""
+        self.played_seq(now)
+        self.min_gen = max(self.min_gen, gen + 1)
+        self._frame_ends.clear()
+        self._gen_starts.clear()
         self.outbound.discard_all()
         self._pending.clear()
         self._sent_pos = self._queued_pos

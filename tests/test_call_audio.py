@@ -12,7 +12,7 @@ from engine.call_audio import CallAudio
 from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
 from engine.pacing import OutboundPacer
 from ipc.pool import RingPool
-from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter, gen_flags
 
 
 @pytest.fixture
@@ -109,3 +109,41 @@ def test_clear_drops_everything_unsent(pool: RingPool) -> None:
     audio.outbound.discard_all()
     audio.pull()
     assert audio.due_messages(10.0) == [] and audio.next_due_at() is None
+
+
+def test_a_cleared_reply_never_plays_even_if_its_frames_come_late(pool: RingPool) -> None:
+    audio, _ = make_call(pool, lead_s=0.1)
+    tts = RingWriter(pool.outbound[0])
+    for frame in np.split(tone(16000, 0.2), 10):
+        tts.write(frame.tobytes(), 16000, flags=gen_flags(2))
+    audio.pull()
+    audio.due_messages(0.0)
+    audio.clear(0.05, gen=2)
+    # The TTS wrote two more frames of reply 2 before its Cancel landed, then reply 3 begins.
+    # Reply 2 is a loud tone; reply 3 is silence, so any of reply 2 that slipped through would be heard.
+    for gen in (2, 2):
+        tts.write(tone(16000, 0.02).tobytes(), 16000, flags=gen_flags(gen))
+    tts.write(np.zeros(320, np.int16).tobytes(), 16000, flags=gen_flags(3) | FLAG_END)
+    assert audio.pull() == 3
+    assert audio.frames_dropped_cleared == 2
+    media = [json.loads(m) for m in audio.due_messages(10.0)]
+    heard = np.concatenate([mulaw_to_pcm16(base64.b64decode(m["media"]["payload"])) for m in media
+                            if m["event"] == "media"])
+    assert len(heard) >= 160 and np.abs(heard.astype(np.int32)).max() < 50
+
+
+def test_the_play_out_clock_says_which_frame_the_caller_heard_last(pool: RingPool) -> None:
+    audio, _ = make_call(pool, lead_s=0.2)
+    tts = RingWriter(pool.outbound[0])
+    for frame in np.split(tone(8000, 0.4), 20):  # 8 kHz: no resampler lag to allow for
+        tts.write(frame.tobytes(), 8000, flags=gen_flags(1))
+    audio.pull()
+    assert audio.played_seq(0.0) is None
+    audio.due_messages(0.0)  # 10 frames (200 ms) sent at t=0, played 0-200 ms
+    assert audio.gens_started == [1]
+    assert audio.played_seq(0.001) is None
+    assert audio.played_seq(0.041) == 1  # frames 0 and 1 have played
+    assert audio.played_seq(0.2) == 9
+    audio.due_messages(0.25)  # by now the caller would have gone quiet: the rest starts at 0.25
+    assert audio.played_seq(0.25) == 9
+    assert audio.played_seq(0.31) == 12
