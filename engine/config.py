@@ -44,6 +44,8 @@ class EngineSection(_Section):
     runtime_dir: str = ""
     """Where bus sockets live; empty means the system temp dir."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    trace_file: str = ""
+    """Append latency trace events (JSON lines) here; read with `python -m engine trace FILE`. Empty: off."""
 
 
 class RingSection(_Section):

@@ -161,8 +161,11 @@ class Transcript(Msg):
 
 class Respond(Msg):
     """Transport -> llm: produce reply `gen` of a call, to `caller_text` (added to the dialogue as the caller's),
-    or, with `say`, speak `say` verbatim (a greeting, a re-prompt: kept in the dialogue as the assistant's)."""
+    or, with `say`, speak `say` verbatim (a greeting, a re-prompt: kept in the dialogue as the assistant's).
 
+    Urgent, so it stays in order behind the CallStarted and the Cancel of the reply it supersedes."""
+
+    urgent: ClassVar[bool] = True
     call_id: str
     gen: int
     caller_text: str = ""

@@ -2,7 +2,9 @@
 
 HTTP: the Twilio voice webhook (TwiML), the status callback, /health. WebSocket:
 Twilio Media Streams, one socket per call, each driven through a
-`MediaStreamSession` (protocol) and a `CallAudio` (rings <-> Twilio messages).
+`MediaStreamSession` (protocol) and a `CallAudio` (rings <-> Twilio messages), and
+each call's conversation is conducted here (`procs.conversation`): greeting,
+barge-in, what the caller heard, keypresses, timeouts, recovery after restarts.
 Everything runs on one asyncio loop; file writes go to the recorder's thread, and
 a watcher thread sleeps on the outbound doorbell so bot audio leaves the moment
 the TTS publishes it. A socket that misbehaves is closed with a reason; no other
@@ -20,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from engine.call_audio import CallAudio
+from engine.conductor import Connected, HungUp, KeyPressed, MarkPlayed, PeerRestarted, Tick
 from engine.config import Config
 from engine.health import build_health
 from engine.media_stream import (
@@ -54,6 +57,7 @@ from engine.telephony import (
     signature_valid,
     stream_url,
 )
+from engine.trace import TraceSink
 from ipc.bus import AsyncBus
 from ipc.pool import Lease, RingPool
 from ipc.ring import Ring, RingReader, RingWriter
@@ -66,10 +70,14 @@ from ipc.schema import (
     RunInfo,
     Shutdown,
     SpeechStarted,
+    SpeechSustained,
+    Spoken,
     Status,
+    Trace,
     Transcript,
 )
 from procs.child import bootstrap, watch_parent
+from procs.conversation import Conversation
 
 log = logging.getLogger("engine.transport")
 
@@ -109,6 +117,7 @@ class ActiveCall:
         self.waiting_for_audio = False  # read by the doorbell thread
         self.watch_ring: Ring | None = None  # the doorbell thread's own view of the outbound ring
         self.sender: asyncio.Task[None] | None = None
+        self.conversation: Conversation | None = None
         self.dtmf: list[str] = []
         self.marks_echoed: list[str] = []
 
@@ -136,6 +145,8 @@ class TransportProc:
         self._someone_waiting = threading.Event()  # set when a call's sender goes idle
         self._closing: set[asyncio.Future[bool]] = set()  # socket closes in flight (kept referenced)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.trace = TraceSink(Path(cfg.engine.trace_file)) if cfg.engine.trace_file else None
+        self.incarnations: dict[str, int] = {}  # each peer's last seen incarnation, to notice restarts
 
     # --- HTTP: webhooks and health ---------------------------------------------------------
     def public_url(self, request: web.Request) -> str:
@@ -272,6 +283,7 @@ class TransportProc:
                         await ws.close(code=started.code, message=started.reason.encode())
                         break
                     call = started
+                    await self._conduct(call, Connected())
                 elif call is None:
                     continue
                 elif isinstance(event, Audio):
@@ -280,12 +292,17 @@ class TransportProc:
                 elif isinstance(event, Dtmf):
                     call.dtmf.append(event.digit)
                     self._record_event(call, {"event": "dtmf", "digit": event.digit})
+                    await self._conduct(call, KeyPressed(event.digit))
                 elif isinstance(event, MarkEcho):
                     call.marks_echoed.append(event.name)
                     self._record_event(call, {"event": "mark", "name": event.name})
+                    if event.name.isdigit():
+                        await self._conduct(call, MarkPlayed(int(event.name)))
                 elif isinstance(event, Stopped):
                     outcome = "caller hung up (stop)"
                     break
+            if call is not None and call.conversation is not None and call.conversation.hangup_reason:
+                outcome = f"engine hung up: {call.conversation.hangup_reason}"
         finally:
             if call is not None:
                 await self._end_call(call, outcome, session)
@@ -314,6 +331,9 @@ class TransportProc:
                           inbound_rate=self.cfg.transport.inbound_rate,
                           lead_s=self.cfg.transport.outbound_lead_ms / 1000, record=record)
         call = ActiveCall(lease, ws, audio, started)
+        call.conversation = Conversation(
+            self.cfg, call_id, self.bus, self.trace, ws.send_str, audio.clear, audio.played_seq,
+            lambda reason: self._close_soon(call, 1000, reason), lambda event: self._record_event(call, event))
         out_ring = self.pool.outbound[lease.slot]
         call.watch_ring = Ring(out_ring.buf, out_ring.base, out_ring.doorbell)
         self.calls[call_id] = call
@@ -335,13 +355,35 @@ class TransportProc:
             return
         log.error("call %s: outbound audio failed (%r); ending the call", call.lease.call_id, task.exception())
         self.counters["outbound_failures"] += 1
-        self._closing.add(closing := asyncio.ensure_future(call.ws.close(code=1011, message=b"engine error")))
+        self._close_soon(call, 1011, "engine error")
+
+    def _close_soon(self, call: ActiveCall, code: int, reason: str) -> None:
+        """Close a call's socket from code that cannot await; its stream handler then ends the call."""
+        self._closing.add(closing := asyncio.ensure_future(call.ws.close(code=code, message=reason.encode()[:120])))
         closing.add_done_callback(self._closing.discard)
+
+    async def _conduct(self, call: ActiveCall, event: Any) -> None:
+        if call.conversation is not None and not call.ws.closed:
+            await self._guarded(call, call.conversation.feed(event))
+
+    async def _guarded(self, call: ActiveCall, step: Coroutine[Any, Any, None]) -> None:
+        """Run one conversation step; if it fails (a socket gone mid-send, a bug), end that call, not the loop."""
+        try:
+            await step
+        except Exception as exc:
+            if not call.ws.closed:
+                log.exception("call %s: conversation step failed; ending the call", call.lease.call_id)
+                self.counters["conversation_failures"] += 1
+                self._close_soon(call, 1011, "engine error")
+            else:
+                log.info("call %s: conversation step after the socket closed: %r", call.lease.call_id, exc)
 
     async def _end_call(self, call: ActiveCall, outcome: str, session: MediaStreamSession) -> None:
         assert self.bus is not None
         call_id = call.lease.call_id
         self.calls.pop(call_id, None)
+        if call.conversation is not None:
+            await call.conversation.feed(HungUp())
         if call.sender is not None:
             call.sender.cancel()
             try:
@@ -371,11 +413,6 @@ class TransportProc:
         if self.recorder is not None:
             self.recorder.event(call.lease.call_id, {"t_ns": time.monotonic_ns(), **event})
 
-    async def clear(self, call: ActiveCall) -> None:
-        """Silence the caller now: Twilio drops its queue, we drop ours."""
-        await call.ws.send_str(call.audio.clear(time.monotonic()))
-        self._record_event(call, {"event": "clear"})
-
     # --- outbound audio --------------------------------------------------------------------
     async def _send_loop(self, call: ActiveCall) -> None:
         """Move bot audio from the ring to Twilio, paced; sleeps on the doorbell thread when idle."""
@@ -388,6 +425,8 @@ class TransportProc:
                 await call.ws.send_str(message)
             if messages:
                 self.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
+            while audio.gens_started and call.conversation is not None:
+                await call.conversation.audio_started(audio.gens_started.pop(0))
             due = audio.next_due_at()
             if due is not None:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -437,14 +476,40 @@ class TransportProc:
             msg = await self.bus.recv()
             if isinstance(msg, Status):
                 # Fresh by when it was sent, not received: after a restart, stale ones may be queued.
-                self.status, self.status_at = msg, msg.t_ns / 1e9
+                if self.status is None or msg.t_ns >= self.status.t_ns:
+                    self.status, self.status_at = msg, msg.t_ns / 1e9
+                    await self._notice_restarts(msg)
             elif isinstance(msg, Shutdown):
                 log.info("shutdown requested: %s", msg.reason)
                 self.stopping.set()
-            elif isinstance(msg, SpeechStarted | EndOfTurn | Transcript):
+            elif isinstance(msg, SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken | Trace):
                 call = self.calls.get(msg.call_id)
-                if call is not None:  # the conductor (issue #6) acts on these; until then they are recorded
+                if call is None or call.conversation is None:
+                    continue
+                if not isinstance(msg, Trace):
                     self._record_event(call, {"event": type(msg).__name__, **msgspec.to_builtins(msg)})
+                if not call.ws.closed:
+                    await self._guarded(call, call.conversation.on_bus(msg))
+
+    async def _notice_restarts(self, status: Status) -> None:
+        """A peer that came back as a new incarnation lost its calls' work in flight: tell every conductor."""
+        for proc in status.procs:
+            if proc.state != "ready" or proc.name == "transport":
+                continue
+            seen = self.incarnations.get(proc.name)
+            self.incarnations[proc.name] = proc.incarnation
+            if seen is not None and proc.incarnation > seen:
+                log.warning("%s restarted (incarnation %d): telling %d calls", proc.name, proc.incarnation,
+                            len(self.calls))
+                for call in list(self.calls.values()):
+                    await self._conduct(call, PeerRestarted(proc.name))
+
+    async def tick_loop(self) -> None:
+        """Give every conductor the time: re-prompts, keypad timeouts, reply timeouts, the call time limit."""
+        while True:
+            await asyncio.sleep(self.cfg.conversation.tick_s)
+            for call in list(self.calls.values()):
+                await self._conduct(call, Tick())
 
     async def heartbeat_loop(self) -> None:
         assert self.bus is not None
@@ -483,7 +548,8 @@ class TransportProc:
             if "transport" in self.cfg.faults.hang_after_ready:
                 log.error("faults.hang_after_ready lists 'transport': hanging on purpose")
                 threading.Event().wait()
-            tasks = [asyncio.create_task(self.bus_loop()), asyncio.create_task(self.heartbeat_loop())]
+            tasks = [asyncio.create_task(self.bus_loop()), asyncio.create_task(self.heartbeat_loop()),
+                     asyncio.create_task(self.tick_loop())]
             await self.stopping.wait()
             for task in tasks:
                 task.cancel()
@@ -498,6 +564,8 @@ class TransportProc:
                 watcher.join(2)
             if self.recorder is not None:
                 self.recorder.stop()
+            if self.trace is not None:
+                self.trace.close()
             self.bus.close()
             self.pool.close()
             log.info("exited cleanly")

@@ -1,0 +1,90 @@
+"""Latency trace events: (call, reply generation, stage, t_ns) as JSON lines, written off the event loop.
+
+Every process stamps the stages it owns with `time.monotonic_ns()` (one clock for
+the host) and sends them to the transport as `Trace` messages; the transport adds
+its own and hands them all to a `TraceSink`, whose thread appends them to a file.
+`engine.trace_report` reads the file back.
+
+Stages of a reply, in order (a reply to the caller has them all; a greeting or
+re-prompt starts at `reply_requested`):
+speech_end, end_of_turn, transcript, reply_requested, llm_start, llm_first_token,
+llm_first_sentence, tts_first_audio, first_audio_out.
+A barge-in adds speech_onset, barge_in_heard and clear_sent to the reply it cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+
+import msgspec
+
+log = logging.getLogger("engine.trace")
+
+REPLY_STAGES = ("speech_end", "end_of_turn", "transcript", "reply_requested", "llm_start", "llm_first_token",
+                "llm_first_sentence", "tts_first_audio", "first_audio_out")
+BARGE_IN_STAGES = ("speech_onset", "barge_in_heard", "clear_sent")
+
+
+class TraceEvent(msgspec.Struct, kw_only=True):
+    call: str
+    gen: int
+    stage: str
+    t_ns: int
+    detail: str = ""
+
+
+class TraceSink:
+    """Appends trace events to a JSONL file from its own thread; `add` never blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.SimpleQueue[TraceEvent | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_loop, name="trace-sink", daemon=True)
+        self._thread.start()
+        self.written = 0
+
+    def add(self, call: str, gen: int, stage: str, t_ns: int, detail: str = "") -> None:
+        self._queue.put(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns, detail=detail))
+
+    def _write_loop(self) -> None:
+        encoder = msgspec.json.Encoder()
+        with open(self.path, "ab") as f:
+            while True:
+                event = self._queue.get()
+                batch = [event]
+                while True:  # write what has piled up in one go
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                lines = [encoder.encode(e) + b"\n" for e in batch if e is not None]
+                try:
+                    f.writelines(lines)
+                    f.flush()
+                    self.written += len(lines)
+                except OSError as exc:  # a full disk must not take the calls down with it
+                    log.error("trace file %s: %s; %d events lost", self.path, exc, len(lines))
+                if None in batch:
+                    return
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+
+def read_events(path: Path) -> list[TraceEvent]:
+    """A trace file's events; a line cut short by a crash is skipped, not fatal."""
+    decoder = msgspec.json.Decoder(TraceEvent)
+    events: list[TraceEvent] = []
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            events.append(decoder.decode(line))
+        except msgspec.DecodeError:
+            continue
+    return events
