@@ -1,4 +1,4 @@
-"""Command line: `python -m engine supervisor [--config FILE]`, `python -m engine check-config`."""
+"""Command line: `python -m engine supervisor [--config FILE]`, `check-config`, `call NUMBER`, `trace FILE`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-config", help="validate the configuration and print it as TOML")
     call = sub.add_parser("call", help="place an outbound call through Twilio that connects to this engine")
     call.add_argument("to", help="number to call, E.164 (+15551234567)")
+    trace = sub.add_parser("trace", help="latency report from a trace file (engine.trace_file)")
+    trace.add_argument("file", help="the JSONL trace file")
+    trace.add_argument("--perfetto", metavar="OUT", help="also write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
+    trace.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    trace.add_argument("--waterfalls", type=int, default=5, help="how many of the latest replies to draw")
     args = parser.parse_args(argv)
+    if args.command == "trace":
+        return _trace(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -47,6 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.engine.log_level, "supervisor")
     logging.getLogger(__name__).debug("config: %s", cfg)
     return run_supervisor(cfg)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from engine.trace import read_events
+    from engine.trace_report import replies, report, summarize, write_perfetto
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: no trace file at {path}", file=sys.stderr)
+        return 2
+    found = replies(read_events(path))
+    print(report(found, args.waterfalls))
+    if args.perfetto:
+        write_perfetto(found, Path(args.perfetto))
+        print(f"perfetto trace: {args.perfetto}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summarize(found), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

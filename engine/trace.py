@@ -8,7 +8,7 @@ its own and hands them all to a `TraceSink`, whose thread appends them to a file
 Stages of a reply, in order (a reply to the caller has them all; a greeting or
 re-prompt starts at `reply_requested`):
 speech_end, end_of_turn, transcript, reply_requested, llm_start, llm_first_token,
-llm_first_sentence, tts_first_audio, first_audio_out.
+llm_first_sentence, tts_start, tts_first_audio, first_audio_out.
 A barge-in adds speech_onset, barge_in_heard and clear_sent to the reply it cut.
 """
 
@@ -23,9 +23,6 @@ import msgspec
 
 log = logging.getLogger("engine.trace")
 
-REPLY_STAGES = ("speech_end", "end_of_turn", "transcript", "reply_requested", "llm_start", "llm_first_token",
-                "llm_first_sentence", "tts_first_audio", "first_audio_out")
-BARGE_IN_STAGES = ("speech_onset", "barge_in_heard", "clear_sent")
 
 
 class TraceEvent(msgspec.Struct, kw_only=True):

@@ -113,6 +113,9 @@ class TtsProc(SyncChild):
 
         if stopped():
             return
+        if sentence.index == 0:
+            sender.send("transport", Trace(call_id=sentence.call_id, gen=sentence.gen, stage="tts_start",
+                                           at_ns=time.monotonic_ns()))
         pending = np.zeros(0, np.int16)
         stamp = gen_flags(sentence.gen)  # lets the transport drop this reply's frames once it is cancelled
         first_seq: int | None = None

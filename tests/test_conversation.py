@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,7 +204,11 @@ def test_an_idle_caller_is_reprompted_then_hung_up_on(engine: EngineRun) -> None
             return c
 
     c = asyncio.run(scenario())
+    deadline = time.monotonic() + 5  # the recorder flushes every second
     events = call_events(engine, c.call_sid)
+    while not any(e["event"] == "end" for e in events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = call_events(engine, c.call_sid)
     said = [e["say"] for e in events if e["event"] == "respond"]
     assert said[:2] == [GREETING, REPROMPT] and len(said) == 3, said  # greeting, re-prompt, goodbye
     assert c.close_code == 1000
@@ -217,7 +223,12 @@ def test_the_trace_has_every_stage_of_an_answer(engine: EngineRun) -> None:
         stages_by_reply.setdefault((e.call, e.gen), set()).add(e.stage)
     answered = [s for s in stages_by_reply.values() if "speech_end" in s]
     assert answered, stages_by_reply
-    full = {"speech_end", "end_of_turn", "transcript", "reply_requested", "llm_first_token", "llm_first_sentence",
-            "tts_first_audio", "first_audio_out"}
+    full = {"speech_end", "end_of_turn", "transcript", "reply_requested", "llm_start", "llm_first_token",
+            "llm_first_sentence", "tts_start", "tts_first_audio", "first_audio_out"}
     assert any(full <= s for s in answered), answered
     assert any({"speech_onset", "clear_sent"} <= s for s in stages_by_reply.values())
+    # The trace tool reads it: a waterfall, percentiles, and a Perfetto file.
+    out = subprocess.run([sys.executable, "-m", "engine", "trace", str(trace), "--perfetto", str(trace) + ".pf.json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "voice-to-voice" in out and "llm_first_token" in out, out
+    assert json.loads(Path(str(trace) + ".pf.json").read_text())["traceEvents"]

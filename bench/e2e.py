@@ -1,0 +1,239 @@
+"""Voice-to-voice and barge-in latency of whole calls on the embedded default, with the per-stage breakdown.
+
+    python bench/e2e.py [--turns 24] [--out bench/results/e2e.json]
+
+Starts the real engine (`python -m engine supervisor`, default config: Whisper
+tiny.en, SmolLM2-135M, Piper) with a trace file, and talks to it through the
+synthetic Twilio caller, one call at a time, several turns per call. The caller
+speaks questions in Piper's voice over a continuous line (silence between words).
+
+Measured at the caller, on its clock:
+- voice-to-voice: the caller's last speech frame sent -> the first reply media
+  frame received (what a person would hear as the bot's reaction time);
+- barge-in: on every third turn the caller talks over the answer once it has heard
+  1.5 s of it; first frame of that speech sent -> Twilio `clear` received.
+The engine's own trace gives the per-stage breakdown (`python -m engine trace`).
+Baseline, from the same run: the time spent in models and in the end-of-turn
+silence (policy) per reply; the ratio says what the engine's plumbing adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine_info, wait_for_idle
+from engine.trace import read_events
+from engine.trace_report import REPLY_SEGMENTS, replies, summarize
+from tools.caller import SyntheticCaller, piper_speech
+from tools.solo import free_port
+
+AUTH = "bench-auth-token"
+PUBLIC = "https://voice.bench.test"
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "What color is the sky on a clear day?",
+    "Can you recommend a good book to read?",
+    "What is the boiling point of water?",
+    "How do I make a cup of tea?",
+    "What is the largest planet in our solar system?",
+    "Tell me a fun fact about cats.",
+]
+INTERRUPTION = "Sorry, wait a moment, I have another question."
+LOUD = 300  # a frame with a sample above this is speech, not the line's silence
+
+
+class Engine:
+    def __init__(self, trace: Path, log: Path) -> None:
+        self.port = free_port()
+        self.runtime = Path(tempfile.mkdtemp(prefix="e2e", dir="/tmp"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+        env.update({"ENGINE_ENGINE__INSTANCE": f"e2e{os.getpid()}", "ENGINE_ENGINE__RUNTIME_DIR": str(self.runtime),
+                    "ENGINE_ENGINE__TRACE_FILE": str(trace), "ENGINE_TRANSPORT__HOST": "127.0.0.1",
+                    "ENGINE_TRANSPORT__PORT": str(self.port), "ENGINE_TRANSPORT__PUBLIC_URL": PUBLIC,
+                    "ENGINE_TWILIO__AUTH_TOKEN": AUTH, "ENGINE_CONVERSATION__IDLE_REPROMPT_S": "60"})
+        self._log = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env,
+                                     cwd=Path(__file__).resolve().parent.parent,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"engine exited with {self.proc.returncode}; see its log")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit("engine not healthy in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def speech_bounds(c: SyntheticCaller, sent_before: int, pcm: np.ndarray) -> tuple[float, float]:
+    """When the first and the last loud 20 ms frame of `pcm` went out; it was sent from frame `sent_before` on."""
+    frames = np.abs(pcm[:len(pcm) // 160 * 160].astype(np.int32)).reshape(-1, 160).max(axis=1)
+    loud = np.flatnonzero(frames > LOUD)
+    sent = c.sent_media[sent_before:]
+    return sent[int(loud[0])].t, sent[int(loud[-1])].t + 0.02
+
+
+async def first_media_after(c: SyntheticCaller, t: float, timeout: float) -> float:
+    await c.wait_until(lambda: any(rt > t for rt, _ in c.received_media_times), timeout, "reply audio")
+    return next(rt for rt, _ in c.received_media_times if rt > t)
+
+
+async def quiet(c: SyntheticCaller, seconds: float, timeout: float) -> None:
+    """Until the engine has sent nothing for `seconds` and the caller's playback is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = c.received_media_times[-1][0] if c.received_media_times else 0.0
+        if time.monotonic() - last >= seconds and c.playback.idle:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def interrupt(c: SyntheticCaller, words: np.ndarray) -> float | None:
+    """Talk over the answer once 1.5 s of it has played: ms from the first word sent to `clear` received.
+    None if the answer ended first (nothing to interrupt)."""
+    heard = c.heard_seconds
+
+    def answer_over() -> bool:
+        return c.playback.idle and time.monotonic() - c.received_media_times[-1][0] > 1.0
+
+    await c.wait_until(lambda: c.heard_seconds >= heard + 1.5 or answer_over(), 30, "1.5 s of the answer")
+    if c.heard_seconds < heard + 1.5:
+        return None
+    clears = len(c.clears)
+    sent_before = len(c.sent_media)
+    talking = asyncio.ensure_future(c.send_audio(words))
+    await c.wait_until(lambda: len(c.clears) > clears, 10, "clear")
+    await talking
+    onset, _ = speech_bounds(c, sent_before, words)
+    return round((c.clears[clears] - onset) * 1000, 1)
+
+
+async def one_call(port: int, turns: int, first_turn: int, voices: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async with SyntheticCaller(f"http://127.0.0.1:{port}", public_url=PUBLIC, auth_token=AUTH) as c:
+        await c.connect(await c.dial(), continuous=True)
+        await first_media_after(c, 0.0, 30)
+        await quiet(c, 1.0, 30)  # the greeting
+        for k in range(turns):
+            turn = first_turn + k
+            question = QUESTIONS[turn % len(QUESTIONS)]
+            pcm = voices[question]
+            sent_before = len(c.sent_media)
+            await c.send_audio(pcm)
+            _, speech_end = speech_bounds(c, sent_before, pcm)
+            reply_at = await first_media_after(c, speech_end, 30)
+            row: dict[str, Any] = {"turn": turn, "question": question,
+                                   "voice_to_voice_ms": round((reply_at - speech_end) * 1000, 1)}
+            if turn % 3 == 2:  # talk over this answer once 1.5 s of it has played
+                row["barge_in_ms"] = await interrupt(c, voices[INTERRUPTION])
+            await quiet(c, 1.5, 60)
+            rows.append(row)
+            print(f"  turn {turn:2d}: voice-to-voice {row['voice_to_voice_ms']:7.1f} ms"
+                  + (f", barge-in {row['barge_in_ms']} ms" if "barge_in_ms" in row else ""), flush=True)
+        await c.hangup()
+    return rows
+
+
+def pct(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values)
+    return {"n": len(values), "p50": round(float(np.percentile(a, 50)), 1),
+            "p95": round(float(np.percentile(a, 95)), 1), "p99": round(float(np.percentile(a, 99)), 1),
+            "max": round(float(a.max()), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=24)
+    parser.add_argument("--turns-per-call", type=int, default=6)
+    parser.add_argument("--out", default="bench/results/e2e.json")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle box")
+    args = parser.parse_args()
+    conditions = {} if args.no_wait else wait_for_idle(0.5, 600)
+    work = Path(tempfile.mkdtemp(prefix="e2e-bench"))
+    trace = work / "trace.jsonl"
+    print("synthesising the caller's questions with Piper ...", flush=True)
+    voices = {text: piper_speech(text, rate=8000) for text in [*QUESTIONS, INTERRUPTION]}
+    engine = Engine(trace, work / "engine.log")
+    try:
+        engine.wait_healthy(180)
+        rows: list[dict[str, Any]] = []
+        t0 = time.monotonic()
+        while len(rows) < args.turns:
+            n = min(args.turns_per_call, args.turns - len(rows))
+            print(f"call {len(rows) // args.turns_per_call + 1}: {n} turns", flush=True)
+            rows += asyncio.run(one_call(engine.port, n, len(rows), voices))
+        wall = time.monotonic() - t0
+    finally:
+        engine.stop()
+    time.sleep(0.5)
+    found = replies(read_events(trace))
+    stages = summarize(found)
+    v2v = [r["voice_to_voice_ms"] for r in rows]
+    barge = [r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None]
+    model_ms = [sum(v for a, b, owner, _ in REPLY_SEGMENTS if owner != "engine" and (v := r.ms(a, b)) is not None)
+                for r in found if r.answers_caller and r.ms("speech_end", "first_audio_out") is not None]
+    result = {
+        "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall, 1),
+        "machine": machine_info(), "conditions": conditions,
+        "config": "embedded default: whisper tiny.en int8, SmolLM2-135M Q4_1 (llama.cpp, 2 threads), "
+                  "Piper en_US-joe-medium; one call at a time",
+        "voice_to_voice_ms": pct(v2v), "barge_in_ms": pct(barge),
+        "baseline_models_and_policy_ms": pct(model_ms),
+        "ratio_v2v_to_baseline_p50": round(float(np.median(v2v)) / float(np.median(model_ms)), 3) if model_ms else None,
+        "engine_stages": stages, "turns": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    shutil.copy(trace, Path(args.out).with_suffix(".trace.jsonl"))
+    print()
+    print(f"{'figure (ms)':<46} {'n':>4} {'p50':>8} {'p95':>8} {'p99':>8}")
+    figures: list[tuple[str, dict[str, Any]]] = [
+        ("voice-to-voice, at the caller", pct(v2v)), ("barge-in: speech sent -> clear received", pct(barge)),
+        ("baseline: models + end-of-turn silence", pct(model_ms)),
+        ("engine overhead (trace)", stages["engine_overhead_ms"])]
+    for name, row in figures:
+        if row.get("n"):
+            print(f"{name:<46} {row['n']:>4} {row['p50']:>8.1f} {row['p95']:>8.1f} {row['p99']:>8.1f}")
+    print(f"voice-to-voice / baseline at p50: {result['ratio_v2v_to_baseline_p50']}")
+    print(f"per-stage breakdown: python -m engine trace {Path(args.out).with_suffix('.trace.jsonl')}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
