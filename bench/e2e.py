@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, wait_for_idle
 from engine.trace import read_events
-from engine.trace_report import REPLY_SEGMENTS, replies, summarize
+from engine.trace_report import REPLY_SEGMENTS, Reply, replies, summarize
 from tools.caller import SyntheticCaller, piper_speech
 from tools.solo import free_port
 
@@ -138,7 +138,8 @@ async def interrupt(c: SyntheticCaller, words: np.ndarray) -> float | None:
     talking = asyncio.ensure_future(c.send_audio(words))
     await c.wait_until(lambda: len(c.clears) > clears, 10, "clear")
     await talking
-    onset, _ = speech_bounds(c, sent_before, words)
+    onset, end = speech_bounds(c, sent_before, words)
+    await first_media_after(c, end, 30)  # the answer to the interruption, before the next question
     return round((c.clears[clears] - onset) * 1000, 1)
 
 
@@ -156,8 +157,9 @@ async def one_call(port: int, turns: int, first_turn: int, voices: dict[str, Any
             await c.send_audio(pcm)
             _, speech_end = speech_bounds(c, sent_before, pcm)
             reply_at = await first_media_after(c, speech_end, 30)
-            row: dict[str, Any] = {"turn": turn, "question": question,
-                                   "voice_to_voice_ms": round((reply_at - speech_end) * 1000, 1)}
+            row: dict[str, Any] = {"turn": turn, "question": question, "call": c.call_sid,
+                                   "voice_to_voice_ms": round((reply_at - speech_end) * 1000, 1),
+                                   "speech_end_t": speech_end, "reply_at_t": reply_at}
             if turn % 3 == 2:  # talk over this answer once 1.5 s of it has played
                 row["barge_in_ms"] = await interrupt(c, voices[INTERRUPTION])
             await quiet(c, 1.5, 60)
@@ -166,6 +168,21 @@ async def one_call(port: int, turns: int, first_turn: int, voices: dict[str, Any
                   + (f", barge-in {row['barge_in_ms']} ms" if "barge_in_ms" in row else ""), flush=True)
         await c.hangup()
     return rows
+
+
+def join_trace(rows: list[dict[str, Any]], found: list[Reply]) -> None:
+    """Caller and engine share CLOCK_MONOTONIC: for each turn, how far the engine's idea of the speech end
+    lags the caller's last loud frame (VAD tail), and how long the first reply frame took from leaving the
+    transport to reaching the caller."""
+    for row in rows:
+        answers = [r for r in found if r.call == row["call"] and "speech_end" in r.stages
+                   and "first_audio_out" in r.stages and r.stages["speech_end"] / 1e9 > row["speech_end_t"] - 1.0]
+        if not answers:
+            continue
+        reply = min(answers, key=lambda r: r.stages["speech_end"])
+        row["vad_speech_end_lag_ms"] = round((reply.stages["speech_end"] / 1e9 - row["speech_end_t"]) * 1000, 1)
+        row["engine_v2v_ms"] = reply.ms("speech_end", "first_audio_out")
+        row["out_to_caller_ms"] = round((row["reply_at_t"] - reply.stages["first_audio_out"] / 1e9) * 1000, 1)
 
 
 def pct(values: list[float]) -> dict[str, float | int]:
@@ -204,7 +221,10 @@ def main() -> None:
     time.sleep(0.5)
     found = replies(read_events(trace))
     stages = summarize(found)
+    join_trace(rows, found)
     v2v = [r["voice_to_voice_ms"] for r in rows]
+    vad_lag = pct([r["vad_speech_end_lag_ms"] for r in rows if "vad_speech_end_lag_ms" in r])
+    out_lag = pct([r["out_to_caller_ms"] for r in rows if "out_to_caller_ms" in r])
     barge = [r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None]
     model_ms = [sum(v for a, b, owner, _ in REPLY_SEGMENTS if owner != "engine" and (v := r.ms(a, b)) is not None)
                 for r in found if r.answers_caller and r.ms("speech_end", "first_audio_out") is not None]
@@ -214,6 +234,7 @@ def main() -> None:
         "config": "embedded default: whisper tiny.en int8, SmolLM2-135M Q4_1 (llama.cpp, 2 threads), "
                   "Piper en_US-joe-medium; one call at a time",
         "voice_to_voice_ms": pct(v2v), "barge_in_ms": pct(barge),
+        "vad_speech_end_lag_ms": vad_lag, "out_to_caller_ms": out_lag,
         "baseline_models_and_policy_ms": pct(model_ms),
         "ratio_v2v_to_baseline_p50": round(float(np.median(v2v)) / float(np.median(model_ms)), 3) if model_ms else None,
         "engine_stages": stages, "turns": rows,
@@ -226,6 +247,7 @@ def main() -> None:
     figures: list[tuple[str, dict[str, Any]]] = [
         ("voice-to-voice, at the caller", pct(v2v)), ("barge-in: speech sent -> clear received", pct(barge)),
         ("baseline: models + end-of-turn silence", pct(model_ms)),
+        ("VAD's speech end after the caller's", vad_lag), ("first reply frame: transport -> caller", out_lag),
         ("engine overhead (trace)", stages["engine_overhead_ms"])]
     for name, row in figures:
         if row.get("n"):
