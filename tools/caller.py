@@ -505,13 +505,13 @@ class SyntheticCaller:
         self.sent_media.append(SentFrame(t=t, due=due, chunk=chunk, timestamp_ms=slot * 20))
 
     async def _line_loop(self) -> None:
+        """A phone line never pauses: every 20 ms slot not taken by speech carries silence. A late wake-up
+        catches up (as a network delivers a backlog) rather than skipping slots: a skipped slot would be
+        audio the engine never gets, and its clocks (VAD silence, speech-end times) would run slow."""
         silence = MULAW_SILENCE * FRAME_SAMPLES
         while True:
-            slot = max(self._next_slot, self._slot_now())
-            assert self.started_at is not None
-            await asyncio.sleep(max(0.0, self.started_at + slot * FRAME_S - time.monotonic()))
-            if not self._talking and self._next_slot <= slot:
-                await self._send_frame(silence, slot, pace=True)
+            if not self._talking:
+                await self._send_frame(silence, self._next_slot, pace=True)
             else:
                 await asyncio.sleep(FRAME_S)
 
