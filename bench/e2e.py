@@ -255,6 +255,7 @@ def main() -> None:
     print(f"voice-to-voice / baseline at p50: {result['ratio_v2v_to_baseline_p50']}")
     print(f"per-stage breakdown: python -m engine trace {Path(args.out).with_suffix('.trace.jsonl')}")
     print(f"wrote {args.out}")
+    shutil.rmtree(work, ignore_errors=True)  # the trace was copied beside the results; the log only matters on failure
 
 
 if __name__ == "__main__":
