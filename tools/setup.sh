@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the engine needs on a fresh Debian/Ubuntu machine, into ./.venv.
 #   bash tools/setup.sh          the engine (embedded CPU default: no torch, no GPU, no internet at run time)
-#   bash tools/setup.sh --test   the engine plus what the test suite needs
+#   bash tools/setup.sh --test   the engine plus what the test suite needs (including the csm extra:
+#                                torch 2.13.0 CPU and transformers, for the CSM backend's smoke test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
+if [[ "${1:-}" == "--test" ]]; then extras="[test,csm]"; fi
 
 # Debian packages: espeak-ng is the synthetic caller's voice in the tests (and the TTS floor).
 debs=()
