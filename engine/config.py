@@ -125,9 +125,10 @@ class SpeechSection(_Section):
 
 
 class LlmSection(_Section):
-    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    backend: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
     model: str = "smollm2-135m"
-    """llamacpp: `smollm2-135m` (bundled) or a .gguf path. openai: the served model's name."""
+    """llamacpp: `smollm2-135m` (bundled) or a .gguf path. vllm: a local HF model directory.
+    openai: the served model's name."""
     base_url: str = ""
     """For the openai backend: the server's /v1 URL."""
     api_key: str = ""
@@ -136,6 +137,10 @@ class LlmSection(_Section):
     max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """vllm: the fraction of GPU memory vLLM may take (weights + KV cache); the rest is speech's and TTS's."""
+    max_model_len: Annotated[int, msgspec.Meta(ge=256)] = 4096
+    """vllm: the longest context (dialogue) it will hold."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4
     """The first speakable piece may end at a comma once it has this many words."""
 

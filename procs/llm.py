@@ -55,6 +55,11 @@ def make_backend(cfg: Config) -> LlmBackend:
     c = cfg.llm
     if c.backend == "openai":
         return OpenAIBackend(c.base_url, c.model, api_key=c.api_key, temperature=c.temperature)
+    if c.backend == "vllm":
+        from engine.llm_vllm import VllmBackend
+
+        return VllmBackend(c.model, temperature=c.temperature, gpu_memory_utilization=c.gpu_memory_utilization,
+                           max_model_len=c.max_model_len)
     return LlamaCppBackend(resolve_gguf(c.model), threads=c.threads, temperature=c.temperature)
 
 
