@@ -141,6 +141,8 @@ class LlmSection(_Section):
     """vllm: the fraction of GPU memory vLLM may take (weights + KV cache); the rest is speech's and TTS's."""
     max_model_len: Annotated[int, msgspec.Meta(ge=256)] = 4096
     """vllm: the longest context (dialogue) it will hold."""
+    enforce_eager: bool = False
+    """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4
     """The first speakable piece may end at a comma once it has this many words."""
 

@@ -60,9 +60,12 @@ class VllmBackend:
         self._tokenizer: Any = importlib.import_module("transformers").AutoTokenizer.from_pretrained(
             path, local_files_only=True)
 
-    def prompt(self, messages: Messages) -> str:
-        text: str = self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text
+    def prompt(self, messages: Messages) -> dict[str, list[int]]:
+        """The chat as token ids: a text prompt would get a second BOS from vLLM's own tokenisation."""
+        ids = self._tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if not isinstance(ids, list):  # a BatchEncoding in newer transformers
+            ids = ids["input_ids"]
+        return {"prompt_token_ids": [int(i) for i in ids]}
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
         vllm = self._vllm

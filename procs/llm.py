@@ -59,7 +59,7 @@ def make_backend(cfg: Config) -> LlmBackend:
         from engine.llm_vllm import VllmBackend
 
         return VllmBackend(c.model, temperature=c.temperature, gpu_memory_utilization=c.gpu_memory_utilization,
-                           max_model_len=c.max_model_len)
+                           max_model_len=c.max_model_len, enforce_eager=c.enforce_eager)
     return LlamaCppBackend(resolve_gguf(c.model), threads=c.threads, temperature=c.temperature)
 
 
