@@ -53,8 +53,6 @@ class Connected:
 class SpeechStarted:
     """The speech process heard the caller start talking (already `speech_min_ms` of it)."""
 
-    onset_s: float
-
 
 @dataclass(frozen=True)
 class SpeechSustained:
@@ -236,7 +234,7 @@ class Conductor:
         if isinstance(event, SpeechStarted):
             return self._speech_started(now, played)
         if isinstance(event, SpeechSustained):
-            return self._interrupt(now, played, "barge-in") if self._may_interrupt() else []
+            return self._interrupt(played, "barge-in") if self._may_interrupt() else []
         if isinstance(event, TurnEnded):
             self.caller_speaking = False
             self.idle_since = now
@@ -267,7 +265,7 @@ class Conductor:
         self.barged_this_turn = False
         self.reprompts = 0
         if self.cfg.barge_in_min_speech_ms <= self.speech_min_ms and self._may_interrupt():
-            return self._interrupt(now, played, "barge-in")
+            return self._interrupt(played, "barge-in")
         return []
 
     def _may_interrupt(self) -> bool:
@@ -291,7 +289,7 @@ class Conductor:
     def _key(self, digit: str, now: float, played: int | None) -> list[Action]:
         actions: list[Action] = []
         if self._may_interrupt():
-            actions += self._interrupt(now, played, "keypress")
+            actions += self._interrupt(played, "keypress")
         self.reprompts = 0
         self.idle_since = now
         if digit == "#":
@@ -314,38 +312,41 @@ class Conductor:
         return self.reply
 
     def _request(self, now: float, caller_text: str) -> list[Action]:
-        actions = self._abandon(now)
+        actions = self._abandon()
         reply = self._new_reply(now, caller_text=caller_text)
         return [*actions, RequestReply(reply.gen, caller_text=caller_text)]
 
     def _say_via_llm(self, text: str, now: float, closing: bool = False) -> list[Action]:
-        actions = self._abandon(now)
+        actions = self._abandon()
         reply = self._new_reply(now, closing=closing)
         return [*actions, RequestReply(reply.gen, say=text)]
 
     def _speak(self, text: str, now: float, closing: bool = False) -> list[Action]:
-        actions = self._abandon(now)
+        actions = self._abandon()
         reply = self._new_reply(now, closing=closing)
         return [*actions, Speak(reply.gen, text)]
 
-    def _abandon(self, now: float) -> list[Action]:
+    def _abandon(self) -> list[Action]:
         """Whatever reply is in progress is superseded: stop it (the caller may be hearing it)."""
         reply = self.reply
         if reply is None or reply.done:
             return []
-        self.reply = None
-        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, self._heard(reply, None))]
+        return self._stop(reply, None)[0]
 
-    def _interrupt(self, now: float, played: int | None, why: str) -> list[Action]:
+    def _stop(self, reply: _Reply, played: int | None) -> tuple[list[Action], str]:
+        """Silence and cancel `reply`, telling the LLM what of it the caller heard; the actions, and that text."""
+        self.reply = None
+        heard = self._heard(reply, played)
+        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard)], heard
+
+    def _interrupt(self, played: int | None, why: str) -> list[Action]:
         reply = self.reply
         assert reply is not None
         self.interruptions += 1
         self.barged_this_turn = True
-        self.reply = None
         self.phase = Phase.INTERRUPTED
-        heard = self._heard(reply, played)
-        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard),
-                Note(why, reply.gen, heard)]
+        actions, heard = self._stop(reply, played)
+        return [*actions, Note(why, reply.gen, heard)]
 
     def _heard(self, reply: _Reply, played: int | None) -> str:
         """The words of `reply` the caller heard: whole spans played, then the played share of the next."""
@@ -396,7 +397,7 @@ class Conductor:
         if now - self.started_s >= cfg.max_call_s:
             actions: list[Action] = [Note("time limit", self.gen)]
             if self._may_interrupt():
-                actions += self._interrupt(now, played, "time limit")
+                actions += self._interrupt(played, "time limit")
             return actions + self._say_via_llm(cfg.time_limit, now, closing=True)
         if self.digits and now - self.digits_at >= cfg.dtmf_timeout_s:
             return self._flush_digits(now)
@@ -435,9 +436,7 @@ class Conductor:
             self.reply.retried = True
             return actions
         if proc in ("llm", "tts"):
-            heard = self._heard(reply, played)
-            self.reply = None
-            actions = [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard),
-                       Note(f"{proc} restarted mid-reply", reply.gen, heard)]
-            return actions + self._speak(self.cfg.apology, now)
+            actions, heard = self._stop(reply, played)
+            note = Note(f"{proc} restarted mid-reply", reply.gen, heard)
+            return [*actions, note, *self._speak(self.cfg.apology, now)]
         return []

@@ -101,7 +101,7 @@ class Conversation:
             self.stamp(msg.gen, msg.stage, msg.at_ns)
         elif isinstance(msg, SpeechStartedMsg):
             self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
-            await self.feed(SpeechStarted(msg.onset_t_ns / 1e9))
+            await self.feed(SpeechStarted())
         elif isinstance(msg, SpeechSustainedMsg):
             await self.feed(SpeechSustained())
         elif isinstance(msg, EndOfTurn):

@@ -60,7 +60,7 @@ def test_no_greeting_configured_means_silence_until_the_caller_speaks() -> None:
 
 def test_a_caller_turn_requests_a_reply_to_its_words() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(SpeechStarted(1.0), 1.1)
+    c.handle(SpeechStarted(), 1.1)
     c.handle(TurnEnded(), 2.0)
     assert c.handle(CallerSaid("  What time is it? "), 2.2) == [RequestReply(1, caller_text="What time is it?")]
     assert c.phase is Phase.THINKING
@@ -78,7 +78,7 @@ def test_barge_in_clears_cancels_and_reports_exactly_the_played_words() -> None:
     play_reply(c, 1, ["Once upon a time,", "there was a small red fox who lived by the river.", "The end."], 0.5)
     c.handle(MarkPlayed(9), 1.0)  # the first span has played
     # The play-out clock says the caller heard 5 of the second span's 10 frames: 5 of its 11 words, rounded down.
-    actions = c.handle(SpeechStarted(1.3), 1.35, played=14)
+    actions = c.handle(SpeechStarted(), 1.35, played=14)
     assert actions[:3] == [Clear(1), CancelReply(1),
                            ReportHeard(1, "Once upon a time, there was a small red")]
     assert c.phase is Phase.INTERRUPTED and c.interruptions == 1
@@ -93,7 +93,7 @@ def test_barge_in_clears_cancels_and_reports_exactly_the_played_words() -> None:
 def test_barge_in_before_any_audio_reports_nothing_heard() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
     c.handle(CallerSaid("Hello?"), 0.0)
-    actions = c.handle(SpeechStarted(0.2), 0.25, played=None)
+    actions = c.handle(SpeechStarted(), 0.25, played=None)
     assert actions[:3] == [Clear(1), CancelReply(1), ReportHeard(1, "")]
 
 
@@ -101,12 +101,12 @@ def test_a_short_backchannel_does_not_cut_the_reply_when_a_minimum_is_set() -> N
     c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400), 0.0, speech_min_ms=64)
     c.handle(CallerSaid("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon's pull.", "Twice a day."], 0.5)
-    assert c.handle(SpeechStarted(1.0), 1.07, played=3) == []  # "mm-hm" starts...
+    assert c.handle(SpeechStarted(), 1.07, played=3) == []  # "mm-hm" starts...
     c.handle(TurnEnded(), 1.8)
     assert kinds(c.handle(CallerSaid("Mm-hmm."), 1.9)) == []  # ...and is let pass
     assert c.phase is Phase.SPEAKING and c.backchannels == 1
     # Longer speech over the bot does interrupt.
-    c.handle(SpeechStarted(2.0), 2.07, played=12)
+    c.handle(SpeechStarted(), 2.07, played=12)
     actions = c.handle(SpeechSustained(), 2.4, played=15)
     assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard"]
     assert c.phase is Phase.INTERRUPTED
@@ -116,7 +116,7 @@ def test_with_no_minimum_the_first_speech_interrupts() -> None:
     c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=0), 0.0)
     c.handle(CallerSaid("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon."], 0.5)
-    assert kinds(c.handle(SpeechStarted(1.0), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
+    assert kinds(c.handle(SpeechStarted(), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
 
 
 def test_keypad_digits_reach_the_llm_on_hash_or_after_a_pause() -> None:
@@ -153,7 +153,7 @@ def test_an_idle_caller_is_reprompted_then_told_goodbye_and_hung_up_on() -> None
     c.handle(MarkPlayed(19), 12.0)
     assert c.handle(Tick(), 17.0) == [RequestReply(3, say=cfg.goodbye)]
     assert c.phase is Phase.ENDING
-    c.handle(SpeechStarted(17.5), 17.6, played=20)  # a goodbye is not interrupted
+    c.handle(SpeechStarted(), 17.6, played=20)  # a goodbye is not interrupted
     play_reply(c, 3, [cfg.goodbye], 17.2, first_seq=20)
     assert c.handle(MarkPlayed(29), 19.0) == [HangUp("said goodbye")]
     assert c.phase is Phase.ENDED and c.handle(Tick(), 30.0) == []
@@ -162,7 +162,7 @@ def test_an_idle_caller_is_reprompted_then_told_goodbye_and_hung_up_on() -> None
 def test_speaking_resets_the_reprompt_count() -> None:
     c = Conductor(ConductorConfig(greeting="", idle_reprompt_s=5.0), 0.0)
     c.handle(Tick(), 5.0)
-    c.handle(SpeechStarted(5.5), 5.6)
+    c.handle(SpeechStarted(), 5.6)
     assert c.reprompts == 0
 
 
@@ -221,7 +221,7 @@ def test_a_restart_that_touches_nothing_in_flight_is_not_noticed() -> None:
 def test_a_speech_restart_mid_turn_asks_the_caller_to_repeat() -> None:
     cfg = ConductorConfig(greeting="")
     c = Conductor(cfg, 0.0)
-    c.handle(SpeechStarted(1.0), 1.1)
+    c.handle(SpeechStarted(), 1.1)
     actions = c.handle(PeerRestarted("speech"), 1.5)
     assert actions[-1] == Speak(1, cfg.missed)
 
@@ -237,7 +237,7 @@ def test_hanging_up_ends_everything() -> None:
 def test_spans_of_an_old_reply_are_ignored() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
     c.handle(CallerSaid("One."), 0.0)
-    c.handle(SpeechStarted(0.1), 0.1)
+    c.handle(SpeechStarted(), 0.1)
     c.handle(CallerSaid("Two."), 0.5)
     c.handle(SpanQueued(1, 0, 0, 9, "Stale.", True), 0.6)
     assert c.handle(MarkPlayed(9), 0.7) == []
