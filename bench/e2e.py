@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, wait_for_idle
 from engine.trace import read_events
-from engine.trace_report import REPLY_SEGMENTS, Reply, replies, summarize
+from engine.trace_report import Reply, percentiles, replies, summarize
 from tools.caller import SyntheticCaller, piper_speech
 from tools.solo import free_port
 
@@ -185,15 +185,6 @@ def join_trace(rows: list[dict[str, Any]], found: list[Reply]) -> None:
         row["out_to_caller_ms"] = round((row["reply_at_t"] - reply.stages["first_audio_out"] / 1e9) * 1000, 1)
 
 
-def pct(values: list[float]) -> dict[str, float | int]:
-    if not values:
-        return {"n": 0}
-    a = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(a, 50)), 1),
-            "p95": round(float(np.percentile(a, 95)), 1), "p99": round(float(np.percentile(a, 99)), 1),
-            "max": round(float(a.max()), 1)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=24)
@@ -222,21 +213,20 @@ def main() -> None:
     found = replies(read_events(trace))
     stages = summarize(found)
     join_trace(rows, found)
-    v2v = [r["voice_to_voice_ms"] for r in rows]
-    vad_lag = pct([r["vad_speech_end_lag_ms"] for r in rows if "vad_speech_end_lag_ms" in r])
-    out_lag = pct([r["out_to_caller_ms"] for r in rows if "out_to_caller_ms" in r])
-    barge = [r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None]
-    model_ms = [sum(v for a, b, owner, _ in REPLY_SEGMENTS if owner != "engine" and (v := r.ms(a, b)) is not None)
-                for r in found if r.answers_caller and r.ms("speech_end", "first_audio_out") is not None]
+    v2v = percentiles([r["voice_to_voice_ms"] for r in rows])
+    barge = percentiles([r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None])
+    vad_lag = percentiles([r["vad_speech_end_lag_ms"] for r in rows if "vad_speech_end_lag_ms" in r])
+    out_lag = percentiles([r["out_to_caller_ms"] for r in rows if "out_to_caller_ms" in r])
+    baseline = stages["models_and_policy_ms"]
     result = {
         "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall, 1),
         "machine": machine_info(), "conditions": conditions,
         "config": "embedded default: whisper tiny.en int8, SmolLM2-135M Q4_1 (llama.cpp, 2 threads), "
                   "Piper en_US-joe-medium; one call at a time",
-        "voice_to_voice_ms": pct(v2v), "barge_in_ms": pct(barge),
+        "voice_to_voice_ms": v2v, "barge_in_ms": barge,
         "vad_speech_end_lag_ms": vad_lag, "out_to_caller_ms": out_lag,
-        "baseline_models_and_policy_ms": pct(model_ms),
-        "ratio_v2v_to_baseline_p50": round(float(np.median(v2v)) / float(np.median(model_ms)), 3) if model_ms else None,
+        "baseline_models_and_policy_ms": baseline,
+        "ratio_v2v_to_baseline_p50": round(v2v["p50"] / baseline["p50"], 3) if baseline["n"] and v2v["n"] else None,
         "engine_stages": stages, "turns": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -245,8 +235,8 @@ def main() -> None:
     print()
     print(f"{'figure (ms)':<46} {'n':>4} {'p50':>8} {'p95':>8} {'p99':>8}")
     figures: list[tuple[str, dict[str, Any]]] = [
-        ("voice-to-voice, at the caller", pct(v2v)), ("barge-in: speech sent -> clear received", pct(barge)),
-        ("baseline: models + end-of-turn silence", pct(model_ms)),
+        ("voice-to-voice, at the caller", v2v), ("barge-in: speech sent -> clear received", barge),
+        ("baseline: models + end-of-turn silence", baseline),
         ("VAD's speech end after the caller's", vad_lag), ("first reply frame: transport -> caller", out_lag),
         ("engine overhead (trace)", stages["engine_overhead_ms"])]
     for name, row in figures:

@@ -30,7 +30,6 @@ class TraceEvent(msgspec.Struct, kw_only=True):
     gen: int
     stage: str
     t_ns: int
-    detail: str = ""
 
 
 class TraceSink:
@@ -44,8 +43,8 @@ class TraceSink:
         self._thread.start()
         self.written = 0
 
-    def add(self, call: str, gen: int, stage: str, t_ns: int, detail: str = "") -> None:
-        self._queue.put(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns, detail=detail))
+    def add(self, call: str, gen: int, stage: str, t_ns: int) -> None:
+        self._queue.put(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns))
 
     def _write_loop(self) -> None:
         encoder = msgspec.json.Encoder()

@@ -89,14 +89,19 @@ def summarize(all_replies: list[Reply]) -> dict[str, Any]:
     for a, b, what in TOTALS:
         group = barged if a == "speech_onset" else answered
         totals[f"{a}->{b}"] = {"what": what, **percentiles([v for r in group if (v := r.ms(a, b)) is not None])}
-    overhead = []
+    overhead, baseline = [], []
     for r in answered:
         parts = [r.ms(a, b) for a, b, owner, _ in REPLY_SEGMENTS if owner == "engine"]
         if all(p is not None for p in parts):
             overhead.append(sum(p for p in parts if p is not None))
+        if r.ms("speech_end", "first_audio_out") is not None:
+            baseline.append(sum(v for a, b, owner, _ in REPLY_SEGMENTS
+                                if owner != "engine" and (v := r.ms(a, b)) is not None))
     return {"replies": len(all_replies), "answered": len(answered), "barge_ins": len(barged),
             "segments": segments, "totals": totals,
-            "engine_overhead_ms": {"what": "sum of engine-owned segments per answered reply", **percentiles(overhead)}}
+            "engine_overhead_ms": {"what": "sum of engine-owned segments per answered reply", **percentiles(overhead)},
+            "models_and_policy_ms": {"what": "sum of model- and policy-owned segments per answered reply",
+                                     **percentiles(baseline)}}
 
 
 def waterfall(reply: Reply) -> list[str]:

@@ -85,9 +85,9 @@ class Conversation:
         self.turn = TurnTimes()
         self.hangup_reason: str | None = None
 
-    def stamp(self, gen: int, stage: str, t_ns: int, detail: str = "") -> None:
+    def stamp(self, gen: int, stage: str, t_ns: int) -> None:
         if self.trace is not None:
-            self.trace.add(self.call_id, gen, stage, t_ns, detail)
+            self.trace.add(self.call_id, gen, stage, t_ns)
 
     async def feed(self, event: Event) -> None:
         now = time.monotonic()

@@ -40,6 +40,8 @@ def test_segments_totals_and_overhead(tmp_path: Path) -> None:
     assert s["totals"]["speech_onset->clear_sent"]["p50"] == pytest.approx(91)
     # Engine-owned: transcript->requested 1, requested->llm_start 2, sentence->tts_start 2, audio->out 10.
     assert s["engine_overhead_ms"]["p50"] == pytest.approx(15)
+    # Model and policy: silence 500, STT 20, prefill 57, first clause 70, TTS first audio 138.
+    assert s["models_and_policy_ms"]["p50"] == pytest.approx(785)
 
 
 def test_report_draws_waterfalls_and_a_table(tmp_path: Path) -> None:
