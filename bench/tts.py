@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from bench.common import cpu_seconds, loadavg, machine_info, wait_for_idle  # noqa: E402
 from engine.tts import EspeakTts, PiperTts, TtsBackend  # noqa: E402
 from ipc.ring import FLAG_END, RingReader  # noqa: E402
-from ipc.schema import CallEnded, CallStarted, Heartbeat, Sentence  # noqa: E402
+from ipc.schema import Sentence  # noqa: E402
 from tools.solo import SoloChild  # noqa: E402
 
 SENTENCES = (
@@ -134,13 +134,9 @@ def bench_process(backend: str, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     h = SoloChild("tts", env={"ENGINE_TTS__BACKEND": backend})
     ready_s = time.perf_counter() - t0
-    lease = None
     rows: list[dict[str, Any]] = []
     try:
-        lease = h.pool.lease("CA-bench")
-        assert lease is not None
-        h.send(CallStarted(call_id="CA-bench", slot=lease.slot, epoch=lease.epoch, inbound_rate=16000), "transport")
-        h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls", 0) >= 1)
+        lease = h.start_call("CA-bench")
         reader = RingReader(h.pool.outbound[lease.slot], lease.epoch)
         for i in range(n):
             text = SENTENCES[round(i * (len(SENTENCES) - 1) / max(n - 1, 1)) % len(SENTENCES)]  # short to long
@@ -149,12 +145,9 @@ def bench_process(backend: str, n: int) -> dict[str, Any]:
             ring_ns, seen_ns, frames = await_reply(reader, 30.0)
             rows.append({"words": len(text.split()), "frames": frames, "ring_ms": (ring_ns - sent) / 1e6,
                          "seen_ms": (seen_ns - sent) / 1e6})
-        h.send(CallEnded(call_id="CA-bench", slot=lease.slot, epoch=lease.epoch, reason="bench"), "transport")
-        h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls") == 0)
+        h.end_call(lease, "bench")
     finally:
-        if lease is not None:
-            h.pool.release(lease)
-        h.close()
+        h.close()  # unlinks the pool, whatever state the call was left in
     return {"backend": backend, "ready_s": ready_s, "sentences": n,
             "first_audio_in_ring_ms": pcts([r["ring_ms"] for r in rows]),
             "first_audio_seen_ms": pcts([r["seen_ms"] for r in rows]), "runs": rows}

@@ -14,7 +14,7 @@ from engine.stt import WhisperTranscriber, resolve_model
 from engine.tts import EspeakTts, PiperTts
 from ipc.pool import Lease
 from ipc.ring import FLAG_END, FLAG_MARK, RingReader, flags_gen, gen_flags
-from ipc.schema import CallEnded, CallStarted, Cancel, Heartbeat, Sentence, Spoken
+from ipc.schema import Cancel, Sentence, Spoken
 from tests.speech_helpers import phone_path, words
 from tools.solo import SoloChild
 
@@ -32,18 +32,9 @@ def whisper(tmp_path_factory: pytest.TempPathFactory) -> WhisperTranscriber:
 
 
 def start_call(h: SoloChild, call_id: str) -> tuple[Lease, RingReader]:
-    """Lease a ring pair as the transport does, and tell the TTS."""
-    lease = h.pool.lease(call_id)
-    assert lease is not None
-    h.send(CallStarted(call_id=call_id, slot=lease.slot, epoch=lease.epoch, inbound_rate=16000), "transport")
-    h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls", 0) >= 1)
+    """Start a call with the TTS; the reader plays the transport's part on its outbound ring."""
+    lease = h.start_call(call_id)
     return lease, RingReader(h.pool.outbound[lease.slot], lease.epoch)
-
-
-def end_call(h: SoloChild, lease: Lease) -> None:
-    h.send(CallEnded(call_id=lease.call_id, slot=lease.slot, epoch=lease.epoch, reason="test"), "transport")
-    h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls") == 0)
-    h.pool.release(lease)
 
 
 def drain(reader: RingReader, frames: list, seconds: float) -> None:  # type: ignore[type-arg]
@@ -83,7 +74,7 @@ def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: SoloChild
         text = whisper.transcribe(phone_path(heard8k).astype(np.float32) / 32768)
         assert len({"thank", "calling", "table", "booked", "friday", "evening"} & words(text)) >= 5, text
     finally:
-        end_call(tts, lease)
+        tts.end_call(lease)
 
 
 def test_cancel_stops_the_reply_within_a_frame(tts: SoloChild) -> None:
@@ -105,7 +96,7 @@ def test_cancel_stops_the_reply_within_a_frame(tts: SoloChild) -> None:
         spans = [s for s in tts.messages("transport", Spoken, 0.5) if s.call_id == "CA-x"]
         assert all(s.index < 5 for s in spans)
     finally:
-        end_call(tts, lease)
+        tts.end_call(lease)
 
 
 @pytest.mark.parametrize("backend", [PiperTts, EspeakTts])

@@ -95,15 +95,12 @@ def test_a_directory_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_the_tts_process_speaks_with_csm_into_the_ring_and_cancels(csm_dir: Path) -> None:
     from ipc.ring import RingReader, flags_gen
-    from ipc.schema import CallEnded, CallStarted, Cancel, Heartbeat, Sentence
+    from ipc.schema import Cancel, Heartbeat, Sentence
     from tools.solo import SoloChild
 
     h = SoloChild("tts", {"ENGINE_TTS__BACKEND": "csm", "ENGINE_TTS__VOICE": str(csm_dir)})
     try:
-        lease = h.pool.lease("CA-csm")
-        assert lease is not None
-        h.send(CallStarted(call_id="CA-csm", slot=lease.slot, epoch=lease.epoch, inbound_rate=16000), "transport")
-        h.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls", 0) >= 1)
+        lease = h.start_call("CA-csm")
         reader = RingReader(h.pool.outbound[lease.slot], lease.epoch)
         h.send(Sentence(call_id="CA-csm", gen=1, index=0, text="Hello there.", last=True), "llm")
         frames = []
@@ -122,6 +119,6 @@ def test_the_tts_process_speaks_with_csm_into_the_ring_and_cancels(csm_dir: Path
         written = h.pool.outbound[lease.slot].stats().written
         time.sleep(1.0)
         assert h.pool.outbound[lease.slot].stats().written - written <= 1  # nothing more of reply 1
-        h.send(CallEnded(call_id="CA-csm", slot=lease.slot, epoch=lease.epoch, reason="test"), "transport")
+        h.end_call(lease)
     finally:
         h.close()

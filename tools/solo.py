@@ -21,8 +21,8 @@ from typing import Any
 from engine.config import Config, load_config
 from engine.supervisor import _child_entry
 from ipc.bus import Bus
-from ipc.pool import RingPool
-from ipc.schema import PROC_NAMES, AnyMsg, ProcName, Ready, RunInfo
+from ipc.pool import Lease, RingPool
+from ipc.schema import PROC_NAMES, AnyMsg, CallEnded, CallStarted, Heartbeat, ProcName, Ready, RunInfo
 
 _instances = itertools.count()
 
@@ -92,6 +92,25 @@ class SoloChild:
             if isinstance(msg, kind) and (predicate is None or predicate(msg)):
                 return msg
         raise AssertionError(f"no {kind.__name__} for {peer} within {timeout} s")
+
+    def start_call(self, call_id: str, inbound_rate: int = 16000) -> Lease:
+        """Lease a ring pair as the transport does and tell the child; returns once its heartbeat counts the call
+        (CallStarted is urgent: a data message sent right after could otherwise overtake it)."""
+        lease = self.pool.lease(call_id)
+        if lease is None:
+            raise RuntimeError(f"no free ring pair for {call_id}")
+        live = len(self.pool.leases())
+        self.send(CallStarted(call_id=call_id, slot=lease.slot, epoch=lease.epoch, inbound_rate=inbound_rate),
+                  "transport")
+        self.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls", 0) >= live)
+        return lease
+
+    def end_call(self, lease: Lease, reason: str = "test") -> None:
+        """End a call started with `start_call`: once the child has let it go, release its ring pair."""
+        left = len(self.pool.leases()) - 1
+        self.send(CallEnded(call_id=lease.call_id, slot=lease.slot, epoch=lease.epoch, reason=reason), "transport")
+        self.wait_for("supervisor", Heartbeat, 10, lambda m: m.stats.get("calls") == left)
+        self.pool.release(lease)
 
     def close(self) -> None:
         """Stop the process, close the buses, unlink the shared memory. Safe on a half-built instance, and twice."""
