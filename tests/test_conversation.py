@@ -89,6 +89,13 @@ async def dial(c: SyntheticCaller) -> None:
     await c.connect(await c.dial(), continuous=True)
 
 
+async def dial_past_greeting(c: SyntheticCaller) -> None:
+    """Call, and return once the greeting (one sentence: one mark) has played to its end."""
+    await dial(c)
+    await c.wait_for_marks(1, 20)
+    await c.wait_until(lambda: c.playback.idle, 5, "the greeting to finish")
+
+
 def heard_text(whisper: WhisperTranscriber, pcm8k: np.ndarray) -> str:
     return whisper.transcribe(phone_path(pcm8k).astype(np.float32) / 32768)
 
@@ -97,9 +104,7 @@ def test_the_caller_is_greeted_then_asks_and_hears_a_relevant_answer(engine: Eng
                                                                       whisper: WhisperTranscriber) -> None:
     async def scenario() -> tuple[str, str]:
         async with caller(engine) as c:
-            await dial(c)
-            await c.wait_for_marks(1, 20)  # the greeting (one sentence) has played
-            await c.wait_until(lambda: c.playback.idle, 5, "the greeting to finish")
+            await dial_past_greeting(c)
             greeting = heard_text(whisper, c.heard_audio())
             before = len(c.heard)
             await talk(c, "What is the capital of France?")
@@ -119,9 +124,7 @@ def test_the_caller_is_greeted_then_asks_and_hears_a_relevant_answer(engine: Eng
 def test_interrupting_the_bot_silences_it_and_only_heard_words_are_kept(engine: EngineRun) -> None:
     async def scenario() -> tuple[SyntheticCaller, list[dict[str, Any]], float]:
         async with caller(engine) as c:
-            await dial(c)
-            await c.wait_for_marks(1, 20)
-            await c.wait_until(lambda: c.playback.idle, 5, "the greeting to finish")
+            await dial_past_greeting(c)
             await talk(c, "Tell me a long story about a brave knight and a dragon.")
             start = c.heard_seconds
             await c.wait_heard(start + 2.5, 40)  # well into the story
@@ -170,9 +173,7 @@ def test_keypad_digits_reach_the_llm_as_caller_input(engine: EngineRun) -> None:
 def test_hanging_up_mid_answer_stops_the_engine_at_once(engine: EngineRun) -> None:
     async def scenario() -> str:
         async with caller(engine) as c:
-            await dial(c)
-            await c.wait_for_marks(1, 20)
-            await c.wait_until(lambda: c.playback.idle, 5, "the greeting to finish")
+            await dial_past_greeting(c)
             await talk(c, "Tell me a long story about the sea.")
             await c.wait_heard(c.heard_seconds + 1.0, 40)
             await c.hangup()
@@ -225,9 +226,7 @@ def test_a_tts_crash_mid_answer_gets_an_apology_and_the_call_goes_on(engine: Eng
 
     async def scenario() -> list[dict[str, Any]]:
         async with caller(engine) as c:
-            await dial(c)
-            await c.wait_for_marks(1, 20)
-            await c.wait_until(lambda: c.playback.idle, 5, "the greeting to finish")
+            await dial_past_greeting(c)
             await talk(c, "Tell me a long story about a lighthouse keeper.")
             await c.wait_heard(c.heard_seconds + 1.0, 40)
             os.kill(tts_pid, signal.SIGKILL)
