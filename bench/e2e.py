@@ -56,7 +56,6 @@ QUESTIONS = [
     "Tell me a fun fact about cats.",
 ]
 INTERRUPTION = "Sorry, wait a moment, I have another question."
-LOUD = 300  # a frame with a sample above this is speech, not the line's silence
 
 
 class Engine:
@@ -99,29 +98,6 @@ class Engine:
         shutil.rmtree(self.runtime, ignore_errors=True)
 
 
-def speech_bounds(c: SyntheticCaller, sent_before: int, pcm: np.ndarray) -> tuple[float, float]:
-    """When the first and the last loud 20 ms frame of `pcm` went out; it was sent from frame `sent_before` on."""
-    frames = np.abs(pcm[:len(pcm) // 160 * 160].astype(np.int32)).reshape(-1, 160).max(axis=1)
-    loud = np.flatnonzero(frames > LOUD)
-    sent = c.sent_media[sent_before:]
-    return sent[int(loud[0])].t, sent[int(loud[-1])].t + 0.02
-
-
-async def first_media_after(c: SyntheticCaller, t: float, timeout: float) -> float:
-    await c.wait_until(lambda: any(rt > t for rt, _ in c.received_media_times), timeout, "reply audio")
-    return next(rt for rt, _ in c.received_media_times if rt > t)
-
-
-async def quiet(c: SyntheticCaller, seconds: float, timeout: float) -> None:
-    """Until the engine has sent nothing for `seconds` and the caller's playback is done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = c.received_media_times[-1][0] if c.received_media_times else 0.0
-        if time.monotonic() - last >= seconds and c.playback.idle:
-            return
-        await asyncio.sleep(0.1)
-
-
 async def interrupt(c: SyntheticCaller, words: np.ndarray) -> float | None:
     """Talk over the answer once 1.5 s of it has played: ms from the first word sent to `clear` received.
     None if the answer ended first (nothing to interrupt)."""
@@ -138,8 +114,8 @@ async def interrupt(c: SyntheticCaller, words: np.ndarray) -> float | None:
     talking = asyncio.ensure_future(c.send_audio(words))
     await c.wait_until(lambda: len(c.clears) > clears, 10, "clear")
     await talking
-    onset, end = speech_bounds(c, sent_before, words)
-    await first_media_after(c, end, 30)  # the answer to the interruption, before the next question
+    onset, end = c.speech_bounds(sent_before, words)
+    await c.first_media_after(end, 30)  # the answer to the interruption, before the next question
     return round((c.clears[clears] - onset) * 1000, 1)
 
 
@@ -147,22 +123,22 @@ async def one_call(port: int, turns: int, first_turn: int, voices: dict[str, Any
     rows: list[dict[str, Any]] = []
     async with SyntheticCaller(f"http://127.0.0.1:{port}", public_url=PUBLIC, auth_token=AUTH) as c:
         await c.connect(await c.dial(), continuous=True)
-        await first_media_after(c, 0.0, 30)
-        await quiet(c, 1.0, 30)  # the greeting
+        await c.first_media_after(0.0, 30)
+        await c.wait_quiet(1.0, 30)  # the greeting
         for k in range(turns):
             turn = first_turn + k
             question = QUESTIONS[turn % len(QUESTIONS)]
             pcm = voices[question]
             sent_before = len(c.sent_media)
             await c.send_audio(pcm)
-            _, speech_end = speech_bounds(c, sent_before, pcm)
-            reply_at = await first_media_after(c, speech_end, 30)
+            _, speech_end = c.speech_bounds(sent_before, pcm)
+            reply_at = await c.first_media_after(speech_end, 30)
             row: dict[str, Any] = {"turn": turn, "question": question, "call": c.call_sid,
                                    "voice_to_voice_ms": round((reply_at - speech_end) * 1000, 1),
                                    "speech_end_t": speech_end, "reply_at_t": reply_at}
             if turn % 3 == 2:  # talk over this answer once 1.5 s of it has played
                 row["barge_in_ms"] = await interrupt(c, voices[INTERRUPTION])
-            await quiet(c, 1.5, 60)
+            await c.wait_quiet(1.5, 60)
             rows.append(row)
             print(f"  turn {turn:2d}: voice-to-voice {row['voice_to_voice_ms']:7.1f} ms"
                   + (f", barge-in {row['barge_in_ms']} ms" if "barge_in_ms" in row else ""), flush=True)

@@ -1,4 +1,4 @@
-"""Command line: `python -m engine supervisor [--config FILE]`, `check-config`, `call NUMBER`, `trace FILE`."""
+"""Command line: `python -m engine supervisor [--config FILE]`, `check-config`, `call NUMBER`, `trace FILE`, `soak`."""
 
 from __future__ import annotations
 
@@ -26,9 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--perfetto", metavar="OUT", help="also write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
     trace.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
     trace.add_argument("--waterfalls", type=int, default=5, help="how many of the latest replies to draw")
+    soak = sub.add_parser("soak", help="many synthetic callers against a fresh engine, with faults; a report")
+    from tools.soak import add_arguments
+
+    add_arguments(soak)
     args = parser.parse_args(argv)
     if args.command == "trace":
         return _trace(args)
+    if args.command == "soak":
+        from tools.soak import run_soak
+
+        try:
+            return run_soak(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

@@ -27,6 +27,9 @@ from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter, flags_gen
 TWILIO_RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 MULAW_SILENCE = 0xFF
+LATE_INBOUND_MS = 60.0
+"""An inbound frame arriving this far behind the line's own schedule (its Twilio timestamp) is late: the
+VAD hears the caller that much later than it could have."""
 
 RecordFn = Callable[[str, bytes], None]
 
@@ -54,12 +57,20 @@ class CallAudio:
         self.gens_started: list[int] = []  # replies whose first audio has been sent; the owner empties it
         self.frames_in = 0
         self.inbound_dropped = 0
+        self.inbound_late = 0
+        self.inbound_max_late_ms = 0.0
+        self.last_timestamp_ms: int | None = None  # of the last media frame taken in
+        self._min_offset_ms: float | None = None  # arrival minus timestamp, at its smallest: the on-time frame
+        self.outbound_gaps = 0  # bot frames missing between TTS and us (ring sequence gaps not due to a clear)
+        self._next_out_seq: int | None = None
         self.frames_out = 0
         self.marks_sent = 0
         self.frames_dropped_cleared = 0
 
     # --- inbound ----------------------------------------------------------------------
-    def on_media(self, mulaw: bytes, t_ns: int) -> None:
+    def on_media(self, mulaw: bytes, t_ns: int, timestamp_ms: int | None = None) -> None:
+        if timestamp_ms is not None:
+            self._note_arrival(t_ns, timestamp_ms)
         pcm8 = mulaw_to_pcm16(mulaw)
         if self._record is not None:
             self._record("inbound", pcm8.tobytes())
@@ -72,6 +83,17 @@ class CallAudio:
         for start in range(0, len(data), cap):
             if not self.inbound.write(data[start:start + cap], self.inbound_rate, t_ns):
                 self.inbound_dropped += 1
+
+    def _note_arrival(self, t_ns: int, timestamp_ms: int) -> None:
+        """Lateness against the line's schedule, anchored on the earliest-arriving frame so far."""
+        self.last_timestamp_ms = timestamp_ms
+        offset = t_ns / 1e6 - timestamp_ms
+        if self._min_offset_ms is None or offset < self._min_offset_ms:
+            self._min_offset_ms = offset
+        late = offset - self._min_offset_ms
+        if late > LATE_INBOUND_MS:
+            self.inbound_late += 1
+        self.inbound_max_late_ms = max(self.inbound_max_late_ms, late)
 
     # --- outbound ---------------------------------------------------------------------
     def _queue_pcm(self, pcm: np.ndarray, rate: int) -> None:
@@ -88,6 +110,9 @@ class CallAudio:
         n = 0
         while (frame := self.outbound.read()) is not None:
             n += 1
+            if self._next_out_seq is not None and frame.seq > self._next_out_seq:
+                self.outbound_gaps += frame.seq - self._next_out_seq
+            self._next_out_seq = frame.seq + 1
             gen = flags_gen(frame.flags)
             if gen < self.min_gen:
                 self.frames_dropped_cleared += 1
@@ -147,6 +172,7 @@ class CallAudio:
         self._frame_ends.clear()
         self._gen_starts.clear()
         self.outbound.discard_all()
+        self._next_out_seq = None  # the discarded frames are a gap that was meant
         self._pending.clear()
         self._sent_pos = self._queued_pos
         self._marks.clear()

@@ -1,7 +1,9 @@
 """The control bus: ZeroMQ PUSH/PULL over ipc sockets in the run's runtime directory.
 
 Every process binds two PULL sockets, `<name>.urgent` and `<name>.data`, and
-connects PUSH sockets to its peers on demand. A message goes to the urgent
+connects PUSH sockets to every engine peer when its bus opens (a bounded set: no
+first message pays for a connect, and a process's file descriptors do not grow
+when a peer it never talked to is first needed; other names connect on demand). A message goes to the urgent
 socket when its class is marked urgent (Cancel, Shutdown, CallEnded); `recv`
 always drains urgent before data, so a barge-in never waits behind a backlog of
 transcripts or sentences. Sends never block: a peer that is down and whose
@@ -20,11 +22,12 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from ipc.schema import AnyMsg, Codec, Msg
+from ipc.schema import PROC_NAMES, AnyMsg, Codec, Msg
 
 log = logging.getLogger(__name__)
 
 SEND_HWM = 10_000
+ENGINE_PEERS = ("supervisor", *PROC_NAMES)
 
 
 def endpoint(runtime_dir: Path, name: str, lane: str) -> str:
@@ -32,14 +35,18 @@ def endpoint(runtime_dir: Path, name: str, lane: str) -> str:
 
 
 class _Sending:
-    """PUSH sockets to peers, made on first use. Sends never block."""
+    """PUSH sockets to peers: the engine's made at once, others on first use. Sends never block."""
 
-    def __init__(self, ctx: Any, runtime_dir: Path) -> None:
+    def __init__(self, ctx: Any, runtime_dir: Path, own_name: str = "") -> None:
         self.runtime_dir = Path(runtime_dir)
         self.codec = Codec()
         self.dropped_sends = 0
         self._ctx = ctx
         self._peers: dict[tuple[str, bool], Any] = {}
+        for peer in ENGINE_PEERS:
+            if peer != own_name:
+                self._peer(peer, True)
+                self._peer(peer, False)
 
     def _peer(self, dest: str, urgent: bool) -> Any:
         key = (dest, urgent)
@@ -87,7 +94,7 @@ class _BusBase(_Sending):
     """A process's two receiving lanes plus sending."""
 
     def __init__(self, ctx: Any, runtime_dir: Path, name: str) -> None:
-        super().__init__(ctx, runtime_dir)
+        super().__init__(ctx, runtime_dir, name)
         self.name = name
         self.bad_messages = 0
         self._urgent = ctx.socket(zmq.PULL)

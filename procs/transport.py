@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ log = logging.getLogger("engine.transport")
 
 CLOSE_TRY_AGAIN = 1013
 CALL_PEERS = ("speech", "llm", "tts")
+ENDED_KEPT = 200
 
 
 async def _messages_until_idle(ws: web.WebSocketResponse,
@@ -122,6 +123,18 @@ class ActiveCall:
         self.marks_echoed: list[str] = []
 
 
+def call_summary(call: ActiveCall, outcome: str, session: MediaStreamSession) -> dict[str, Any]:
+    """What /health and the recording keep of a call that ended: its outcome and its audio's accounting."""
+    a = call.audio
+    return {"call_id": call.lease.call_id, "outcome": outcome, "ended_ns": time.monotonic_ns(),
+            "frames_in": a.frames_in, "last_timestamp_ms": a.last_timestamp_ms,
+            "inbound_dropped": a.inbound_dropped, "inbound_late": a.inbound_late,
+            "inbound_max_late_ms": round(a.inbound_max_late_ms, 1), "seq_gaps": session.seq_gaps,
+            "seq_out_of_order": session.seq_out_of_order, "frames_out": a.frames_out,
+            "outbound_gaps": a.outbound_gaps, "frames_dropped_cleared": a.frames_dropped_cleared,
+            "marks_sent": a.marks_sent}
+
+
 class TransportProc:
     proc = "transport"
 
@@ -147,6 +160,7 @@ class TransportProc:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.trace = TraceSink(Path(cfg.engine.trace_file)) if cfg.engine.trace_file else None
         self.incarnations: dict[str, int] = {}  # each peer's last seen incarnation, to notice restarts
+        self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_KEPT)  # the latest calls' outcomes, for /health
 
     # --- HTTP: webhooks and health ---------------------------------------------------------
     def public_url(self, request: web.Request) -> str:
@@ -222,6 +236,7 @@ class TransportProc:
                             "frames_out": c.audio.frames_out, "inbound_dropped": c.audio.inbound_dropped,
                             "marks_sent": c.audio.marks_sent}
                       for cid, c in self.calls.items()},
+            "ended": list(self.ended),
         }
         return web.Response(status=code, body=msgspec.json.encode(body), content_type="application/json")
 
@@ -287,7 +302,7 @@ class TransportProc:
                 elif call is None:
                     continue
                 elif isinstance(event, Audio):
-                    call.audio.on_media(event.mulaw, t_ns)
+                    call.audio.on_media(event.mulaw, t_ns, event.timestamp_ms)
                     self.inbound_us.add((time.perf_counter_ns() - t0) / 1000)
                 elif isinstance(event, Dtmf):
                     call.dtmf.append(event.digit)
@@ -399,9 +414,9 @@ class TransportProc:
         self.pool.release(call.lease)
         if call.watch_ring is not None:
             call.watch_ring.close()
-        self._record_event(call, {"event": "end", "outcome": outcome, "frames_in": call.audio.frames_in,
-                                  "frames_out": call.audio.frames_out, "seq_gaps": session.seq_gaps,
-                                  "seq_out_of_order": session.seq_out_of_order})
+        summary = call_summary(call, outcome, session)
+        self.ended.append(summary)
+        self._record_event(call, {"event": "end", **summary})
         if self.recorder is not None:
             self.recorder.close(call_id)
         self.counters["calls_ended"] += 1

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ipc.pool import RingPool
-from tests.shm_helpers import shm_entries, unique_instance
+from tools.engine_run import shm_entries, unique_instance
 
 
 @pytest.fixture

@@ -147,3 +147,44 @@ def test_the_play_out_clock_says_which_frame_the_caller_heard_last(pool: RingPoo
     audio.due_messages(0.25)  # by now the caller would have gone quiet: the rest starts at 0.25
     assert audio.played_seq(0.25) == 9
     assert audio.played_seq(0.31) == 12
+
+
+def test_inbound_frames_behind_the_lines_schedule_are_counted_late(pool: RingPool) -> None:
+    audio, _ = make_call(pool)
+    frame = pcm16_to_mulaw(tone(8000, 0.02))
+    ms = 1_000_000
+    # On time for 10 frames (arrival jitter of a few ms), then the socket stalls 150 ms and delivers a backlog.
+    arrivals = [(i * 20, 1000 * ms + i * 20 * ms + (i % 3) * ms) for i in range(10)]
+    arrivals += [(i * 20, 1000 * ms + 350 * ms) for i in range(10, 20)]
+    for ts, t_ns in arrivals:
+        audio.on_media(frame, t_ns=t_ns, timestamp_ms=ts)
+    # Frames 10..19 were due at 200..380 ms and arrived at 350 ms: those more than 60 ms behind are late.
+    assert audio.inbound_late == sum(1 for i in range(10, 20) if 350 - i * 20 > 60)
+    assert audio.inbound_max_late_ms == pytest.approx(150.0)
+    assert audio.last_timestamp_ms == 380 and audio.frames_in == 20
+
+
+def test_outbound_ring_gaps_are_counted_but_a_clear_is_not_a_gap(pool: RingPool) -> None:
+    audio, _ = make_call(pool)
+    tts = RingWriter(pool.outbound[0])
+    frame = tone(22050, 0.02).tobytes()
+    for _ in range(3):
+        tts.write(frame, 22050, flags=gen_flags(1))
+    audio.pull()
+    for _ in range(4):
+        tts.write(frame, 22050, flags=gen_flags(1))
+    audio.clear(0.0, gen=1)  # the 4 unread frames are discarded on purpose
+    tts.write(frame, 22050, flags=gen_flags(2))
+    audio.pull()
+    assert audio.outbound_gaps == 0
+    # A full ring refuses frames (counted as drops): the reader sees the sequence jump.
+    written = 0
+    while tts.write(frame, 22050, flags=gen_flags(2)):
+        written += 1
+    refused = 3
+    for _ in range(refused - 1):
+        tts.write(frame, 22050, flags=gen_flags(2))
+    audio.pull()
+    tts.write(frame, 22050, flags=gen_flags(2))
+    audio.pull()
+    assert audio.outbound_gaps == refused

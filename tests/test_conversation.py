@@ -23,9 +23,9 @@ import pytest
 
 from engine.stt import WhisperTranscriber, resolve_model
 from engine.trace import read_events
-from tests.engine_run import EngineRun
 from tests.speech_helpers import phone_path, words
 from tools.caller import SyntheticCaller, piper_speech
+from tools.engine_run import EngineRun
 
 AUTH = "engine-test-auth-token"
 PUBLIC = "https://voice.example.test"

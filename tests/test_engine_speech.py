@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.engine_run import EngineRun
 from tests.speech_helpers import silence, spoken, words
 from tools.caller import SyntheticCaller
+from tools.engine_run import EngineRun
 
 AUTH = "engine-test-auth-token"
 PUBLIC = "https://voice.example.test"

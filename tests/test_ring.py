@@ -12,7 +12,7 @@ import pytest
 
 from ipc.pool import RingPool
 from ipc.ring import RingReader, RingWriter
-from tests.shm_helpers import shm_entries, unique_instance
+from tools.engine_run import shm_entries, unique_instance
 
 
 @pytest.fixture

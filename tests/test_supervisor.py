@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_run import EngineRun, pid_exists
+from tools.engine_run import EngineRun, pid_exists
 
 CHILDREN = ("transport", "speech", "llm", "tts")
 

@@ -50,6 +50,8 @@ DEFAULT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 _CONTINUE_SLOTS = 5  # a send_audio this many frames late still continues the previous one's timestamps
 _MAX_PLAYBACK_LAG_S = 0.2  # a starved playback clock restarts from now: audio is delayed, never skipped
 _CLOSE_TIMEOUT_S = 2.0  # how long a clean close waits for the engine's close frame
+_UNDERRUN_MAX_GAP_S = 2.0  # a longer pause in the bot's audio is a new utterance (a re-prompt), not a stall
+LOUD = 300  # a 20 ms frame with a sample above this is speech, not the line's silence
 
 Direction = Literal["in", "out"]
 
@@ -276,6 +278,13 @@ class SyntheticCaller:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.unplayed_at_close = 0  # samples still queued when the socket closed: never heard
+        # Stalls heard mid-utterance: bot audio that arrived after everything before it had played, with no
+        # caller speech or clear in between (those start a new utterance, after which silence is expected).
+        self.underruns = 0
+        self.underrun_s = 0.0
+        self.duplicate_marks = 0  # mark names the engine sent twice: a span queued twice
+        self._marks_seen: set[str] = set()
+        self._new_utterance = True
         self.playback = Playback()
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -349,6 +358,7 @@ class SyntheticCaller:
         data = pcm16_to_mulaw(_resample(np.asarray(pcm, dtype=np.int16), rate, RATE))
         data += MULAW_SILENCE * (-len(data) % FRAME_SAMPLES)
         self._talking = True
+        self._new_utterance = True
         try:
             slot = self._next_slot
             if pace and self._slot_now() - slot > _CONTINUE_SLOTS:
@@ -443,6 +453,34 @@ class SyntheticCaller:
 
     async def wait_heard(self, seconds: float, timeout: float) -> None:
         await self.wait_until(lambda: self._heard_samples >= round(seconds * RATE), timeout, f"{seconds:g} s heard")
+
+    async def first_media_after(self, t: float, timeout: float) -> float:
+        """When the first engine media message after `t` arrived (waiting for it if need be)."""
+        await self.wait_until(lambda: bool(self.received_media_times) and self.received_media_times[-1][0] > t,
+                              timeout, "bot audio")
+        return next(rt for rt, _ in self.received_media_times if rt > t)
+
+    async def wait_quiet(self, seconds: float, timeout: float) -> None:
+        """Until the engine has sent no audio for `seconds` and everything sent has played (TimeoutError if the
+        bot is still talking after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            last = self.received_media_times[-1][0] if self.received_media_times else 0.0
+            if (time.monotonic() - last >= seconds and self.playback.idle) or self.closed:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bot was still talking after {timeout:g} s")
+            await asyncio.sleep(0.1)
+
+    def speech_bounds(self, sent_before: int, pcm: Pcm16) -> tuple[float, float]:
+        """When the first loud 20 ms frame of `pcm` went out, and when its last loud frame ended; `pcm` (at
+        8 kHz) was sent by `send_audio` from frame `sent_before` on."""
+        frames = np.abs(pcm[:len(pcm) // FRAME_SAMPLES * FRAME_SAMPLES].astype(np.int32))
+        loud = np.flatnonzero(frames.reshape(-1, FRAME_SAMPLES).max(axis=1) > LOUD)
+        if not len(loud):
+            raise CallerError("the audio has no speech in it")
+        sent = self.sent_media[sent_before:]
+        return sent[int(loud[0])].t, sent[int(loud[-1])].t + FRAME_S
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -561,6 +599,7 @@ class SyntheticCaller:
             if not audio:
                 self._unexpected(t, f"media without a base64 payload: {text[:200]!r}")
             else:
+                self._note_stall(t)
                 self.received_media_times.append((t, len(audio)))
                 self.playback.add_audio(mulaw_to_pcm16(audio))
                 self._wake_playback.set()
@@ -569,14 +608,26 @@ class SyntheticCaller:
             if not isinstance(name, str):
                 self._unexpected(t, f"mark without a name: {text[:200]!r}")
             else:
+                if name in self._marks_seen:
+                    self.duplicate_marks += 1
+                self._marks_seen.add(name)
                 await self._echo_marks(self.playback.add_mark(name, t))
                 self._wake_playback.set()
         elif event == "clear":
             self.clears.append(t)
+            self._new_utterance = True
             await self._echo_marks(self.playback.clear())
         else:
             self._unexpected(t, f"unexpected event {event!r}: {text[:200]!r}")
         self._notify()
+
+    def _note_stall(self, t: float) -> None:
+        gap = t - self.playback.playing_until
+        if (not self._new_utterance and self.playback.idle and self.playback.playing_until
+                and 0 < gap < _UNDERRUN_MAX_GAP_S):
+            self.underruns += 1
+            self.underrun_s += gap
+        self._new_utterance = False
 
     async def _playback_loop(self) -> None:
         tick = time.monotonic()

@@ -1,7 +1,12 @@
-"""Run the real engine (`python -m engine supervisor`) as a subprocess for a test, and look at it from outside."""
+"""Run the real engine (`python -m engine supervisor`) as a subprocess, and look at it from outside.
+
+Tests, benchmarks and the soak tool start their engines with it: each gets its own instance name (so its
+shared memory can be told apart and checked for leaks), port and runtime dir.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -15,10 +20,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.shm_helpers import shm_entries, unique_instance
 from tools.solo import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+def unique_instance() -> str:
+    """An engine instance name no other engine (test, benchmark or soak run) on this host uses."""
+    return f"t{os.getpid()}x{next(_counter)}"
+
+
+def shm_entries(prefix: str) -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix))
 
 
 def pid_exists(pid: int) -> bool:

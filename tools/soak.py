@@ -1,0 +1,351 @@
+"""`python -m engine soak`: many synthetic callers against a real engine for minutes or hours, with faults.
+
+    python -m engine soak --callers 8 --duration 60
+    python -m engine soak --callers 6 --duration 1200 --profile steady --json bench/results/soak.json
+    python -m engine soak --callers 8 --duration 60 --kill speech,llm,tts,transport --every 12
+    python -m engine soak --callers 60 --duration 120 --mix listen=1     # transport + VAD only
+
+Starts its own engine (`python -m engine supervisor`, the embedded default or `--config FILE`) with a
+unique instance name, so its shared memory, sockets and processes can be counted before and after.
+Caller lines run in `--caller-procs` processes of their own (the load generator never shares an event
+loop with the measurement); each line places call after call from the `--mix` of scripts
+(tools/soak_calls.py) between the times its `--profile` gives it:
+
+  steady  every line starts within the first seconds and runs to the end
+  ramp    lines start one by one over the first half, then all run to the end
+  spike   a quarter of the lines run throughout; the rest all start at one third and stop at two thirds
+
+While it runs, one progress line every two seconds. At the end, the report (tools/soak_report.py) as a
+table and, with `--json`, as JSON. Exit status 0 when every call reached an outcome, no inbound frame
+was lost outside speech/transport faults and nothing leaked; 1 otherwise; 2 when the engine would not
+start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing as mp
+import os
+import queue
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import SupervisorSection
+from tools.engine_run import EngineRun
+from tools.soak_calls import SCRIPTS, Timeouts, run_slots, synthesise_voices
+from tools.soak_report import percentiles, summarize, table
+from tools.soak_watch import PROC_NAMES, EngineWatch, Killer, fd_count, snapshot
+
+AUTH = "soak-auth-token-0123456789abcdef"
+PUBLIC = "https://voice.soak.test"
+PROFILES = ("steady", "ramp", "spike")
+DEFAULT_MIX = "question=4,interrupt=2,dtmf=1,silent=1,midword=1,vanish=1"
+CALLERS_PER_PROC = 40
+SETTLE_S = 60.0  # after the last line stops dialling, how long in-flight calls may take to end
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in SCRIPTS:
+            raise ValueError(f"unknown script {name!r} in --mix: one of {', '.join(SCRIPTS)}")
+        try:
+            mix[name] = float(weight or 1)
+        except ValueError:
+            raise ValueError(f"--mix weight for {name} is not a number: {weight!r}") from None
+        if mix[name] < 0:
+            raise ValueError(f"--mix weight for {name} is negative")
+    if not mix or not sum(mix.values()):
+        raise ValueError("--mix names no script with a positive weight")
+    return mix
+
+
+def plan_lines(profile: str, callers: int, duration_s: float, seed: int) -> list[dict[str, Any]]:
+    """Each caller line's start and end, in seconds from the start of the run, and its own seed."""
+    stagger = min(5.0, duration_s / 10) / max(1, callers)
+    lines = []
+    base = max(1, callers // 4)
+    for i in range(callers):
+        if profile == "steady":
+            start, end = i * stagger, duration_s
+        elif profile == "ramp":
+            start, end = i * duration_s / 2 / callers, duration_s
+        elif profile == "spike":
+            start, end = ((i * stagger, duration_s) if i < base
+                          else (duration_s / 3 + (i - base) * 0.05, 2 * duration_s / 3))
+        else:
+            raise ValueError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
+        lines.append({"slot": i, "start": round(start, 3), "end": round(end, 3), "seed": seed * 1000 + i})
+    return lines
+
+
+def _caller_proc(lines: list[dict[str, Any]], common: dict[str, Any], out: Any, go: Any, t0: Any,
+                 stop: Any) -> None:
+    """A caller process: synthesise the voices, say ready, wait for the start, run its lines."""
+    import asyncio
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        voices = synthesise_voices()
+        gc.collect()
+        gc.freeze()  # the voices and the libraries: never scanned again
+        out.put(json.dumps({"event": "ready", "pid": os.getpid()}))
+        go.wait()
+        slots = [{"slot": ln["slot"], "seed": ln["seed"], "start_at": t0.value + ln["start"],
+                  "end_at": t0.value + ln["end"]} for ln in lines]
+        asyncio.run(run_slots(slots, {**common, "voices": voices},
+                              lambda event: out.put(json.dumps(event)), stop.is_set))
+    except BaseException as exc:
+        out.put(json.dumps({"event": "error", "pid": os.getpid(), "error": repr(exc)}))
+        raise
+    finally:
+        out.put(json.dumps({"event": "done", "pid": os.getpid()}))
+
+
+class Progress:
+    def __init__(self, t0: float, duration_s: float) -> None:
+        self.t0, self.duration_s = t0, duration_s
+        self.tty = sys.stdout.isatty()
+        self.last_line = 0.0
+
+    def show(self, active: int, records: list[dict[str, Any]], watch: EngineWatch, kills: int) -> None:
+        now = time.monotonic()
+        if now - self.last_line < (2.0 if self.tty else 10.0):
+            return
+        self.last_line = now
+        outcomes = {"ok": 0, "failed": 0, "refused": 0}
+        for r in records:
+            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        v2v = percentiles([ms for r in records[-200:] for ms in r["voice_to_voice_ms"]])
+        with watch.lock:
+            sample = watch.samples[-1]["procs"] if watch.samples else {}
+            engine_calls = watch.calls_active
+            restarts = sum(p.get("restarts", 0) for p in watch.procs.values())
+        rss = sum(p["rss_mb"] for p in sample.values())
+        cpu = sum(p["cpu_pct"] or 0 for p in sample.values())
+        line = (f"[{now - self.t0:6.0f}/{self.duration_s:.0f} s] lines in a call {active:3d} "
+                f"(engine {engine_calls:3d}) | calls ok {outcomes['ok']}, failed {outcomes['failed']}, "
+                f"refused {outcomes['refused']} | v2v p50 {v2v.get('p50', 0):.0f} p95 {v2v.get('p95', 0):.0f} ms | "
+                f"engine {rss:.0f} MiB {cpu:.0f}% CPU | kills {kills}, restarts {restarts}")
+        print(("\r" + line[:200] + "\033[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+    def done(self) -> None:
+        if self.tty:
+            print(flush=True)
+
+
+def engine_overrides(args: argparse.Namespace, listen_only: bool) -> dict[str, str]:
+    overrides = {
+        "ENGINE_ENGINE__MAX_CALLS": str(args.callers + 4),
+        "ENGINE_ENGINE__LOG_LEVEL": args.log_level,
+        "ENGINE_TRANSPORT__PUBLIC_URL": PUBLIC, "ENGINE_TWILIO__AUTH_TOKEN": AUTH,
+        "ENGINE_TRANSPORT__RECORDINGS_DIR": "",
+        "ENGINE_SUPERVISOR__HEARTBEAT_INTERVAL_S": str(SupervisorSection().heartbeat_interval_s),
+        "ENGINE_SUPERVISOR__DRAIN_TIMEOUT_S": "10",
+        # The silent script hears one re-prompt, then the goodbye: ~10 s, not the production 24.
+        "ENGINE_CONVERSATION__IDLE_REPROMPT_S": "3600" if listen_only else "3",
+        "ENGINE_CONVERSATION__MAX_REPROMPTS": "1",
+    }
+    if listen_only:
+        overrides["ENGINE_CONVERSATION__GREETING"] = ""
+    if args.config:
+        overrides["ENGINE_CONFIG"] = str(Path(args.config).resolve())
+    if args.trace:
+        overrides["ENGINE_ENGINE__TRACE_FILE"] = str(Path(args.trace).resolve())
+    return overrides
+
+
+def warm_up(port: int, listen_only: bool) -> dict[str, Any]:
+    """One whole call before the baseline is taken: each process opens its lazy resources (bus connections to
+    its peers, thread pools) on its first call, and those are not leaks. Later calls must add nothing."""
+    import asyncio
+
+    from tools.caller import SyntheticCaller
+    from tools.soak_calls import ScriptedCall
+
+    voices = synthesise_voices()
+    c = SyntheticCaller(f"http://127.0.0.1:{port}", public_url=PUBLIC, auth_token=AUTH, keep_payloads=False)
+    call = ScriptedCall(c, "listen" if listen_only else "question", random.Random(0), voices,
+                        Timeouts(listen_s=2.0), expect_greeting=not listen_only)
+    return asyncio.run(call.run())
+
+
+class CallerProcs:
+    """The caller processes and their event queue; closed (pipes, sentinels) by `close()`."""
+
+    def __init__(self, lines: list[dict[str, Any]], n: int, common: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.out, self.go, self.stop, self.t0 = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
+        self.procs = [ctx.Process(target=_caller_proc, args=(lines[k::n], common, self.out, self.go, self.t0,
+                                                             self.stop), name=f"soak-callers-{k}")
+                      for k in range(n)]
+        for p in self.procs:
+            p.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        ready = 0
+        while ready < len(self.procs):
+            event = json.loads(self.out.get(timeout=timeout))
+            if event["event"] == "error":
+                raise RuntimeError(f"a caller process failed: {event['error']}")
+            ready += event["event"] == "ready"
+
+    def start(self, t0: float) -> None:
+        self.t0.value = t0
+        self.go.set()
+
+    def next_event(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            event: dict[str, Any] = json.loads(self.out.get(timeout=timeout))
+        except queue.Empty:
+            return None
+        return event
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+            p.close()
+        self.out.close()
+        self.out.join_thread()
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    mix = parse_mix(args.mix)
+    kill = [k for k in (args.kill or "").split(",") if k]
+    for k in kill:
+        if k not in PROC_NAMES:
+            raise ValueError(f"--kill {k!r}: one of {', '.join(PROC_NAMES)}")
+    if kill and not args.every:
+        raise ValueError("--kill needs --every SECONDS")
+    listen_only = set(mix) == {"listen"}
+    engine = EngineRun(Path(tempfile.mkdtemp(prefix="soak")), instance=f"soak{os.getpid()}",
+                       **engine_overrides(args, listen_only))
+    print(f"starting the engine (log: {engine.log_path}) ...", flush=True)
+    callers: CallerProcs | None = None
+    try:
+        try:
+            engine.wait_healthy(args.start_timeout)
+        except AssertionError as exc:
+            print(f"error: the engine did not start:\n{str(exc)[-3000:]}", file=sys.stderr)
+            return 2
+        watch = EngineWatch(engine.port, engine.proc.pid, args.sample_every)
+        watch.start()
+        lines = plan_lines(args.profile, args.callers, args.duration, args.seed)
+        n_procs = args.caller_procs or max(1, -(-args.callers // CALLERS_PER_PROC))
+        common = {"base_url": f"http://127.0.0.1:{engine.port}", "public_url": PUBLIC, "auth_token": AUTH,
+                  "mix": mix, "timeouts": Timeouts(listen_s=args.listen_s), "expect_greeting": not listen_only}
+        print("one warm-up call ...", flush=True)
+        warm = warm_up(engine.port, listen_only)
+        if warm["outcome"] != "ok":
+            print(f"error: the warm-up call failed: {warm['reason']}", file=sys.stderr)
+            return 2
+        time.sleep(1.0)
+        before = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        own_fds_at_start = fd_count(os.getpid())
+        callers = CallerProcs(lines, n_procs, common)
+        print(f"{n_procs} caller process(es) synthesising the callers' voices ...", flush=True)
+        callers.wait_ready(120)
+        t0 = time.monotonic() + 0.5
+        callers.start(t0)
+        print(f"{args.callers} caller lines, {args.profile}, {args.duration:g} s; mix {args.mix}", flush=True)
+        killer = Killer(watch, kill, args.every, t0, t0 + args.duration, lambda m: print(f"\n  {m}", flush=True)) \
+            if kill else None
+        if killer is not None:
+            killer.start()
+        records = collect(callers, n_procs, t0, args.duration, watch, killer)
+        if killer is not None:
+            killer.stop()
+        settle_until = time.monotonic() + 15
+        while time.monotonic() < settle_until and (not watch.poll() or watch.calls_active):
+            time.sleep(0.5)
+        time.sleep(1.0)
+        watch.poll()
+        after = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        watch.stop()
+        callers.close()
+        callers = None
+        rc = engine.stop()
+        time.sleep(0.5)
+        stopped = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        stopped.update(supervisor_exit=rc, own_fds_at_start=own_fds_at_start)
+        run = {"callers": args.callers, "duration_s": args.duration, "profile": args.profile, "mix": args.mix,
+               "seed": args.seed, "caller_procs": n_procs, "kill": kill, "kill_every_s": args.every,
+               "config": args.config or "embedded default", "wall_s": round(time.monotonic() - t0, 1),
+               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        report = summarize(records, watch.ended, killer.kills if killer else [], watch.samples, before, after,
+                           stopped, t0, run, args.max_v2v_p95_ms)
+        report["checks"]["engine_stopped_cleanly"] = rc == 0
+        print()
+        print(table(report))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=1))
+            print(f"report: {args.json}")
+        return 0 if all(report["checks"].values()) else 1
+    finally:
+        if callers is not None:
+            callers.stop.set()
+            callers.close()
+        engine.kill_everything()  # its log stays in its work dir, for a look after a failure
+
+
+def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, watch: EngineWatch,
+            killer: Killer | None) -> list[dict[str, Any]]:
+    """Every call record, showing progress, until each caller process is done."""
+    records: list[dict[str, Any]] = []
+    in_call: set[str] = set()
+    done = 0
+    progress = Progress(t0, duration_s)
+    deadline = t0 + duration_s + SETTLE_S + Timeouts().talk_s
+    while done < n_procs:
+        event = callers.next_event(0.5)
+        if event is not None:
+            if event["event"] == "start":
+                in_call.add(event["call_sid"])
+            elif event["event"] == "call":
+                in_call.discard(event["call_sid"])
+                records.append(event)
+            elif event["event"] == "done":
+                done += 1
+            elif event["event"] == "error":
+                print(f"\nerror in a caller process: {event['error']}", file=sys.stderr)
+        progress.show(len(in_call), records, watch, len(killer.kills) if killer else 0)
+        if time.monotonic() > deadline:
+            print("\nerror: calls still running long after the end; stopping them", file=sys.stderr)
+            callers.stop.set()
+            break
+    progress.done()
+    return records
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--callers", type=int, default=8, help="concurrent caller lines (default 8)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds the lines place calls (default 60)")
+    parser.add_argument("--profile", choices=PROFILES, default="steady")
+    parser.add_argument("--mix", default=DEFAULT_MIX,
+                        help=f"scripts and weights, of {', '.join(SCRIPTS)} (default {DEFAULT_MIX})")
+    parser.add_argument("--kill", default="", help="comma-separated children to SIGKILL in turn: "
+                                                   + ", ".join(PROC_NAMES))
+    parser.add_argument("--every", type=float, default=0.0, help="seconds between kills")
+    parser.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    parser.add_argument("--trace", metavar="FILE", help="also write the engine's latency trace")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--caller-procs", type=int, default=0,
+                        help=f"caller processes (default: one per {CALLERS_PER_PROC} lines)")
+    parser.add_argument("--listen-s", type=float, default=20.0, help="how long a `listen` call stays up")
+    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS/CPU samples")
+    parser.add_argument("--max-v2v-p95-ms", type=float, default=3000.0,
+                        help="voice-to-voice p95 above this is not 'sustained in real time'")
+    parser.add_argument("--start-timeout", type=float, default=180.0)
+    parser.add_argument("--log-level", default="WARNING", help="the engine's log level during the soak")
