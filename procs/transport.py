@@ -172,7 +172,12 @@ class TransportProc:
 
     async def _twilio_form(self, request: web.Request, path: str) -> dict[str, str] | web.Response:
         """The webhook's form, if it really comes from Twilio; else the refusal to answer with."""
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, UnicodeDecodeError) as exc:  # not a form Twilio would send (found by fuzzing)
+            log.warning("refused %s from %s: unreadable form body (%s)", path, request.remote, exc)
+            self.counters["webhook_malformed"] += 1
+            return web.Response(status=400, text="malformed form body\n")
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         if self.cfg.transport.validate_signatures:
             url = self.public_url(request) + path + (f"?{request.query_string}" if request.query_string else "")

@@ -81,6 +81,12 @@ def test_webhook_answers_signed_requests_and_refuses_the_rest(harness: Transport
     status_sig = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/twilio/status", status)
     assert post_form(harness.base_url + "/twilio/status", status, status_sig)[0] == 204
     assert post_form(harness.base_url + "/twilio/status", status, signature)[0] == 403
+    # A body that is not UTF-8 form data (found by tests/test_fuzz.py: it was a 500) is refused as malformed.
+    request = urllib.request.Request(harness.base_url + "/twilio/voice", data=bytes(range(256)),
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 400
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])

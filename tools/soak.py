@@ -24,15 +24,19 @@ start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import multiprocessing as mp
 import os
-import queue
 import random
 import sys
 import tempfile
+import threading
 import time
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ from engine.config import SupervisorSection
 from tools.engine_run import EngineRun
 from tools.soak_calls import SCRIPTS, Timeouts, run_slots, synthesise_voices
 from tools.soak_report import percentiles, summarize, table
-from tools.soak_watch import PROC_NAMES, EngineWatch, Killer, fd_count, snapshot
+from tools.soak_watch import PROC_NAMES, EngineWatch, Killer, fd_count, settled_snapshot, snapshot
 
 AUTH = "soak-auth-token-0123456789abcdef"
 PUBLIC = "https://voice.soak.test"
@@ -86,28 +90,44 @@ def plan_lines(profile: str, callers: int, duration_s: float, seed: int) -> list
     return lines
 
 
-def _caller_proc(lines: list[dict[str, Any]], common: dict[str, Any], out: Any, go: Any, t0: Any,
-                 stop: Any) -> None:
-    """A caller process: synthesise the voices, say ready, wait for the start, run its lines."""
+def _caller_proc(lines: list[dict[str, Any]], common: dict[str, Any], conn: Connection) -> None:
+    """A caller process: synthesise the voices, say ready, wait for the start time, run its lines, say done.
+    Events go to the parent as JSON over `conn`; the parent's {"t0": ...} starts the lines, {"stop": true}
+    stops them placing new calls."""
     import asyncio
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    stop = threading.Event()
+    send_lock = threading.Lock()
+
+    def send(event: dict[str, Any]) -> None:
+        with send_lock:
+            conn.send_bytes(json.dumps(event).encode())
+
     try:
         voices = synthesise_voices()
         gc.collect()
         gc.freeze()  # the voices and the libraries: never scanned again
-        out.put(json.dumps({"event": "ready", "pid": os.getpid()}))
-        go.wait()
-        slots = [{"slot": ln["slot"], "seed": ln["seed"], "start_at": t0.value + ln["start"],
-                  "end_at": t0.value + ln["end"]} for ln in lines]
-        asyncio.run(run_slots(slots, {**common, "voices": voices},
-                              lambda event: out.put(json.dumps(event)), stop.is_set))
+        send({"event": "ready", "pid": os.getpid()})
+        t0 = json.loads(conn.recv_bytes())["t0"]
+
+        def listen() -> None:
+            with contextlib.suppress(EOFError, OSError):
+                while not json.loads(conn.recv_bytes()).get("stop"):
+                    pass
+            stop.set()
+
+        threading.Thread(target=listen, daemon=True).start()
+        slots = [{"slot": ln["slot"], "seed": ln["seed"], "start_at": t0 + ln["start"], "end_at": t0 + ln["end"]}
+                 for ln in lines]
+        asyncio.run(run_slots(slots, {**common, "voices": voices}, send, stop.is_set))
     except BaseException as exc:
-        out.put(json.dumps({"event": "error", "pid": os.getpid(), "error": repr(exc)}))
+        send({"event": "error", "pid": os.getpid(), "error": repr(exc)})
         raise
     finally:
-        out.put(json.dumps({"event": "done", "pid": os.getpid()}))
+        send({"event": "done", "pid": os.getpid()})
+        conn.close()
 
 
 class Progress:
@@ -179,45 +199,63 @@ def warm_up(port: int, listen_only: bool) -> dict[str, Any]:
 
 
 class CallerProcs:
-    """The caller processes and their event queue; closed (pipes, sentinels) by `close()`."""
+    """The caller processes, each with a pipe of JSON events; `close()` leaves no fd or process behind."""
 
     def __init__(self, lines: list[dict[str, Any]], n: int, common: dict[str, Any]) -> None:
         ctx = mp.get_context("spawn")
-        self.out, self.go, self.stop, self.t0 = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
-        self.procs = [ctx.Process(target=_caller_proc, args=(lines[k::n], common, self.out, self.go, self.t0,
-                                                             self.stop), name=f"soak-callers-{k}")
-                      for k in range(n)]
-        for p in self.procs:
+        self.conns: list[Connection] = []
+        self.procs = []
+        for k in range(n):
+            ours, theirs = ctx.Pipe()
+            p = ctx.Process(target=_caller_proc, args=(lines[k::n], common, theirs), name=f"soak-callers-{k}")
             p.start()
+            theirs.close()
+            self.conns.append(ours)
+            self.procs.append(p)
+        self._open = list(self.conns)
 
     def wait_ready(self, timeout: float) -> None:
         ready = 0
+        deadline = time.monotonic() + timeout
         while ready < len(self.procs):
-            event = json.loads(self.out.get(timeout=timeout))
+            event = self.next_event(max(0.0, deadline - time.monotonic()))
+            if event is None:
+                raise RuntimeError(f"caller processes not ready after {timeout:g} s")
             if event["event"] == "error":
                 raise RuntimeError(f"a caller process failed: {event['error']}")
             ready += event["event"] == "ready"
 
-    def start(self, t0: float) -> None:
-        self.t0.value = t0
-        self.go.set()
+    @property
+    def connected(self) -> bool:
+        return bool(self._open)
+
+    def tell(self, message: dict[str, Any]) -> None:
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.send_bytes(json.dumps(message).encode())
 
     def next_event(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            event: dict[str, Any] = json.loads(self.out.get(timeout=timeout))
-        except queue.Empty:
-            return None
-        return event
+        for conn in mp_wait(self._open, timeout):
+            assert isinstance(conn, Connection)
+            try:
+                event: dict[str, Any] = json.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                self._open.remove(conn)  # that process is gone; its "done" came before, or it crashed
+                continue
+            return event
+        return None
 
     def close(self) -> None:
+        self.tell({"stop": True})
         for p in self.procs:
             p.join(10)
             if p.is_alive():
                 p.terminate()
                 p.join(5)
             p.close()
-        self.out.close()
-        self.out.join_thread()
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns, self._open = [], [], []
 
 
 def run_soak(args: argparse.Namespace) -> int:
@@ -250,14 +288,17 @@ def run_soak(args: argparse.Namespace) -> int:
         if warm["outcome"] != "ok":
             print(f"error: the warm-up call failed: {warm['reason']}", file=sys.stderr)
             return 2
+        watch.paused.set()
         time.sleep(1.0)
-        before = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        before = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        watch.paused.clear()
+        resource_tracker.ensure_running()  # multiprocessing's one pipe for the process's life: not ours to count
         own_fds_at_start = fd_count(os.getpid())
         callers = CallerProcs(lines, n_procs, common)
         print(f"{n_procs} caller process(es) synthesising the callers' voices ...", flush=True)
         callers.wait_ready(120)
         t0 = time.monotonic() + 0.5
-        callers.start(t0)
+        callers.tell({"t0": t0})
         print(f"{args.callers} caller lines, {args.profile}, {args.duration:g} s; mix {args.mix}", flush=True)
         killer = Killer(watch, kill, args.every, t0, t0 + args.duration, lambda m: print(f"\n  {m}", flush=True)) \
             if kill else None
@@ -269,10 +310,10 @@ def run_soak(args: argparse.Namespace) -> int:
         settle_until = time.monotonic() + 15
         while time.monotonic() < settle_until and (not watch.poll() or watch.calls_active):
             time.sleep(0.5)
-        time.sleep(1.0)
         watch.poll()
-        after = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
         watch.stop()
+        time.sleep(1.0)
+        after = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
         callers.close()
         callers = None
         rc = engine.stop()
@@ -295,7 +336,6 @@ def run_soak(args: argparse.Namespace) -> int:
         return 0 if all(report["checks"].values()) else 1
     finally:
         if callers is not None:
-            callers.stop.set()
             callers.close()
         engine.kill_everything()  # its log stays in its work dir, for a look after a failure
 
@@ -308,7 +348,7 @@ def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, wa
     done = 0
     progress = Progress(t0, duration_s)
     deadline = t0 + duration_s + SETTLE_S + Timeouts().talk_s
-    while done < n_procs:
+    while done < n_procs and callers.connected:
         event = callers.next_event(0.5)
         if event is not None:
             if event["event"] == "start":
@@ -323,7 +363,7 @@ def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, wa
         progress.show(len(in_call), records, watch, len(killer.kills) if killer else 0)
         if time.monotonic() > deadline:
             print("\nerror: calls still running long after the end; stopping them", file=sys.stderr)
-            callers.stop.set()
+            callers.tell({"stop": True})
             break
     progress.done()
     return records

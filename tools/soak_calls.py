@@ -63,7 +63,12 @@ class Timeouts:
 
 
 class ScriptFailed(Exception):
-    """The engine did not do what the script waited for (the reason is the call's outcome)."""
+    """The call could not go on as scripted: `outcome` is `engine_closed` (the engine ended it first, with a
+    code: a clear outcome) or `timed_out` (the engine stopped answering: no outcome at all)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 class ScriptedCall:
@@ -76,7 +81,7 @@ class ScriptedCall:
         self.c, self.script, self.rng, self.voices, self.to = c, script, rng, voices, timeouts
         self.expect_greeting = expect_greeting
         self.record: dict[str, Any] = {"script": script, "call_sid": c.call_sid, "voice_to_voice_ms": [],
-                                       "barge_in_ms": [], "dtmf_reply_ms": []}
+                                       "barge_in_ms": [], "dtmf_reply_ms": [], "barge_in_missed": 0}
 
     async def run(self) -> dict[str, Any]:
         c, rec = self.c, self.record
@@ -95,9 +100,9 @@ class ScriptedCall:
             ending = await getattr(self, "_" + self.script)()
             return self._end("ok", ending)
         except ScriptFailed as exc:
-            return self._end("failed", str(exc))
+            return self._end(exc.outcome, str(exc))
         except (CallerError, ConnectionError, OSError) as exc:
-            return self._end("failed", f"{type(exc).__name__}: {exc}")
+            return self._end("engine_closed" if c.closed else "error", f"{type(exc).__name__}: {exc}")
         finally:
             await c.close()
 
@@ -120,11 +125,16 @@ class ScriptedCall:
         sent_before = len(c.sent_media)
         talking = asyncio.ensure_future(c.send_audio(self.voices[INTERRUPTION]))
         try:
-            await self._wait(c.wait_until(lambda: len(c.clears) > clears, self.to.reply_s, "clear"), "a clear")
+            # The bot may finish on its own before the engine hears us (an overloaded VAD): a missed barge-in.
+            await self._wait(c.wait_until(lambda: len(c.clears) > clears or self._bot_done(), self.to.reply_s,
+                                          "clear"), "a clear")
         finally:
             await talking
         onset, end = c.speech_bounds(sent_before, self.voices[INTERRUPTION])
-        self.record["barge_in_ms"].append(round((c.clears[clears] - onset) * 1000, 1))
+        if len(c.clears) > clears:
+            self.record["barge_in_ms"].append(round((c.clears[clears] - onset) * 1000, 1))
+        else:
+            self.record["barge_in_missed"] += 1
         await self._wait(c.first_media_after(end, self.to.reply_s), "the answer to the interruption")
         await self._wait(c.wait_quiet(1.5, self.to.talk_s), "the answer to end")
         return await self._hangup()
@@ -142,7 +152,8 @@ class ScriptedCall:
     async def _silent(self) -> str:
         await self._wait(self.c.wait_closed(self.to.hangup_s), "the engine to hang up on a silent caller")
         if self.c.close_code != 1000:
-            raise ScriptFailed(f"the engine closed with {self.c.close_code} ({self.c.close_reason!r}), not 1000")
+            raise ScriptFailed("engine_closed", f"the engine closed with {self.c.close_code} "
+                                                f"({self.c.close_reason!r}), not 1000")
         return "the engine hung up on the silent caller"
 
     async def _midword(self) -> str:
@@ -155,14 +166,15 @@ class ScriptedCall:
         await self._ask(self.rng.choice(QUESTIONS))
         await asyncio.sleep(0.3)
         if c.closed:
-            raise ScriptFailed("the engine closed the call")
+            raise ScriptFailed("engine_closed", f"the engine closed the call ({c.close_code}, {c.close_reason!r})")
         await c.vanish()
         return "vanished while the answer played"
 
     async def _listen(self) -> str:
         await asyncio.sleep(self.to.listen_s)
         if self.c.closed:
-            raise ScriptFailed(f"the engine closed the call ({self.c.close_code}, {self.c.close_reason!r})")
+            raise ScriptFailed("engine_closed", f"the engine closed the call ({self.c.close_code}, "
+                                                f"{self.c.close_reason!r})")
         return await self._hangup()
 
     # --- steps ------------------------------------------------------------------------------------
@@ -176,7 +188,8 @@ class ScriptedCall:
 
     async def _hangup(self, why: str = "hung up") -> str:
         if self.c.closed:
-            raise ScriptFailed(f"the engine closed the call ({self.c.close_code}, {self.c.close_reason!r})")
+            raise ScriptFailed("engine_closed", f"the engine closed the call ({self.c.close_code}, "
+                                                f"{self.c.close_reason!r})")
         await self.c.hangup()
         return why
 
@@ -190,9 +203,9 @@ class ScriptedCall:
             return await step
         except TimeoutError as exc:
             if self.c.closed:
-                raise ScriptFailed(f"the engine closed the call ({self.c.close_code}, {self.c.close_reason!r}) "
-                                   f"while waiting for {what}") from exc
-            raise ScriptFailed(f"timed out waiting for {what}") from exc
+                raise ScriptFailed("engine_closed", f"the engine closed the call ({self.c.close_code}, "
+                                                    f"{self.c.close_reason!r}) while waiting for {what}") from exc
+            raise ScriptFailed("timed_out", f"timed out waiting for {what}") from exc
 
     def _end(self, outcome: str, reason: str) -> dict[str, Any]:
         c, rec = self.c, self.record

@@ -69,10 +69,15 @@ def ledger(record: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, 
 
 
 def classify(record: dict[str, Any], hit: list[str]) -> str:
+    """completed, recovered (after a fault), ended_by_fault, ended_by_engine (it closed the call first, with a
+    code and reason: an outcome, though not the scripted one), or failed (the engine stopped answering, or a
+    dial was refused with no fault to explain it: no outcome)."""
     ok = record["outcome"] == "ok"
     if hit:
         return "recovered" if ok else "ended_by_fault"
-    return "completed" if ok else "failed"
+    if ok:
+        return "completed"
+    return "ended_by_engine" if record["outcome"] == "engine_closed" else "failed"
 
 
 def _sum(rows: list[dict[str, Any]], key: str) -> int | None:
@@ -159,6 +164,11 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
     sustained_why = []
     if not checks["every_call_reached_an_outcome"]:
         sustained_why.append(f"{classes['failed']} calls failed")
+    if classes.get("ended_by_engine"):
+        sustained_why.append(f"{classes['ended_by_engine']} calls ended by the engine before their script did")
+    missed = sum(c.get("barge_in_missed", 0) for c in calls)
+    if missed:
+        sustained_why.append(f"{missed} barge-ins missed (the bot finished before the engine heard the caller)")
     if frames_clean["inbound"]["lost"]:
         sustained_why.append(f"{frames_clean['inbound']['lost']} inbound frames lost")
     if frames_clean["inbound"]["late"]:
@@ -171,14 +181,17 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
     return {
         "run": run,
         "calls": {"total": len(calls), **{k: classes.get(k, 0) for k in
-                                          ("completed", "recovered", "ended_by_fault", "failed")},
+                                          ("completed", "recovered", "ended_by_fault", "ended_by_engine",
+                                           "failed")},
                   "by_script": dict(Counter(c["script"] for c in calls)),
-                  "failures": [{"call_sid": c["call_sid"], "script": c["script"], "reason": c["reason"]}
-                               for c in calls if c["class"] == "failed"][:50],
+                  "failures": [{"call_sid": c["call_sid"], "script": c["script"], "class": c["class"],
+                                "reason": c["reason"]}
+                               for c in calls if c["class"] in ("failed", "ended_by_engine")][:50],
                   "fault_endings": dict(Counter(c["reason"][:80] for c in calls if c["class"] == "ended_by_fault"))},
         "latency_ms": {
             "voice_to_voice": percentiles(v2v), "voice_to_voice_no_fault": percentiles(v2v_clean),
             "barge_in": percentiles([ms for c in calls for ms in c["barge_in_ms"]]),
+            "barge_in_missed": sum(c.get("barge_in_missed", 0) for c in calls),
             "dtmf_reply": percentiles([ms for c in calls for ms in c["dtmf_reply_ms"]]),
             "greeting": percentiles([c["greeting_ms"] for c in calls if "greeting_ms" in c]),
         },
@@ -203,7 +216,8 @@ def table(report: dict[str, Any]) -> str:
              + (f", kill {','.join(r['kill'])} every {r['kill_every_s']:g} s" if r.get("kill") else ""),
              "",
              f"calls: {calls['total']} total, {calls['completed']} completed, {calls['recovered']} recovered "
-             f"after a fault, {calls['ended_by_fault']} ended by a fault, {calls['failed']} failed",
+             f"after a fault, {calls['ended_by_fault']} ended by a fault, {calls['ended_by_engine']} ended early by "
+             f"the engine, {calls['failed']} failed",
              "", f"{'latency (ms)':<34} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"]
     for name, key in (("voice-to-voice", "voice_to_voice"), ("voice-to-voice, no fault", "voice_to_voice_no_fault"),
                       ("barge-in (speech -> clear)", "barge_in"), ("keys -> reply", "dtmf_reply"),
@@ -242,7 +256,7 @@ def table(report: dict[str, Any]) -> str:
               f"{'-' if s is None else s['own_fds']:>10}"]
     lines += ["", "checks:"]
     lines += [f"  {'ok  ' if v else 'FAIL'} {k.replace('_', ' ')}" for k, v in report["checks"].items()]
-    lines += [f"  {x}" for x in lc["leaks"]] + [f"  failed: {f['script']} {f['call_sid']}: {f['reason']}"
+    lines += [f"  {x}" for x in lc["leaks"]] + [f"  {f['class']}: {f['script']} {f['call_sid']}: {f['reason']}"
                                                  for f in calls["failures"][:10]]
     s_ = report["sustained"]
     lines.append(f"sustained in real time: {'yes' if s_['ok'] else 'no: ' + '; '.join(s_['why_not'])}")

@@ -93,6 +93,21 @@ def role(pid: int, supervisor_pid: int) -> str:
     return name.removeprefix("eng-") if name.startswith("eng-") else f"other:{name}"
 
 
+def settled_snapshot(supervisor_pid: int, instance: str, runtime_dir: Path, samples: int = 3) -> dict[str, Any]:
+    """`snapshot`, with each process's fds at their fewest over a few samples half a second apart: a request or
+    a socket closing at that instant is not a leak, and a leak is there in every sample."""
+    shots = []
+    for i in range(samples):
+        if i:
+            time.sleep(0.5)
+        shots.append(snapshot(supervisor_pid, instance, runtime_dir))
+    last = shots[-1]
+    for name in last["fds"]:
+        counts = [s["fds"].get(name) for s in shots if s["fds"].get(name) is not None]
+        last["fds"][name] = min(counts) if counts else None
+    return last
+
+
 def snapshot(supervisor_pid: int, instance: str, runtime_dir: Path) -> dict[str, Any]:
     """What must come back to where it was: segments, fds per process, processes, sockets."""
     pids = [supervisor_pid, *descendants(supervisor_pid)] if proc_state(supervisor_pid) != "gone" else []
@@ -125,6 +140,7 @@ class EngineWatch:
         self.samples: list[dict[str, Any]] = []  # per process RSS and CPU over time
         self.health_failures = 0
         self._cpu_last: dict[int, tuple[float, float]] = {}
+        self.paused = threading.Event()  # set: no polling (while fds are counted)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="engine-watch", daemon=True)
 
@@ -181,6 +197,9 @@ class EngineWatch:
     def _run(self) -> None:
         next_sample = 0.0
         while not self._stop.is_set():
+            if self.paused.is_set():
+                self._stop.wait(0.2)
+                continue
             self.poll()
             if time.monotonic() >= next_sample:
                 row = self.sample()
