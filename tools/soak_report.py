@@ -178,6 +178,8 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
         sustained_why.append(f"voice-to-voice p95 {p95:.0f} ms > {max_v2v_p95_ms:.0f} ms")
     if sent_late > 0.001 * max(1, sum(c["frames_sent"] for c in calls)):
         sustained_why.append(f"the synthetic callers sent {sent_late} frames late (load generator overloaded)")
+    if any("skipped" not in k for k in kills):
+        sustained_why = ["not judged: faults were injected (run without --kill to find the sustained load)"]
     return {
         "run": run,
         "calls": {"total": len(calls), **{k: classes.get(k, 0) for k in
