@@ -108,4 +108,6 @@ def test_summary_judges_faulted_calls_apart_and_fails_on_loss_outside_faults() -
                                 "no_inbound_frame_lost_outside_speech_or_transport_faults": False,
                                 "nothing_leaked": True}
     assert "timed out" in table(report) and not report["sustained"]["ok"]
-    assert any("ended by the engine" in why for why in report["sustained"]["why_not"])
+    assert report["sustained"]["why_not"][0].startswith("not judged")  # faults were injected
+    quiet_run = summarize(records, ended, [], [], snap(), snap(), stopped, 0.0, run)
+    assert any("ended by the engine" in why for why in quiet_run["sustained"]["why_not"])
