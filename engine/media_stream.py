@@ -228,10 +228,10 @@ class MediaStreamSession:
         except (binascii.Error, ValueError):
             return self._reject(CLOSE_INVALID, "media payload is not base64")
         ts = msg.media.timestamp
-        return Audio(data, int(ts) if ts.isdigit() else None)
+        return Audio(data, int(ts) if _is_number(ts) else None)
 
     def _count_seq(self, raw: str) -> None:
-        if not raw.isdigit():
+        if not _is_number(raw):
             return
         seq = int(raw)
         if self.last_seq is not None:
@@ -241,6 +241,11 @@ class MediaStreamSession:
                 self.seq_out_of_order += 1
                 return
         self.last_seq = seq
+
+
+def _is_number(text: str) -> bool:
+    """Decimal ASCII digits only: str.isdigit() also takes "²" and other digits that int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 # --- what we send -------------------------------------------------------------------------

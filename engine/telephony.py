@@ -41,7 +41,7 @@ class StreamTokens:
     def verify(self, token: str, call_sid: str, now: float | None = None) -> str | None:
         """None when the token is good for `call_sid`, else why not."""
         parts = token.split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
+        if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
             return "malformed stream token"
         sid, expiry, mac = parts[0], int(parts[1]), parts[2]
         if not hmac.compare_digest(mac, self._mac(sid, expiry)):

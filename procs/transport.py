@@ -316,7 +316,7 @@ class TransportProc:
                 elif isinstance(event, MarkEcho):
                     call.marks_echoed.append(event.name)
                     self._record_event(call, {"event": "mark", "name": event.name})
-                    if event.name.isdigit():
+                    if event.name.isascii() and event.name.isdigit():
                         await self._conduct(call, MarkPlayed(int(event.name)))
                 elif isinstance(event, Stopped):
                     outcome = "caller hung up (stop)"

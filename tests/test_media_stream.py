@@ -80,6 +80,16 @@ def test_sequence_gaps_are_counted_not_fatal() -> None:
     assert s.seq_gaps == 2 and s.seq_out_of_order == 1
 
 
+def test_digits_that_are_not_ascii_are_not_numbers() -> None:
+    # "²".isdigit() is True but int("²") raises: a crafted sequence number or timestamp must not crash the socket.
+    s = streaming()
+    odd = json.loads(media(2))
+    odd["sequenceNumber"], odd["media"]["timestamp"] = "²", "١٢"
+    event = s.receive(json.dumps(odd))
+    assert isinstance(event, Audio) and event.timestamp_ms is None
+    assert s.seq_gaps == 0 and s.seq_out_of_order == 0
+
+
 @pytest.mark.parametrize(("messages", "code", "reason"), [
     (["{not json"], CLOSE_INVALID, "malformed JSON"),
     (['{"event": "bogus"}'], CLOSE_INVALID, "unknown or missing event type"),

@@ -8,7 +8,7 @@ import pytest
 
 from tools.soak import parse_mix, plan_lines
 from tools.soak_calls import frames_expected
-from tools.soak_report import exposure, leaks, ledger, summarize, table
+from tools.soak_report import classify, exposure, leaks, ledger, summarize, table
 
 
 def record(**over: Any) -> dict[str, Any]:
@@ -78,6 +78,15 @@ def test_a_call_is_exposed_to_a_kill_from_the_kill_to_a_second_after_the_restart
     assert exposure(record(t_dial=6.5, t_end=9.0), kills) == ["llm"]
     assert exposure(record(t_dial=7.5, t_end=24.0), kills) == []
     assert exposure(record(t_dial=0.0, t_end=30.0), kills) == ["llm", "speech"]
+
+
+def test_a_call_left_hanging_by_a_fault_is_a_failure_not_an_ending() -> None:
+    kills = [{"target": "tts", "at": 5.0, "restart_s": 2.0}]
+    hung = record(t_dial=4.0, t_end=60.0, outcome="timed_out", reason="timed out waiting for the answer")
+    assert classify(hung, exposure(hung, kills)) == "failed"
+    dropped = record(t_dial=4.0, t_end=6.0, outcome="engine_closed", reason="connection lost")
+    assert classify(dropped, exposure(dropped, kills)) == "ended_by_fault"
+    assert classify(record(outcome="unfinished"), []) == "failed"
 
 
 def test_leaks_are_growth_after_the_calls_and_anything_left_after_the_stop() -> None:

@@ -45,6 +45,7 @@ def test_tokens_bind_to_the_call_and_expire() -> None:
     assert tokens.verify(f"{sid}.{int(expiry) + 1000}.{mac}", "CA1", now=1200.0) == \
         "stream token signature does not verify"
     assert tokens.verify("garbage", "CA1") == "malformed stream token"
+    assert tokens.verify(f"{sid}.²{expiry}.{mac}", "CA1") == "malformed stream token"  # isdigit(), yet not int()
     assert StreamTokens(b"another-secret-of-32-bytes......", 300).verify(token, "CA1", now=1200.0) is not None
 
 

@@ -285,6 +285,7 @@ class SyntheticCaller:
         self.duplicate_marks = 0  # mark names the engine sent twice: a span queued twice
         self._marks_seen: set[str] = set()
         self._new_utterance = True
+        self.audio_first_ts = 0  # the Twilio timestamp of the last send_audio's first frame
         self.playback = Playback()
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -363,11 +364,13 @@ class SyntheticCaller:
             slot = self._next_slot
             if pace and self._slot_now() - slot > _CONTINUE_SLOTS:
                 slot = self._slot_now()  # speech after a pause: timestamps jump, as Twilio's do
+            self.audio_first_ts = slot * 20
             for offset in range(0, len(data), FRAME_SAMPLES):
                 await self._send_frame(data[offset:offset + FRAME_SAMPLES], slot, pace)
                 slot += 1
         finally:
             self._talking = False
+            self._new_utterance = True  # bot audio that went on over our speech was not a stall either
 
     async def send_silence(self, seconds: float, *, pace: bool = True) -> None:
         """Speak nothing for `seconds` (rounded up to whole 20 ms frames)."""
@@ -377,6 +380,7 @@ class SyntheticCaller:
         """A key press, reported the way Twilio does on a bidirectional stream."""
         if digit not in DTMF_DIGITS:
             raise ValueError(f"not a DTMF digit: {digit!r}")
+        self._new_utterance = True  # the bot's answer to the keys is a new utterance, not a stalled one
         await self._send({"streamSid": self.stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}}, "dtmf")
 
     async def send_raw(self, data: str | bytes) -> None:
@@ -474,13 +478,15 @@ class SyntheticCaller:
 
     def speech_bounds(self, sent_before: int, pcm: Pcm16) -> tuple[float, float]:
         """When the first loud 20 ms frame of `pcm` went out, and when its last loud frame ended; `pcm` (at
-        8 kHz) was sent by `send_audio` from frame `sent_before` on."""
+        8 kHz) was the last `send_audio`, begun after frame `sent_before`. Its frames are found by their
+        timestamps: on a continuous line a silence frame already due may go out after `sent_before` too."""
         frames = np.abs(pcm[:len(pcm) // FRAME_SAMPLES * FRAME_SAMPLES].astype(np.int32))
         loud = np.flatnonzero(frames.reshape(-1, FRAME_SAMPLES).max(axis=1) > LOUD)
         if not len(loud):
             raise CallerError("the audio has no speech in it")
-        sent = self.sent_media[sent_before:]
-        return sent[int(loud[0])].t, sent[int(loud[-1])].t + FRAME_S
+        sent = {f.timestamp_ms: f.t for f in self.sent_media[sent_before:]}
+        first, last = (self.audio_first_ts + 20 * int(k) for k in (loud[0], loud[-1]))
+        return sent[first], sent[last] + FRAME_S
 
     # -- internals -------------------------------------------------------------------------------------------
 

@@ -141,9 +141,8 @@ class Progress:
         if now - self.last_line < (2.0 if self.tty else 10.0):
             return
         self.last_line = now
-        outcomes = {"ok": 0, "failed": 0, "refused": 0}
-        for r in records:
-            outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        ok = sum(1 for r in records if r["outcome"] == "ok")
+        refused = sum(1 for r in records if r["outcome"] == "refused")
         v2v = percentiles([ms for r in records[-200:] for ms in r["voice_to_voice_ms"]])
         with watch.lock:
             sample = watch.samples[-1]["procs"] if watch.samples else {}
@@ -152,8 +151,8 @@ class Progress:
         rss = sum(p["rss_mb"] for p in sample.values())
         cpu = sum(p["cpu_pct"] or 0 for p in sample.values())
         line = (f"[{now - self.t0:6.0f}/{self.duration_s:.0f} s] lines in a call {active:3d} "
-                f"(engine {engine_calls:3d}) | calls ok {outcomes['ok']}, failed {outcomes['failed']}, "
-                f"refused {outcomes['refused']} | v2v p50 {v2v.get('p50', 0):.0f} p95 {v2v.get('p95', 0):.0f} ms | "
+                f"(engine {engine_calls:3d}) | calls ok {ok}, not as scripted {len(records) - ok - refused}, "
+                f"refused {refused} | v2v p50 {v2v.get('p50', 0):.0f} p95 {v2v.get('p95', 0):.0f} ms | "
                 f"engine {rss:.0f} MiB {cpu:.0f}% CPU | kills {kills}, restarts {restarts}")
         print(("\r" + line[:200] + "\033[K") if self.tty else line, end="" if self.tty else "\n", flush=True)
 
@@ -271,6 +270,8 @@ def run_soak(args: argparse.Namespace) -> int:
                        **engine_overrides(args, listen_only))
     print(f"starting the engine (log: {engine.log_path}) ...", flush=True)
     callers: CallerProcs | None = None
+    watch: EngineWatch | None = None
+    killer: Killer | None = None
     try:
         try:
             engine.wait_healthy(args.start_timeout)
@@ -304,7 +305,8 @@ def run_soak(args: argparse.Namespace) -> int:
             if kill else None
         if killer is not None:
             killer.start()
-        records = collect(callers, n_procs, t0, args.duration, watch, killer)
+        errors: list[str] = []
+        records = collect(callers, n_procs, t0, args.duration, watch, killer, errors)
         if killer is not None:
             killer.stop()
         settle_until = time.monotonic() + 15
@@ -327,6 +329,8 @@ def run_soak(args: argparse.Namespace) -> int:
         report = summarize(records, watch.ended, killer.kills if killer else [], watch.samples, before, after,
                            stopped, t0, run, args.max_v2v_p95_ms)
         report["checks"]["engine_stopped_cleanly"] = rc == 0
+        report["checks"]["caller_processes_ran_clean"] = not errors
+        report["caller_errors"] = errors
         print()
         print(table(report))
         if args.json:
@@ -335,16 +339,30 @@ def run_soak(args: argparse.Namespace) -> int:
             print(f"report: {args.json}")
         return 0 if all(report["checks"].values()) else 1
     finally:
+        if killer is not None:
+            killer.stop()
+        if watch is not None:
+            watch.stop()
         if callers is not None:
             callers.close()
         engine.kill_everything()  # its log stays in its work dir, for a look after a failure
 
 
+def unfinished(start: dict[str, Any]) -> dict[str, Any]:
+    """The record of a call its caller never finished (still up at the deadline, or its process died)."""
+    return {"script": start["script"], "call_sid": start["call_sid"], "slot": start["slot"], "t_dial": start["t"],
+            "t_end": time.monotonic(), "outcome": "unfinished", "reason": "the call never finished",
+            "voice_to_voice_ms": [], "barge_in_ms": [], "dtmf_reply_ms": [], "barge_in_missed": 0,
+            "frames_sent": 0, "sent_runs": [], "media_received": 0, "underruns": 0, "underrun_ms": 0.0,
+            "duplicate_marks": 0, "sent_late": 0, "max_send_lag_ms": 0.0}
+
+
 def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, watch: EngineWatch,
-            killer: Killer | None) -> list[dict[str, Any]]:
-    """Every call record, showing progress, until each caller process is done."""
+            killer: Killer | None, errors: list[str]) -> list[dict[str, Any]]:
+    """Every call record, showing progress, until each caller process is done; caller process errors go
+    to `errors`."""
     records: list[dict[str, Any]] = []
-    in_call: set[str] = set()
+    in_call: dict[str, dict[str, Any]] = {}
     done = 0
     progress = Progress(t0, duration_s)
     deadline = t0 + duration_s + SETTLE_S + Timeouts().talk_s
@@ -352,13 +370,14 @@ def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, wa
         event = callers.next_event(0.5)
         if event is not None:
             if event["event"] == "start":
-                in_call.add(event["call_sid"])
+                in_call[event["call_sid"]] = event
             elif event["event"] == "call":
-                in_call.discard(event["call_sid"])
+                in_call.pop(event["call_sid"], None)
                 records.append(event)
             elif event["event"] == "done":
                 done += 1
             elif event["event"] == "error":
+                errors.append(event["error"])
                 print(f"\nerror in a caller process: {event['error']}", file=sys.stderr)
         progress.show(len(in_call), records, watch, len(killer.kills) if killer else 0)
         if time.monotonic() > deadline:
@@ -366,6 +385,8 @@ def collect(callers: CallerProcs, n_procs: int, t0: float, duration_s: float, wa
             callers.tell({"stop": True})
             break
     progress.done()
+    # Calls still up now never reached an outcome: they are failures, not silently missing.
+    records += [unfinished(start) for start in in_call.values()]
     return records
 
 

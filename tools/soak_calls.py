@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from engine.codec import Pcm16
@@ -89,8 +90,8 @@ class ScriptedCall:
         try:
             try:
                 target = await c.dial()
-            except (OSError, CallerError, asyncio.TimeoutError) as exc:
-                return self._end("refused", f"dial failed: {exc}")
+            except (OSError, CallerError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                return self._end("refused", f"dial failed: {type(exc).__name__}: {exc}")
             await c.connect(target, continuous=True)
             rec["t_connected"] = c.started_at
             if self.expect_greeting:
@@ -101,8 +102,10 @@ class ScriptedCall:
             return self._end("ok", ending)
         except ScriptFailed as exc:
             return self._end(exc.outcome, str(exc))
-        except (CallerError, ConnectionError, OSError) as exc:
+        except (CallerError, ConnectionError, OSError, aiohttp.ClientError) as exc:
             return self._end("engine_closed" if c.closed else "error", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug in a script must cost one call's record, not the caller process
+            return self._end("error", f"{type(exc).__name__}: {exc}")
         finally:
             await c.close()
 
@@ -266,4 +269,6 @@ async def run_slots(slots: list[dict[str, Any]], common: dict[str, Any], report:
                                           seed=s["seed"], report=report, stopping=stopping, **common))
              for s in slots]
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*tasks)
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):  # a line died: say so, loudly (the run then fails)
+                report({"event": "error", "error": repr(result)})

@@ -6,7 +6,8 @@ Frame ledger, per direction, per call (the caller's record joined with the trans
                       vanishes cuts its own tail) that the transport never took in, plus frames the
                       transport could not put in the speech ring (ring full)
   inbound late        frames that reached the transport more than 60 ms behind the line's schedule
-  inbound duplicated  media messages with a sequence number already seen
+  inbound duplicated  messages whose sequence number is at or below one already seen (duplicated or
+                      out of order)
   outbound lost       bot frames missing between the TTS and the transport (ring sequence gaps that
                       no barge-in `clear` explains)
   outbound late       stalls the caller heard: bot audio that arrived after everything before it had
@@ -71,13 +72,15 @@ def ledger(record: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, 
 def classify(record: dict[str, Any], hit: list[str]) -> str:
     """completed, recovered (after a fault), ended_by_fault, ended_by_engine (it closed the call first, with a
     code and reason: an outcome, though not the scripted one), or failed (the engine stopped answering, or a
-    dial was refused with no fault to explain it: no outcome)."""
-    ok = record["outcome"] == "ok"
+    dial was refused with no fault to explain it, or the caller timed out, fault or not: no outcome)."""
+    outcome = record["outcome"]
+    if outcome == "ok":
+        return "recovered" if hit else "completed"
+    if outcome in ("timed_out", "error", "unfinished"):
+        return "failed"  # a fault may end a call, never leave it hanging
     if hit:
-        return "recovered" if ok else "ended_by_fault"
-    if ok:
-        return "completed"
-    return "ended_by_engine" if record["outcome"] == "engine_closed" else "failed"
+        return "ended_by_fault"
+    return "ended_by_engine" if outcome == "engine_closed" else "failed"
 
 
 def _sum(rows: list[dict[str, Any]], key: str) -> int | None:
@@ -153,6 +156,7 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
     v2v_clean = [ms for c in clean for ms in c["voice_to_voice_ms"]]
     inbound_safe = [c for c in calls if not set(c["faults"]) & set(INBOUND_PATH)]
     lost_inbound_safe = sum(c["frames"]["in_lost"] or 0 for c in inbound_safe)
+    unaccounted_safe = sum(1 for c in inbound_safe if c["frames"]["in_lost"] is None)
     leaked = leaks(before, after, stopped)
     sent_late = sum(c["sent_late"] for c in calls)
     checks = {
@@ -198,7 +202,8 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
             "greeting": percentiles([c["greeting_ms"] for c in calls if "greeting_ms" in c]),
         },
         "frames": {"no_fault": frames_clean, "fault_exposed": frames_table([c for c in calls if c["faults"]]),
-                   "inbound_lost_outside_speech_or_transport_faults": lost_inbound_safe},
+                   "inbound_lost_outside_speech_or_transport_faults": lost_inbound_safe,
+                   "calls_outside_faults_without_engine_summary": unaccounted_safe},
         "load_generator": {"frames_sent_late": sent_late,
                            "max_send_lag_ms": max((c["max_send_lag_ms"] for c in calls), default=0.0)},
         "kills": kills,

@@ -11,6 +11,7 @@ supervisor's restart: from the kill to the new incarnation's Ready, as the super
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -108,9 +109,25 @@ def settled_snapshot(supervisor_pid: int, instance: str, runtime_dir: Path, samp
     return last
 
 
+def instance_processes(instance: str) -> list[int]:
+    """Every process started for this engine instance, wherever it was re-parented (an orphaned child of a
+    supervisor that is gone is no longer its descendant)."""
+    marker = f"ENGINE_ENGINE__INSTANCE={instance}\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_text(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def snapshot(supervisor_pid: int, instance: str, runtime_dir: Path) -> dict[str, Any]:
     """What must come back to where it was: segments, fds per process, processes, sockets."""
     pids = [supervisor_pid, *descendants(supervisor_pid)] if proc_state(supervisor_pid) != "gone" else []
+    pids += [pid for pid in instance_processes(instance) if pid not in pids and proc_state(pid) != "Z"]
     procs = {}
     for pid in pids:
         procs[f"{role(pid, supervisor_pid)}:{pid}"] = {"fds": fd_count(pid), "state": proc_state(pid)}
@@ -231,12 +248,12 @@ class Killer:
         self._thread.join(120)
 
     def _run(self) -> None:
-        k = 0
-        while not self._stop.wait(max(0.0, self.t0 + (k + 1) * self.every_s - time.monotonic())):
-            if time.monotonic() >= self.until:
+        # Planned up front: a slow restart delays the next kill, never drops it.
+        n = max(0, math.ceil((self.until - self.t0) / self.every_s) - 1)
+        for k in range(n):
+            if self._stop.wait(max(0.0, self.t0 + (k + 1) * self.every_s - time.monotonic())):
                 return
             self.kills.append(self._kill_one(self.targets[k % len(self.targets)]))
-            k += 1
 
     def _kill_one(self, target: str) -> dict[str, Any]:
         w = self.watch
