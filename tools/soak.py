@@ -327,7 +327,7 @@ def run_soak(args: argparse.Namespace) -> int:
                "config": args.config or "embedded default", "wall_s": round(time.monotonic() - t0, 1),
                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         report = summarize(records, watch.ended, killer.kills if killer else [], watch.samples, before, after,
-                           stopped, t0, run, args.max_v2v_p95_ms)
+                           stopped, t0, run, args.max_v2v_p95_ms, args.max_late_fraction)
         report["checks"]["engine_stopped_cleanly"] = rc == 0
         report["checks"]["caller_processes_ran_clean"] = not errors
         report["caller_errors"] = errors
@@ -408,5 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS/CPU samples")
     parser.add_argument("--max-v2v-p95-ms", type=float, default=3000.0,
                         help="voice-to-voice p95 above this is not 'sustained in real time'")
+    parser.add_argument("--max-late-fraction", type=float, default=0.001,
+                        help="more late inbound frames, bot-audio stall time or late caller frames than this "
+                             "fraction is not 'sustained in real time' (default 0.001)")
     parser.add_argument("--start-timeout", type=float, default=180.0)
     parser.add_argument("--log-level", default="WARNING", help="the engine's log level during the soak")

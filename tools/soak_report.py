@@ -144,7 +144,7 @@ def leaks(before: dict[str, Any], after: dict[str, Any], stopped: dict[str, Any]
 def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], kills: list[dict[str, Any]],
               samples: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any],
               stopped: dict[str, Any] | None, t0: float, run: dict[str, Any],
-              max_v2v_p95_ms: float = 3000.0) -> dict[str, Any]:
+              max_v2v_p95_ms: float = 3000.0, max_late_fraction: float = 0.001) -> dict[str, Any]:
     calls = []
     for record in records:
         hit = exposure(record, kills)
@@ -175,12 +175,19 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
         sustained_why.append(f"{missed} barge-ins missed (the bot finished before the engine heard the caller)")
     if frames_clean["inbound"]["lost"]:
         sustained_why.append(f"{frames_clean['inbound']['lost']} inbound frames lost")
-    if frames_clean["inbound"]["late"]:
-        sustained_why.append(f"{frames_clean['inbound']['late']} inbound frames late")
+    sent = frames_clean["inbound"]["sent"] or 0
+    late = frames_clean["inbound"]["late"] or 0
+    if late > max_late_fraction * sent:
+        sustained_why.append(f"{late} of {sent} inbound frames late (over {max_late_fraction:.1%})")
+    line_s = sum(max(0.0, c["t_end"] - c["t_dial"]) for c in clean)
+    stalled_s = frames_clean["outbound"]["late_ms"] / 1000
+    if stalled_s > max_late_fraction * line_s:
+        sustained_why.append(f"{stalled_s:.1f} s of bot audio stalls in {line_s:.0f} s of calls "
+                             f"(over {max_late_fraction:.1%})")
     p95 = percentiles(v2v_clean).get("p95")
     if p95 is not None and p95 > max_v2v_p95_ms:
         sustained_why.append(f"voice-to-voice p95 {p95:.0f} ms > {max_v2v_p95_ms:.0f} ms")
-    if sent_late > 0.001 * max(1, sum(c["frames_sent"] for c in calls)):
+    if sent_late > max_late_fraction * max(1, sum(c["frames_sent"] for c in calls)):
         sustained_why.append(f"the synthetic callers sent {sent_late} frames late (load generator overloaded)")
     if any("skipped" not in k for k in kills):
         sustained_why = ["not judged: faults were injected (run without --kill to find the sustained load)"]
@@ -211,7 +218,8 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
         "resources": resources(samples, t0),
         "leak_check": {"before": before, "after_calls": after, "after_stop": stopped, "leaks": leaked},
         "checks": checks,
-        "sustained": {"ok": not sustained_why, "why_not": sustained_why, "max_v2v_p95_ms": max_v2v_p95_ms},
+        "sustained": {"ok": not sustained_why, "why_not": sustained_why, "max_v2v_p95_ms": max_v2v_p95_ms,
+                      "max_late_fraction": max_late_fraction},
         "call_records": calls,
     }
 
