@@ -41,21 +41,11 @@ from bench.common import machine_info, wait_for_idle
 from engine.trace import read_events
 from engine.trace_report import Reply, percentiles, replies, summarize
 from tools.caller import SyntheticCaller, piper_speech
+from tools.soak_calls import INTERRUPTION, QUESTIONS  # the soak's callers ask the same
 from tools.solo import free_port
 
 AUTH = "bench-auth-token"
 PUBLIC = "https://voice.bench.test"
-QUESTIONS = [
-    "What is the capital of France?",
-    "How many days are there in a week?",
-    "What color is the sky on a clear day?",
-    "Can you recommend a good book to read?",
-    "What is the boiling point of water?",
-    "How do I make a cup of tea?",
-    "What is the largest planet in our solar system?",
-    "Tell me a fun fact about cats.",
-]
-INTERRUPTION = "Sorry, wait a moment, I have another question."
 
 
 class Engine:

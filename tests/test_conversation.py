@@ -25,7 +25,7 @@ from engine.stt import WhisperTranscriber, resolve_model
 from engine.trace import read_events
 from tests.speech_helpers import phone_path, words
 from tools.caller import SyntheticCaller, piper_speech
-from tools.engine_run import EngineRun
+from tools.engine_run import EngineRun, serve
 
 AUTH = "engine-test-auth-token"
 PUBLIC = "https://voice.example.test"
@@ -42,13 +42,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineRun]:
                     ENGINE_LLM__TEMPERATURE="0", ENGINE_LLM__MAX_TOKENS="160",
                     ENGINE_CONVERSATION__GREETING=GREETING, ENGINE_CONVERSATION__REPROMPT=REPROMPT,
                     ENGINE_CONVERSATION__IDLE_REPROMPT_S="4", ENGINE_CONVERSATION__MAX_REPROMPTS="1")
-    try:
-        run.wait_healthy(timeout=120)
-        yield run
-        assert run.stop() == 0
-        assert run.segments() == []
-    finally:
-        run.kill_everything()
+    yield from serve(run)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools.caller import StreamTarget, SyntheticCaller, twilio_signature
-from tools.engine_run import EngineRun
+from tools.engine_run import EngineRun, serve
 from tools.soak_calls import QUESTIONS, frame_accounting, frames_expected
 from tools.soak_watch import settled_snapshot
 
@@ -104,13 +104,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineRun]:
                     ENGINE_TWILIO__AUTH_TOKEN=AUTH, ENGINE_TRANSPORT__RECORDINGS_DIR="",
                     ENGINE_ENGINE__MAX_CALLS="8", ENGINE_CONVERSATION__GREETING="",
                     ENGINE_CONVERSATION__IDLE_REPROMPT_S="600", ENGINE_LLM__MAX_TOKENS="40")
-    try:
-        run.wait_healthy(timeout=120)
-        yield run
-        assert run.stop() == 0
-        assert run.segments() == []
-    finally:
-        run.kill_everything()
+    yield from serve(run)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +294,7 @@ def test_hostile_streams_and_requests_hurt_no_one(engine: EngineRun, loop: Loop)
     voices = synthesise_voices()
     first = engine.wait_healthy(10)
     incarnations = {name: p["incarnation"] for name, p in first["processes"].items()}
-    before = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+    before = settled_snapshot(engine)
     good = [GoodCaller(engine.port, voices, n) for n in range(2)]
     tasks = [asyncio.run_coroutine_threadsafe(g.run(), loop.loop) for g in good]
     closes: list[int | str | None] = []
@@ -365,7 +359,7 @@ def test_hostile_streams_and_requests_hurt_no_one(engine: EngineRun, loop: Loop)
             (summary, ledger["sent_runs"])
         assert summary["frames_in"] >= ledger["frames_sent"] - 2
         assert summary["inbound_dropped"] == 0 and summary["seq_gaps"] == 0
-    after = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+    after = settled_snapshot(engine)
     assert after["shm_segments"] == before["shm_segments"]
     assert after["processes"] == before["processes"] and after["zombies"] == 0
     assert after["fds"] == before["fds"], (before["fds"], after["fds"])

@@ -6,6 +6,7 @@ shared memory can be told apart and checked for leaks), port and runtime dir.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,33 @@ _counter = itertools.count()
 def unique_instance() -> str:
     """An engine instance name no other engine (test, benchmark or soak run) on this host uses."""
     return f"t{os.getpid()}x{next(_counter)}"
+
+
+def instance_pids(instance: str) -> list[int]:
+    """Every process started for this engine instance, wherever it was re-parented (an orphaned child of a
+    supervisor that is gone is no longer its descendant): each carries the instance in its environment."""
+    marker = f"ENGINE_ENGINE__INSTANCE={instance}\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_text(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def serve(run: EngineRun, start_timeout: float = 120.0) -> Iterator[EngineRun]:
+    """The body of a module fixture (`yield from serve(EngineRun(...))`): wait until healthy, hand the engine
+    over, then require a clean stop that leaves no shared memory; nothing of the run survives either way."""
+    try:
+        run.wait_healthy(timeout=start_timeout)
+        yield run
+        assert run.stop() == 0
+        assert run.segments() == []
+    finally:
+        run.kill_everything()
 
 
 def shm_entries(prefix: str) -> list[str]:
@@ -79,13 +108,18 @@ class EngineRun:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def health(self) -> tuple[int, dict[str, Any]] | None:
+    def health(self, timeout: float = 2.0) -> tuple[int, dict[str, Any]] | None:
+        """The HTTP status and body of /health; None while nothing sensible answers (a transport that is
+        starting, restarting or was just killed)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=timeout) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            try:
+                return e.code, json.loads(e.read())
+            except (OSError, ValueError):
+                return None
+        except (OSError, ValueError):  # refused, reset, timed out, or cut off mid-body
             return None
 
     def wait_healthy(self, timeout: float = 60.0, *, unless: Any = None) -> dict[str, Any]:
@@ -121,15 +155,9 @@ class EngineRun:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        marker = f"ENGINE_ENGINE__INSTANCE={self.instance}\0"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if marker in (entry / "environ").read_text(errors="replace"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
+        for pid in instance_pids(self.instance):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         if not self._log.closed:
             self._log.close()
         shutil.rmtree(self.runtime_base, ignore_errors=True)

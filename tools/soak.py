@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import multiprocessing as mp
@@ -278,7 +279,7 @@ def run_soak(args: argparse.Namespace) -> int:
         except AssertionError as exc:
             print(f"error: the engine did not start:\n{str(exc)[-3000:]}", file=sys.stderr)
             return 2
-        watch = EngineWatch(engine.port, engine.proc.pid, args.sample_every)
+        watch = EngineWatch(functools.partial(engine.health, timeout=1.0), engine.proc.pid, args.sample_every)
         watch.start()
         lines = plan_lines(args.profile, args.callers, args.duration, args.seed)
         n_procs = args.caller_procs or max(1, -(-args.callers // CALLERS_PER_PROC))
@@ -291,7 +292,7 @@ def run_soak(args: argparse.Namespace) -> int:
             return 2
         watch.paused.set()
         time.sleep(1.0)
-        before = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        before = settled_snapshot(engine)
         watch.paused.clear()
         resource_tracker.ensure_running()  # multiprocessing's one pipe for the process's life: not ours to count
         own_fds_at_start = fd_count(os.getpid())
@@ -315,12 +316,12 @@ def run_soak(args: argparse.Namespace) -> int:
         watch.poll()
         watch.stop()
         time.sleep(1.0)
-        after = settled_snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        after = settled_snapshot(engine)
         callers.close()
         callers = None
         rc = engine.stop()
         time.sleep(0.5)
-        stopped = snapshot(engine.proc.pid, engine.instance, engine.runtime_base)
+        stopped = snapshot(engine)
         stopped.update(supervisor_exit=rc, own_fds_at_start=own_fds_at_start)
         run = {"callers": args.callers, "duration_s": args.duration, "profile": args.profile, "mix": args.mix,
                "seed": args.seed, "caller_procs": n_procs, "kill": kill, "kill_every_s": args.every,

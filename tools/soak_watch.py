@@ -10,16 +10,16 @@ supervisor's restart: from the kill to the new incarnation's Ready, as the super
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tools.engine_run import EngineRun, instance_pids
 
 PROC_NAMES = ("transport", "speech", "llm", "tts")
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -94,14 +94,14 @@ def role(pid: int, supervisor_pid: int) -> str:
     return name.removeprefix("eng-") if name.startswith("eng-") else f"other:{name}"
 
 
-def settled_snapshot(supervisor_pid: int, instance: str, runtime_dir: Path, samples: int = 3) -> dict[str, Any]:
+def settled_snapshot(engine: EngineRun, samples: int = 3) -> dict[str, Any]:
     """`snapshot`, with each process's fds at their fewest over a few samples half a second apart: a request or
     a socket closing at that instant is not a leak, and a leak is there in every sample."""
     shots = []
     for i in range(samples):
         if i:
             time.sleep(0.5)
-        shots.append(snapshot(supervisor_pid, instance, runtime_dir))
+        shots.append(snapshot(engine))
     last = shots[-1]
     for name in last["fds"]:
         counts = [s["fds"].get(name) for s in shots if s["fds"].get(name) is not None]
@@ -109,35 +109,18 @@ def settled_snapshot(supervisor_pid: int, instance: str, runtime_dir: Path, samp
     return last
 
 
-def instance_processes(instance: str) -> list[int]:
-    """Every process started for this engine instance, wherever it was re-parented (an orphaned child of a
-    supervisor that is gone is no longer its descendant)."""
-    marker = f"ENGINE_ENGINE__INSTANCE={instance}\0"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_text(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def snapshot(supervisor_pid: int, instance: str, runtime_dir: Path) -> dict[str, Any]:
+def snapshot(engine: EngineRun) -> dict[str, Any]:
     """What must come back to where it was: segments, fds per process, processes, sockets."""
-    pids = [supervisor_pid, *descendants(supervisor_pid)] if proc_state(supervisor_pid) != "gone" else []
-    pids += [pid for pid in instance_processes(instance) if pid not in pids and proc_state(pid) != "Z"]
-    procs = {}
-    for pid in pids:
-        procs[f"{role(pid, supervisor_pid)}:{pid}"] = {"fds": fd_count(pid), "state": proc_state(pid)}
+    supervisor = engine.proc.pid
+    pids = [supervisor, *descendants(supervisor)] if proc_state(supervisor) != "gone" else []
+    pids += [pid for pid in instance_pids(engine.instance) if pid not in pids and proc_state(pid) != "Z"]
     return {
         "t": time.monotonic(),
-        "shm_segments": sorted(p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(f"{instance}-")),
+        "shm_segments": engine.segments(),
         "processes": len(pids),
-        "zombies": sum(1 for p in procs.values() if p["state"] == "Z"),
-        "fds": {key.split(":")[0]: v["fds"] for key, v in procs.items()},
-        "runtime_dirs": sorted(p.name for p in runtime_dir.glob(f"{instance}-*")) if runtime_dir.exists() else [],
+        "zombies": sum(1 for pid in pids if proc_state(pid) == "Z"),
+        "fds": {role(pid, supervisor): fd_count(pid) for pid in pids},
+        "runtime_dirs": [d.name for d in engine.socket_dirs()],
         "own_fds": fd_count(os.getpid()),
     }
 
@@ -145,8 +128,9 @@ def snapshot(supervisor_pid: int, instance: str, runtime_dir: Path) -> dict[str,
 class EngineWatch:
     """Polls the engine's /health and /proc in a thread; everything it learns is read under `lock`."""
 
-    def __init__(self, port: int, supervisor_pid: int, sample_every_s: float = 5.0) -> None:
-        self.url = f"http://127.0.0.1:{port}/health"
+    def __init__(self, health: Callable[[], tuple[int, dict[str, Any]] | None], supervisor_pid: int,
+                 sample_every_s: float = 5.0) -> None:
+        self._health = health  # EngineRun.health: (status, body), or None while nothing answers
         self.supervisor_pid = supervisor_pid
         self.sample_every_s = sample_every_s
         self.lock = threading.Lock()
@@ -168,18 +152,9 @@ class EngineWatch:
         self._stop.set()
         self._thread.join(5)
 
-    def health(self, timeout: float = 1.0) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(self.url, timeout=timeout) as r:
-                body: dict[str, Any] = json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            body = json.loads(exc.read())
-        except (OSError, ValueError):
-            return None
-        return body
-
     def poll(self) -> bool:
-        body = self.health()
+        answer = self._health()
+        body = None if answer is None else answer[1]
         with self.lock:
             if body is None:
                 self.health_failures += 1
@@ -190,11 +165,6 @@ class EngineWatch:
             for summary in body.get("transport", {}).get("ended", []):
                 self.ended.setdefault(summary["call_id"], summary)
         return True
-
-    def pid_of(self, name: str) -> int | None:
-        with self.lock:
-            p = self.procs.get(name)
-            return None if p is None else p.get("pid")
 
     def sample(self) -> dict[str, Any]:
         """RSS (MiB) and CPU (% of one core since the previous sample) of every engine process, by role."""
