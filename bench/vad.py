@@ -54,7 +54,7 @@ import numpy.typing as npt  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bench.common import guarded, loadavg, machine_info, wait_for_idle  # noqa: E402
-from engine.endpointer import EndpointerConfig  # noqa: E402
+from engine.config import SpeechSection  # noqa: E402
 from engine.hearing import Hearing  # noqa: E402
 from engine.vad import WINDOW, SileroVad, VadStream  # noqa: E402
 from tests.speech_helpers import line_noise, phone_path, silence, spoken  # noqa: E402
@@ -177,8 +177,7 @@ def run_hearing_case(vad: SileroVad, track: Int16, n: int, rounds: int, warmup: 
                      full_history: bool) -> dict[str, Any]:
     """add_audio (20 ms frames) + vad_round for N calls, batched as the speech process runs it."""
     calls = Calls(track, n)
-    cfg = EndpointerConfig()
-    hearing = Hearing(vad, cfg, RATE, max_turn_s=cfg.max_turn_s)
+    hearing = Hearing(vad, SpeechSection(), RATE)
     ids = [f"CA{i:04d}" for i in range(n)]
     for cid in ids:
         hearing.add_call(cid)

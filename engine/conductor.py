@@ -26,155 +26,38 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Literal
 
+from engine.conductor_io import (
+    Action,
+    AudioStarted,
+    CancelReply,
+    Clear,
+    Connected,
+    Event,
+    HangUp,
+    HungUp,
+    KeyPressed,
+    MarkPlayed,
+    Note,
+    PeerRestarted,
+    ReportHeard,
+    RequestReply,
+    Speak,
+    Tick,
+)
 from engine.config import ConversationSection
-
-ProcName = Literal["transport", "speech", "llm", "tts"]
+from ipc.schema import EndOfTurn, ProcName, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 
 class Phase(enum.Enum):
+    """Where a call's conversation stands (see the module docstring)."""
+
     LISTENING = "listening"
     THINKING = "thinking"
     SPEAKING = "speaking"
     INTERRUPTED = "interrupted"
     ENDING = "ending"
     ENDED = "ended"
-
-
-# --- events ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Connected:
-    pass
-
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    """The speech process heard the caller start talking (already `speech_min_ms` of it)."""
-
-
-@dataclass(frozen=True)
-class SpeechSustained:
-    """The caller has now talked for `barge_in_min_speech_ms` without stopping."""
-
-
-@dataclass(frozen=True)
-class TurnEnded:
-    """The caller stopped talking (end of turn); the transcript follows."""
-
-
-@dataclass(frozen=True)
-class CallerSaid:
-    text: str
-
-
-@dataclass(frozen=True)
-class KeyPressed:
-    digit: str
-
-
-@dataclass(frozen=True)
-class SpanQueued:
-    """The TTS wrote ring frames seq_first..seq_last carrying `text` of reply `gen`."""
-
-    gen: int
-    index: int
-    seq_first: int
-    seq_last: int
-    text: str
-    last: bool
-
-
-@dataclass(frozen=True)
-class AudioStarted:
-    """The first audio frame of reply `gen` left for the caller."""
-
-    gen: int
-
-
-@dataclass(frozen=True)
-class MarkPlayed:
-    """Twilio echoed mark `seq`: the frame with that ring seq has played."""
-
-    seq: int
-
-
-@dataclass(frozen=True)
-class Tick:
-    pass
-
-
-@dataclass(frozen=True)
-class PeerRestarted:
-    proc: ProcName
-
-
-@dataclass(frozen=True)
-class HungUp:
-    pass
-
-
-Event = (Connected | SpeechStarted | SpeechSustained | TurnEnded | CallerSaid | KeyPressed | SpanQueued
-         | AudioStarted | MarkPlayed | Tick | PeerRestarted | HungUp)
-
-
-# --- actions --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Clear:
-    """Silence the caller: Twilio's queue, our send queue, and this reply's frames still in the ring."""
-
-    gen: int
-
-
-@dataclass(frozen=True)
-class CancelReply:
-    """Stop generating and speaking reply `gen` (LLM and TTS)."""
-
-    gen: int
-
-
-@dataclass(frozen=True)
-class RequestReply:
-    """Ask the LLM for reply `gen`: to `caller_text`, or, with `say`, to speak `say` verbatim (kept in its history)."""
-
-    gen: int
-    caller_text: str = ""
-    say: str = ""
-
-
-@dataclass(frozen=True)
-class Speak:
-    """Have the TTS say `text` as reply `gen` without the LLM (it may be the part that failed)."""
-
-    gen: int
-    text: str
-
-
-@dataclass(frozen=True)
-class ReportHeard:
-    """Of reply `gen`, the caller heard only `text`."""
-
-    gen: int
-    text: str
-
-
-@dataclass(frozen=True)
-class HangUp:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something worth a log line and a trace event: `what` happened to reply `gen`."""
-
-    what: str
-    gen: int
-    detail: str = ""
-
-
-Action = Clear | CancelReply | RequestReply | Speak | ReportHeard | HangUp | Note
 
 
 @dataclass
@@ -206,9 +89,8 @@ class Conductor:
     by the transport's play-out clock (None if none): needed only to say what an interrupted reply got across.
     """
 
-    def __init__(self, cfg: ConversationSection, now: float, *, speech_min_ms: int = 64) -> None:
+    def __init__(self, cfg: ConversationSection, now: float) -> None:
         self.cfg = cfg
-        self.speech_min_ms = speech_min_ms  # a SpeechStarted already carries this much speech
         self.phase = Phase.LISTENING
         self.started_s = now
         self.gen = 0
@@ -232,18 +114,19 @@ class Conductor:
         if isinstance(event, Connected):
             return self._say_via_llm(self.cfg.greeting, now) if self.cfg.greeting else []
         if isinstance(event, SpeechStarted):
-            return self._speech_started(now, played)
-        if isinstance(event, SpeechSustained):
+            self._speech_started()
+            return []
+        if isinstance(event, SpeechSustained):  # the speech process decides when speech may interrupt
             return self._interrupt(played, "barge-in") if self._may_interrupt() else []
-        if isinstance(event, TurnEnded):
+        if isinstance(event, EndOfTurn):
             self.caller_speaking = False
             self.idle_since = now
             return []
-        if isinstance(event, CallerSaid):
-            return self._caller_said(event.text, now)
+        if isinstance(event, Transcript):
+            return self._caller_said(event.text, now) if event.final else []
         if isinstance(event, KeyPressed):
             return self._key(event.digit, now, played)
-        if isinstance(event, SpanQueued):
+        if isinstance(event, Spoken):
             return self._span(event)
         if isinstance(event, AudioStarted):
             if self.reply is not None and event.gen == self.reply.gen and not self.reply.audio:
@@ -260,13 +143,10 @@ class Conductor:
         raise TypeError(f"not a conductor event: {event!r}")
 
     # --- the caller -----------------------------------------------------------------------
-    def _speech_started(self, now: float, played: int | None) -> list[Action]:
+    def _speech_started(self) -> None:
         self.caller_speaking = True
         self.barged_this_turn = False
         self.reprompts = 0
-        if self.cfg.barge_in_min_speech_ms <= self.speech_min_ms and self._may_interrupt():
-            return self._interrupt(played, "barge-in")
-        return []
 
     def _may_interrupt(self) -> bool:
         return self.phase in (Phase.THINKING, Phase.SPEAKING) and self.reply is not None \
@@ -362,7 +242,7 @@ class Conductor:
             break
         return " ".join(words)
 
-    def _span(self, event: SpanQueued) -> list[Action]:
+    def _span(self, event: Spoken) -> list[Action]:
         reply = self.reply
         if reply is None or event.gen != reply.gen:
             return []  # a cancelled reply's span, or a stale one from before a restart

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ipc.schema import ProcName
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -107,6 +109,9 @@ class SupervisorSection(_Section):
 class SpeechSection(_Section):
     vad: Literal["silero"] = "silero"
     vad_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    """A VAD window at or above this speech probability is speech."""
+    vad_hysteresis: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.15
+    """A window counts as silence only below `vad_threshold - vad_hysteresis`; in between, nothing changes."""
     min_speech_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 64
     """Speech shorter than this never starts a turn (clicks, coughs)."""
     pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 200
@@ -186,8 +191,8 @@ class ConversationSection(_Section):
 class FaultsSection(_Section):
     """Deliberate faults, for testing the supervisor. Leave empty in production."""
 
-    crash_on_start: list[Literal["transport", "speech", "llm", "tts"]] = []
-    hang_after_ready: list[Literal["transport", "speech", "llm", "tts"]] = []
+    crash_on_start: list[ProcName] = []
+    hang_after_ready: list[ProcName] = []
 
 
 class Config(_Section):

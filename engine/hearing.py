@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted, SpeechSustained
+from engine.config import SpeechSection
+from engine.endpointer import Endpoint, Endpointer, Event, Onset, Pause, Resumed, Sustained
 from engine.vad import WINDOW, SileroVad, VadStream
-from ipc.schema import EndOfTurn as EndOfTurnMsg
-from ipc.schema import Msg, Transcript
-from ipc.schema import SpeechStarted as SpeechStartedMsg
-from ipc.schema import SpeechSustained as SpeechSustainedMsg
+from ipc.schema import EndOfTurn, Msg, SpeechStarted, SpeechSustained, Transcript
 
 Float32 = npt.NDArray[np.float32]
 
@@ -106,18 +104,22 @@ class CallEar:
 
 
 class Hearing:
-    def __init__(self, vad: SileroVad, endpointing: EndpointerConfig, rate: int, max_turn_s: float) -> None:
+    """Every call's ears in the speech process: audio in, batched VAD rounds, bus messages and jobs out."""
+
+    def __init__(self, vad: SileroVad, speech: SpeechSection, rate: int, *, barge_in_ms: int = 0) -> None:
         self.vad = vad
-        self.endpointing = endpointing
+        self.speech = speech
+        self.barge_in_ms = barge_in_ms
         self.rate = rate
-        self.history_s = max_turn_s + 2.0
+        self.history_s = speech.max_turn_s + 2.0
         self.ears: dict[str, CallEar] = {}
         self.pending_jobs: list[Job] = []
         self.vad_batches = 0
         self.vad_windows = 0
 
     def add_call(self, call_id: str) -> None:
-        self.ears[call_id] = CallEar(call_id, self.rate, Endpointer(self.endpointing, self.rate),
+        endpointer = Endpointer(self.speech, self.rate, barge_in_ms=self.barge_in_ms)
+        self.ears[call_id] = CallEar(call_id, self.rate, endpointer,
                                      AudioHistory(self.rate, self.history_s), VadStream(self.rate))
 
     def end_call(self, call_id: str) -> None:
@@ -151,12 +153,12 @@ class Hearing:
                 out += self._on_event(ear, event)
         return out
 
-    def _on_event(self, ear: CallEar, event: object) -> list[Msg]:
-        if isinstance(event, SpeechStarted):
+    def _on_event(self, ear: CallEar, event: Event) -> list[Msg]:
+        if isinstance(event, Onset):
             ear.turn += 1
-            return [SpeechStartedMsg(call_id=ear.call_id, turn=ear.turn, onset_t_ns=ear.t_ns_of(event.start))]
-        if isinstance(event, SpeechSustained):
-            return [SpeechSustainedMsg(call_id=ear.call_id, turn=ear.turn)]
+            return [SpeechStarted(call_id=ear.call_id, turn=ear.turn, onset_t_ns=ear.t_ns_of(event.start))]
+        if isinstance(event, Sustained):
+            return [SpeechSustained(call_id=ear.call_id, turn=ear.turn)]
         if isinstance(event, Pause):
             ear.speculative = self._job(ear, event.start, event.end, speculative=True)
             return []
@@ -165,10 +167,10 @@ class Hearing:
                 ear.speculative.cancelled = True
                 ear.speculative = None
             return []
-        if isinstance(event, EndOfTurn):
+        if isinstance(event, Endpoint):
             spec, ear.speculative = ear.speculative, None
             end_t_ns = ear.t_ns_of(event.end)
-            msgs: list[Msg] = [EndOfTurnMsg(call_id=ear.call_id, turn=ear.turn, speech_end_t_ns=end_t_ns)]
+            msgs: list[Msg] = [EndOfTurn(call_id=ear.call_id, turn=ear.turn, speech_end_t_ns=end_t_ns)]
             if spec is not None and (spec.start, spec.end) == (event.start, event.end) and not spec.cancelled:
                 spec.final = True
                 msgs += self.finished(spec)  # if it finished during the silence, the transcript is ready now

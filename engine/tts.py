@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
-Pcm16 = npt.NDArray[np.int16]
+from engine.codec import Pcm16
 
 
 class TtsBackend(Protocol):

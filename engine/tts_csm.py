@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.tts import Pcm16
+from engine.codec import Pcm16
 
 
 def _module(name: str) -> Any:

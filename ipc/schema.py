@@ -9,12 +9,15 @@ travel on the receiver's priority socket and are handled before any queued data.
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import msgspec
 
 ProcName = Literal["transport", "speech", "llm", "tts"]
-PROC_NAMES: tuple[ProcName, ...] = ("transport", "speech", "llm", "tts")
+"""The engine's child processes: the one list of their names."""
+PROC_NAMES: tuple[ProcName, ...] = get_args(ProcName)
+MODEL_PROCS: tuple[ProcName, ...] = tuple(name for name in PROC_NAMES if name != "transport")
+"""The processes that serve calls with a model: each is told when a call starts and ends."""
 
 
 def now_ns() -> int:
@@ -116,7 +119,7 @@ class Cancel(Msg):
 # --- speech ---------------------------------------------------------------------
 
 class SpeechStarted(Msg):
-    """Speech -> transport: the caller started talking (barge-in if the bot is speaking)."""
+    """Speech -> transport: the caller started talking (speech.min_speech_ms of it): a new turn."""
 
     urgent: ClassVar[bool] = True
     call_id: str
@@ -126,8 +129,9 @@ class SpeechStarted(Msg):
 
 
 class SpeechSustained(Msg):
-    """Speech -> transport: the caller has talked for conversation.barge_in_min_speech_ms without stopping
-    (sent only when that is longer than speech.min_speech_ms): long enough to interrupt the bot."""
+    """Speech -> transport: the caller has talked for conversation.barge_in_min_speech_ms without stopping:
+    long enough to interrupt the bot. Once a turn; with that minimum no longer than speech.min_speech_ms,
+    right behind the turn's SpeechStarted."""
 
     urgent: ClassVar[bool] = True
     call_id: str

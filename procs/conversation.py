@@ -16,23 +16,18 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from engine.conductor import (
+from engine.conductor import Conductor
+from engine.conductor_io import (
     Action,
     AudioStarted,
-    CallerSaid,
     CancelReply,
     Clear,
-    Conductor,
     Event,
     HangUp,
     Note,
     ReportHeard,
     RequestReply,
-    SpanQueued,
     Speak,
-    SpeechStarted,
-    SpeechSustained,
-    TurnEnded,
 )
 from engine.config import Config
 from engine.trace import TraceSink
@@ -43,16 +38,16 @@ from ipc.schema import (
     Heard,
     Respond,
     Sentence,
+    SpeechStarted,
+    SpeechSustained,
     Spoken,
     Trace,
     Transcript,
 )
-from ipc.schema import SpeechStarted as SpeechStartedMsg
-from ipc.schema import SpeechSustained as SpeechSustainedMsg
 
 log = logging.getLogger("engine.transport")
 
-CallerMsg = SpeechStartedMsg | SpeechSustainedMsg | EndOfTurn | Transcript | Spoken | Trace
+CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken | Trace
 
 
 @dataclass
@@ -74,7 +69,7 @@ class Conversation:
                  clear_audio: Callable[[float, int], str], played_seq: Callable[[float], int | None],
                  hang_up: Callable[[str], None], record: Callable[[dict[str, Any]], None]) -> None:
         self.call_id = call_id
-        self.conductor = Conductor(cfg.conversation, time.monotonic(), speech_min_ms=cfg.speech.min_speech_ms)
+        self.conductor = Conductor(cfg.conversation, time.monotonic())
         self.bus = bus
         self.trace = trace
         self._send_twilio = send_twilio
@@ -99,21 +94,15 @@ class Conversation:
         """A bus message about this call."""
         if isinstance(msg, Trace):
             self.stamp(msg.gen, msg.stage, msg.at_ns)
-        elif isinstance(msg, SpeechStartedMsg):
-            self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
-            await self.feed(SpeechStarted())
-        elif isinstance(msg, SpeechSustainedMsg):
-            await self.feed(SpeechSustained())
-        elif isinstance(msg, EndOfTurn):
-            self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
-            await self.feed(TurnEnded())
-        elif isinstance(msg, Transcript):
-            if msg.final:
+        else:
+            if isinstance(msg, SpeechStarted):
+                self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
+            elif isinstance(msg, EndOfTurn):
+                self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
+            elif isinstance(msg, Transcript) and msg.final:
                 self.turn.transcript = msg.t_ns
                 self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
-                await self.feed(CallerSaid(msg.text))
-        elif isinstance(msg, Spoken):
-            await self.feed(SpanQueued(msg.gen, msg.index, msg.seq_first, msg.seq_last, msg.text, msg.last))
+            await self.feed(msg)
 
     async def audio_started(self, gen: int) -> None:
         self.stamp(gen, "first_audio_out", time.monotonic_ns())

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from engine.calls import CallTable
 from engine.config import Config
-from engine.endpointer import EndpointerConfig
 from engine.hearing import Hearing, Job
 from engine.stt import Transcriber, WhisperTranscriber, resolve_model
 from engine.vad import SileroVad
@@ -47,11 +46,8 @@ class SpeechProc(SyncChild):
         assert self.pool is not None
         s = self.cfg.speech
         self.pool.doorbells["inbound"].reset_waiters()  # we are its only sleeper
-        endpointing = EndpointerConfig(threshold=s.vad_threshold, min_speech_ms=s.min_speech_ms,
-                                       pause_ms=s.pause_ms, end_silence_ms=s.end_silence_ms,
-                                       prefix_pad_ms=s.prefix_pad_ms, max_turn_s=s.max_turn_s,
-                                       sustained_ms=self.cfg.conversation.barge_in_min_speech_ms)
-        self.hearing = Hearing(SileroVad(), endpointing, self.cfg.transport.inbound_rate, s.max_turn_s)
+        self.hearing = Hearing(SileroVad(), s, self.cfg.transport.inbound_rate,
+                               barge_in_ms=self.cfg.conversation.barge_in_min_speech_ms)
         t0 = time.monotonic()
         model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
         self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads)

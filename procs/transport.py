@@ -31,7 +31,7 @@ import msgspec
 from aiohttp import web
 
 from engine.call_audio import CallAudio
-from engine.conductor import Connected, HungUp, KeyPressed, MarkPlayed, PeerRestarted, Tick
+from engine.conductor_io import Connected, HungUp, KeyPressed, MarkPlayed, PeerRestarted, Tick
 from engine.config import Config
 from engine.health import build_health
 from engine.media_stream import (

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.calls import CallTable
+from engine.codec import Pcm16
 from engine.config import Config
-from engine.tts import Pcm16, TtsBackend, make_tts
+from engine.tts import TtsBackend, make_tts
 from ipc.bus import Sender
 from ipc.ring import FLAG_END, FLAG_MARK, RingWriter, gen_flags
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo, Sentence, Spoken, Trace

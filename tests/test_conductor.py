@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from engine.conductor import (
+from engine.conductor import Conductor, Phase
+from engine.conductor_io import (
+    Action,
     AudioStarted,
-    CallerSaid,
     CancelReply,
     Clear,
-    Conductor,
     Connected,
     HangUp,
     HungUp,
@@ -15,17 +15,42 @@ from engine.conductor import (
     MarkPlayed,
     Note,
     PeerRestarted,
-    Phase,
     ReportHeard,
     RequestReply,
-    SpanQueued,
     Speak,
-    SpeechStarted,
-    SpeechSustained,
     Tick,
-    TurnEnded,
 )
 from engine.config import ConversationSection as ConductorConfig
+from ipc.schema import EndOfTurn, SpeechStarted, SpeechSustained, Spoken, Transcript
+
+CALL = "CA-test"
+
+
+def started() -> SpeechStarted:
+    return SpeechStarted(call_id=CALL, turn=1, onset_t_ns=0)
+
+
+def sustained() -> SpeechSustained:
+    return SpeechSustained(call_id=CALL, turn=1)
+
+
+def turn_over() -> EndOfTurn:
+    return EndOfTurn(call_id=CALL, turn=1, speech_end_t_ns=0)
+
+
+def said(text: str) -> Transcript:
+    return Transcript(call_id=CALL, turn=1, text=text, final=True, speech_end_t_ns=0, audio_ms=0, stt_ms=0)
+
+
+def span(gen: int, index: int, seq_first: int, seq_last: int, text: str, last: bool) -> Spoken:
+    return Spoken(call_id=CALL, gen=gen, index=index, seq_first=seq_first, seq_last=seq_last, text=text, last=last)
+
+
+def barge_in(c: Conductor, now: float, played: int | None = None) -> list[Action]:
+    """The caller talks over the bot: the speech process reports the turn and, with no minimum, that it may
+    interrupt, back to back."""
+    assert c.handle(started(), now, played) == []
+    return c.handle(sustained(), now, played)
 
 
 def kinds(actions: list[object]) -> list[str]:
@@ -36,7 +61,7 @@ def play_reply(c: Conductor, gen: int, spans: list[str], now: float, first_seq: 
     """The TTS queues `spans` of reply `gen` (10 frames each) and their audio starts; returns the next seq."""
     seq = first_seq
     for i, text in enumerate(spans):
-        c.handle(SpanQueued(gen, i, seq, seq + 9, text, i == len(spans) - 1), now)
+        c.handle(span(gen, i, seq, seq + 9, text, i == len(spans) - 1), now)
         seq += 10
     c.handle(AudioStarted(gen), now)
     return seq
@@ -60,63 +85,71 @@ def test_no_greeting_configured_means_silence_until_the_caller_speaks() -> None:
 
 def test_a_caller_turn_requests_a_reply_to_its_words() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(SpeechStarted(), 1.1)
-    c.handle(TurnEnded(), 2.0)
-    assert c.handle(CallerSaid("  What time is it? "), 2.2) == [RequestReply(1, caller_text="What time is it?")]
+    c.handle(started(), 1.1)
+    c.handle(turn_over(), 2.0)
+    assert c.handle(said("  What time is it? "), 2.2) == [RequestReply(1, caller_text="What time is it?")]
     assert c.phase is Phase.THINKING
 
 
 def test_an_empty_transcript_is_not_a_turn() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    assert c.handle(CallerSaid("   "), 1.0) == []
+    assert c.handle(said("   "), 1.0) == []
     assert c.gen == 0 and c.phase is Phase.LISTENING
 
 
 def test_barge_in_clears_cancels_and_reports_exactly_the_played_words() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(CallerSaid("Tell me a story."), 0.0)
+    c.handle(said("Tell me a story."), 0.0)
     play_reply(c, 1, ["Once upon a time,", "there was a small red fox who lived by the river.", "The end."], 0.5)
     c.handle(MarkPlayed(9), 1.0)  # the first span has played
     # The play-out clock says the caller heard 5 of the second span's 10 frames: 5 of its 11 words, rounded down.
-    actions = c.handle(SpeechStarted(), 1.35, played=14)
+    actions = barge_in(c, 1.35, played=14)
     assert actions[:3] == [Clear(1), CancelReply(1),
                            ReportHeard(1, "Once upon a time, there was a small red")]
     assert c.phase is Phase.INTERRUPTED and c.interruptions == 1
     # Twilio echoes the cleared marks: they are not playback and change nothing.
     assert c.handle(MarkPlayed(19), 1.36) == [] and c.handle(MarkPlayed(29), 1.36) == []
     assert c.phase is Phase.INTERRUPTED
-    c.handle(TurnEnded(), 2.0)
-    assert c.handle(CallerSaid("Stop, tell me about cats."), 2.3) == [
+    c.handle(turn_over(), 2.0)
+    assert c.handle(said("Stop, tell me about cats."), 2.3) == [
         RequestReply(2, caller_text="Stop, tell me about cats.")]
 
 
 def test_barge_in_before_any_audio_reports_nothing_heard() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(CallerSaid("Hello?"), 0.0)
-    actions = c.handle(SpeechStarted(), 0.25, played=None)
+    c.handle(said("Hello?"), 0.0)
+    actions = barge_in(c, 0.25, played=None)
     assert actions[:3] == [Clear(1), CancelReply(1), ReportHeard(1, "")]
 
 
 def test_a_short_backchannel_does_not_cut_the_reply_when_a_minimum_is_set() -> None:
-    c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400), 0.0, speech_min_ms=64)
-    c.handle(CallerSaid("Explain tides."), 0.0)
+    c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400), 0.0)
+    c.handle(said("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon's pull.", "Twice a day."], 0.5)
-    assert c.handle(SpeechStarted(), 1.07, played=3) == []  # "mm-hm" starts...
-    c.handle(TurnEnded(), 1.8)
-    assert kinds(c.handle(CallerSaid("Mm-hmm."), 1.9)) == []  # ...and is let pass
+    assert c.handle(started(), 1.07, played=3) == []  # "mm-hm" starts, never long enough to be sustained...
+    c.handle(turn_over(), 1.8)
+    assert kinds(c.handle(said("Mm-hmm."), 1.9)) == []  # ...and is let pass
     assert c.phase is Phase.SPEAKING and c.backchannels == 1
     # Longer speech over the bot does interrupt.
-    c.handle(SpeechStarted(), 2.07, played=12)
-    actions = c.handle(SpeechSustained(), 2.4, played=15)
+    c.handle(started(), 2.07, played=12)
+    actions = c.handle(sustained(), 2.4, played=15)
     assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard"]
     assert c.phase is Phase.INTERRUPTED
 
 
-def test_with_no_minimum_the_first_speech_interrupts() -> None:
+def test_speech_interrupts_only_once_the_speech_process_says_it_may() -> None:
     c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=0), 0.0)
-    c.handle(CallerSaid("Explain tides."), 0.0)
+    c.handle(said("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon."], 0.5)
-    assert kinds(c.handle(SpeechStarted(), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
+    assert c.handle(started(), 1.07, played=3) == []
+    assert kinds(c.handle(sustained(), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
+
+
+def test_a_transcript_that_is_not_final_is_not_a_turn() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    partial = Transcript(call_id=CALL, turn=1, text="What time", final=False, speech_end_t_ns=0, audio_ms=0,
+                         stt_ms=0)
+    assert c.handle(partial, 1.0) == [] and c.phase is Phase.LISTENING
 
 
 def test_keypad_digits_reach_the_llm_on_hash_or_after_a_pause() -> None:
@@ -134,7 +167,7 @@ def test_keypad_digits_reach_the_llm_on_hash_or_after_a_pause() -> None:
 
 def test_a_keypress_interrupts_the_bot() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(CallerSaid("Menu please."), 0.0)
+    c.handle(said("Menu please."), 0.0)
     play_reply(c, 1, ["Press one for sales,", "two for support."], 0.5)
     actions = c.handle(KeyPressed("2"), 1.0, played=9)
     assert actions[:3] == [Clear(1), CancelReply(1), ReportHeard(1, "Press one for sales,")]
@@ -153,7 +186,7 @@ def test_an_idle_caller_is_reprompted_then_told_goodbye_and_hung_up_on() -> None
     c.handle(MarkPlayed(19), 12.0)
     assert c.handle(Tick(), 17.0) == [RequestReply(3, say=cfg.goodbye)]
     assert c.phase is Phase.ENDING
-    c.handle(SpeechStarted(), 17.6, played=20)  # a goodbye is not interrupted
+    barge_in(c, 17.6, played=20)  # a goodbye is not interrupted
     play_reply(c, 3, [cfg.goodbye], 17.2, first_seq=20)
     assert c.handle(MarkPlayed(29), 19.0) == [HangUp("said goodbye")]
     assert c.phase is Phase.ENDED and c.handle(Tick(), 30.0) == []
@@ -162,14 +195,14 @@ def test_an_idle_caller_is_reprompted_then_told_goodbye_and_hung_up_on() -> None
 def test_speaking_resets_the_reprompt_count() -> None:
     c = Conductor(ConductorConfig(greeting="", idle_reprompt_s=5.0), 0.0)
     c.handle(Tick(), 5.0)
-    c.handle(SpeechStarted(), 5.6)
+    c.handle(started(), 5.6)
     assert c.reprompts == 0
 
 
 def test_the_maximum_call_length_ends_the_call_after_a_last_line() -> None:
     cfg = ConductorConfig(greeting="", max_call_s=60.0, idle_reprompt_s=1000)
     c = Conductor(cfg, 0.0)
-    c.handle(CallerSaid("Talk forever."), 50.0)
+    c.handle(said("Talk forever."), 50.0)
     play_reply(c, 1, ["On and on,", "and on."], 50.5)
     actions = c.handle(Tick(), 60.0, played=4)
     assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard", "RequestReply"]
@@ -182,7 +215,7 @@ def test_the_maximum_call_length_ends_the_call_after_a_last_line() -> None:
 def test_a_reply_that_never_comes_gets_an_apology_spoken_without_the_llm() -> None:
     cfg = ConductorConfig(greeting="", reply_timeout_s=8.0)
     c = Conductor(cfg, 0.0)
-    c.handle(CallerSaid("Hello?"), 1.0)
+    c.handle(said("Hello?"), 1.0)
     assert c.handle(Tick(), 8.9) == []
     actions = c.handle(Tick(), 9.0)
     assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard", "Speak"]
@@ -192,7 +225,7 @@ def test_a_reply_that_never_comes_gets_an_apology_spoken_without_the_llm() -> No
 def test_an_llm_restart_before_any_audio_retries_the_turn_once() -> None:
     cfg = ConductorConfig(greeting="")
     c = Conductor(cfg, 0.0)
-    c.handle(CallerSaid("What is two plus two?"), 1.0)
+    c.handle(said("What is two plus two?"), 1.0)
     actions = c.handle(PeerRestarted("llm"), 1.5)
     assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard", "RequestReply"]
     assert actions[-1] == RequestReply(2, caller_text="What is two plus two?")
@@ -203,7 +236,7 @@ def test_an_llm_restart_before_any_audio_retries_the_turn_once() -> None:
 def test_a_tts_restart_mid_reply_reports_what_was_heard_and_apologises() -> None:
     cfg = ConductorConfig(greeting="")
     c = Conductor(cfg, 0.0)
-    c.handle(CallerSaid("Hi."), 0.0)
+    c.handle(said("Hi."), 0.0)
     play_reply(c, 1, ["Hello there,", "how are you?"], 0.5)
     c.handle(MarkPlayed(9), 1.0)
     actions = c.handle(PeerRestarted("tts"), 1.2, played=9)
@@ -221,24 +254,24 @@ def test_a_restart_that_touches_nothing_in_flight_is_not_noticed() -> None:
 def test_a_speech_restart_mid_turn_asks_the_caller_to_repeat() -> None:
     cfg = ConductorConfig(greeting="")
     c = Conductor(cfg, 0.0)
-    c.handle(SpeechStarted(), 1.1)
+    c.handle(started(), 1.1)
     actions = c.handle(PeerRestarted("speech"), 1.5)
     assert actions[-1] == Speak(1, cfg.missed)
 
 
 def test_hanging_up_ends_everything() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(CallerSaid("Hi."), 0.0)
+    c.handle(said("Hi."), 0.0)
     assert c.handle(HungUp(), 0.5) == []
     assert c.phase is Phase.ENDED
-    assert c.handle(CallerSaid("Hello?"), 0.6) == [] and c.handle(Tick(), 1000.0) == []
+    assert c.handle(said("Hello?"), 0.6) == [] and c.handle(Tick(), 1000.0) == []
 
 
 def test_spans_of_an_old_reply_are_ignored() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    c.handle(CallerSaid("One."), 0.0)
-    c.handle(SpeechStarted(), 0.1)
-    c.handle(CallerSaid("Two."), 0.5)
-    c.handle(SpanQueued(1, 0, 0, 9, "Stale.", True), 0.6)
+    c.handle(said("One."), 0.0)
+    barge_in(c, 0.1)
+    c.handle(said("Two."), 0.5)
+    c.handle(span(1, 0, 0, 9, "Stale.", True), 0.6)
     assert c.handle(MarkPlayed(9), 0.7) == []
     assert c.phase is Phase.THINKING

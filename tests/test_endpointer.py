@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
-from engine.endpointer import EndOfTurn, Endpointer, EndpointerConfig, Pause, Resumed, SpeechStarted
+from engine.config import SpeechSection
+from engine.endpointer import Endpoint, Endpointer, Onset, Pause, Resumed, Sustained
 
 W = 512  # samples per window at 16 kHz = 32 ms
-CFG = EndpointerConfig(threshold=0.5, hysteresis=0.15, min_speech_ms=64, pause_ms=200, end_silence_ms=500,
-                       prefix_pad_ms=64)
+CFG = SpeechSection(vad_threshold=0.5, vad_hysteresis=0.15, min_speech_ms=64, pause_ms=200, end_silence_ms=500,
+                    prefix_pad_ms=64)
+NEVER = 60_000  # a barge-in minimum no test pattern reaches: keeps `Sustained` out of the patterns
 
 
-def run(pattern: str, cfg: EndpointerConfig = CFG) -> list[tuple[int, object]]:
+def run(pattern: str, cfg: SpeechSection = CFG, barge_in_ms: int = NEVER) -> list[tuple[int, object]]:
     """`S` speech (0.9), `.` silence (0.05), `~` in between (0.45): one character per window."""
-    ep = Endpointer(cfg, 16000)
+    ep = Endpointer(cfg, 16000, barge_in_ms=barge_in_ms)
     probs = {"S": 0.9, ".": 0.05, "~": 0.45}
     events = []
     for i, ch in enumerate(pattern):
@@ -23,24 +24,24 @@ def run(pattern: str, cfg: EndpointerConfig = CFG) -> list[tuple[int, object]]:
     return events
 
 
-def kinds(pattern: str, cfg: EndpointerConfig = CFG) -> list[str]:
-    return [type(e).__name__ for _, e in run(pattern, cfg)]
+def kinds(pattern: str, cfg: SpeechSection = CFG, barge_in_ms: int = NEVER) -> list[str]:
+    return [type(e).__name__ for _, e in run(pattern, cfg, barge_in_ms)]
 
 
 @pytest.mark.parametrize(("pattern", "expected"), [
     ("." * 40, []),                                            # silence
     ("..S....", []),                                           # a click: one window never starts a turn
     ("..S.S.S.S.", []),                                        # line crackle: isolated windows
-    ("..SS" + "." * 20, ["SpeechStarted", "Pause", "EndOfTurn"]),  # the shortest turn (64 ms)
-    ("SSSSSSSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),
+    ("..SS" + "." * 20, ["Onset", "Pause", "Endpoint"]),  # the shortest turn (64 ms)
+    ("SSSSSSSSSS" + "." * 16, ["Onset", "Pause", "Endpoint"]),
     ("SSSSS" + "." * 10 + "SSSSS" + "." * 16,                  # a 320 ms pause inside the turn: one turn
-     ["SpeechStarted", "Pause", "Resumed", "Pause", "EndOfTurn"]),
+     ["Onset", "Pause", "Resumed", "Pause", "Endpoint"]),
     ("SSSSS" + "..." + "SSSSS" + "." * 16,                     # a pause shorter than pause_ms: not even a Pause
-     ["SpeechStarted", "Pause", "EndOfTurn"]),
-    ("SS~~~~~~" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),  # in-between keeps speech going
-    ("S~" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),        # ...and counts toward the onset
+     ["Onset", "Pause", "Endpoint"]),
+    ("SS~~~~~~" + "." * 16, ["Onset", "Pause", "Endpoint"]),  # in-between keeps speech going
+    ("S~" + "." * 16, ["Onset", "Pause", "Endpoint"]),        # ...and counts toward the onset
     ("SSSSS" + "." * 16 + "SSSS" + "." * 16,                   # two turns
-     ["SpeechStarted", "Pause", "EndOfTurn", "SpeechStarted", "Pause", "EndOfTurn"]),
+     ["Onset", "Pause", "Endpoint", "Onset", "Pause", "Endpoint"]),
 ])
 def test_patterns(pattern: str, expected: list[str]) -> None:
     assert kinds(pattern) == expected
@@ -49,11 +50,11 @@ def test_patterns(pattern: str, expected: list[str]) -> None:
 def test_timing_and_ranges() -> None:
     events = run("...." + "SSSSSS" + "." * 20)
     (i0, started), (i1, pause), (i2, end) = events
-    assert isinstance(started, SpeechStarted) and started.start == 4 * W
+    assert isinstance(started, Onset) and started.start == 4 * W
     assert i0 == 5  # fires on the second speech window: 64 ms, fast enough for barge-in
     assert isinstance(pause, Pause) and pause.end == 10 * W
     assert i1 == 10 + 6  # 7 windows of silence = 224 ms >= 200
-    assert isinstance(end, EndOfTurn) and (end.start, end.end) == (4 * W - 1024, 10 * W)  # 64 ms prefix pad
+    assert isinstance(end, Endpoint) and (end.start, end.end) == (4 * W - 1024, 10 * W)  # 64 ms prefix pad
     assert i2 == 10 + 15  # 16 windows = 512 ms >= 500
     assert not end.forced
 
@@ -63,21 +64,21 @@ def test_pause_then_resume_then_end_ranges_cover_the_whole_turn() -> None:
     pause, resumed, pause2, end = (e for _, e in events[1:])
     assert isinstance(resumed, Resumed)
     assert isinstance(pause, Pause) and pause.end == 4 * W
-    assert isinstance(pause2, Pause) and isinstance(end, EndOfTurn)
+    assert isinstance(pause2, Pause) and isinstance(end, Endpoint)
     assert (pause2.start, pause2.end) == (end.start, end.end) == (0, 16 * W)  # the speculative job matches
 
 
 def test_a_monologue_is_cut_at_max_turn() -> None:
-    cfg = EndpointerConfig(min_speech_ms=64, pause_ms=200, end_silence_ms=500, max_turn_s=1.0)
+    cfg = SpeechSection(min_speech_ms=64, pause_ms=200, end_silence_ms=500, max_turn_s=1.0)
     events = run("S" * 80, cfg)
-    ends = [e for _, e in events if isinstance(e, EndOfTurn)]
+    ends = [e for _, e in events if isinstance(e, Endpoint)]
     assert len(ends) == 2 and all(e.forced for e in ends)
 
 
 def test_longer_min_speech_ignores_a_cough() -> None:
-    cfg = EndpointerConfig(min_speech_ms=200)
+    cfg = SpeechSection(min_speech_ms=200)
     assert kinds("...SSS....", cfg) == []           # 96 ms cough
-    assert kinds("...SSSSSSS" + "." * 20, cfg)[0] == "SpeechStarted"
+    assert kinds("...SSSSSSS" + "." * 20, cfg)[0] == "Onset"
 
 
 def test_audio_history_is_a_window_on_the_absolute_sample_clock() -> None:
@@ -98,20 +99,24 @@ def test_audio_history_is_a_window_on_the_absolute_sample_clock() -> None:
     assert (h.start, h.end) == (170, 200) and np.array_equal(h.range(170, 200), np.arange(170, 200))
 
 
-SUSTAIN = msgspec.structs.replace(CFG, sustained_ms=320)  # 10 windows
+SUSTAIN = 320  # ms: 10 windows
 
 
 @pytest.mark.parametrize(("pattern", "expected"), [
-    ("SSSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),            # "mm-hm": never sustained
-    ("S" * 12 + "." * 16, ["SpeechStarted", "SpeechSustained", "Pause", "EndOfTurn"]),
-    ("SSSSS...SSSSS" + "." * 16, ["SpeechStarted", "Pause", "EndOfTurn"]),     # broken by silence: not sustained
+    ("SSSSSS" + "." * 16, ["Onset", "Pause", "Endpoint"]),            # "mm-hm": never sustained
+    ("S" * 12 + "." * 16, ["Onset", "Sustained", "Pause", "Endpoint"]),
+    ("SSSSS...SSSSS" + "." * 16, ["Onset", "Pause", "Endpoint"]),     # broken by silence: not sustained
     ("SSS" + "." * 8 + "S" * 11 + "." * 16,                                   # a longer second stretch is
-     ["SpeechStarted", "Pause", "Resumed", "SpeechSustained", "Pause", "EndOfTurn"]),
-    ("S" * 30 + "." * 16, ["SpeechStarted", "SpeechSustained", "Pause", "EndOfTurn"]),  # once per turn
+     ["Onset", "Pause", "Resumed", "Sustained", "Pause", "Endpoint"]),
+    ("S" * 30 + "." * 16, ["Onset", "Sustained", "Pause", "Endpoint"]),  # once per turn
 ])
 def test_sustained_speech_is_reported_once_when_it_lasts(pattern: str, expected: list[str]) -> None:
-    assert kinds(pattern, SUSTAIN) == expected
+    assert kinds(pattern, barge_in_ms=SUSTAIN) == expected
 
 
-def test_no_sustained_event_unless_asked_for() -> None:
-    assert "SpeechSustained" not in kinds("S" * 40 + "." * 16)
+@pytest.mark.parametrize("barge_in_ms", [0, 32, 64])
+def test_with_a_minimum_no_longer_than_the_onset_the_onset_itself_may_interrupt(barge_in_ms: int) -> None:
+    events = run("..SS" + "." * 20, barge_in_ms=barge_in_ms)
+    (i0, onset), (i1, sustained) = events[:2]
+    assert isinstance(onset, Onset) and isinstance(sustained, Sustained) and i0 == i1 == 3
+    assert [type(e).__name__ for _, e in events[2:]] == ["Pause", "Endpoint"]  # once a turn

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.endpointer import EndpointerConfig
+from engine.config import SpeechSection
 from engine.hearing import Hearing
 from engine.stt import WhisperTranscriber, resolve_model
 from engine.vad import SileroVad, VadStream
@@ -65,7 +65,7 @@ def test_whisper_transcribes_a_phone_call_sentence(whisper: WhisperTranscriber) 
 
 def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper: WhisperTranscriber) -> None:
     """VAD, endpointing and speculative transcription together, with no process around them."""
-    hearing = Hearing(vad, EndpointerConfig(), 16000, max_turn_s=30)
+    hearing = Hearing(vad, SpeechSection(), 16000, barge_in_ms=0)
     hearing.add_call("CA1")
     audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
     msgs = []
@@ -79,8 +79,8 @@ def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper:
             job.text = whisper.transcribe(job.audio)
             msgs += hearing.finished(job)
     kinds = [type(m).__name__ for m in msgs]
-    assert kinds == ["SpeechStarted", "EndOfTurn", "Transcript"], kinds
-    started, end, transcript = msgs
+    assert kinds == ["SpeechStarted", "SpeechSustained", "EndOfTurn", "Transcript"], kinds
+    started, _, end, transcript = msgs
     assert isinstance(started, SpeechStarted) and isinstance(end, EndOfTurn) and isinstance(transcript, Transcript)
     speech_start_s, speech_end_s = 1.0, 1.0 + len(spoken(SENTENCE)) / 8000
     assert abs(started.onset_t_ns / 1e9 - speech_start_s) < 0.3

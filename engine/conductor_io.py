@@ -1,0 +1,122 @@
+"""What a call's `Conductor` is told and what it answers: its events and its actions, plain data.
+
+Events the speech and TTS processes send about a call arrive as their bus messages
+(`SpeechStarted`, `SpeechSustained`, `EndOfTurn`, `Transcript`, `Spoken`) and are fed
+to the conductor as they are; the rest are the call's own (its stream, its keypad,
+its marks, the clock, restarts). Actions are what the transport carries out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipc.schema import EndOfTurn, ProcName, SpeechStarted, SpeechSustained, Spoken, Transcript
+
+# --- events ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Connected:
+    """The call's media stream started."""
+
+
+@dataclass(frozen=True)
+class KeyPressed:
+    """The caller pressed a key on the keypad (DTMF)."""
+
+    digit: str
+
+
+@dataclass(frozen=True)
+class AudioStarted:
+    """The first audio frame of reply `gen` left for the caller."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class MarkPlayed:
+    """Twilio echoed mark `seq`: the frame with that ring seq has played."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes: timeouts, re-prompts and the call's time limit are checked."""
+
+
+@dataclass(frozen=True)
+class PeerRestarted:
+    """Process `proc` came back as a new incarnation: its work in flight for this call is lost."""
+
+    proc: ProcName
+
+
+@dataclass(frozen=True)
+class HungUp:
+    """The call is over (the caller hung up, or the socket is gone)."""
+
+
+Event = (Connected | KeyPressed | AudioStarted | MarkPlayed | Tick | PeerRestarted | HungUp
+         | SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken)
+"""What a conductor is fed: the call's own events, and the speech and TTS processes' messages about it."""
+
+
+# --- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Clear:
+    """Silence the caller: Twilio's queue, our send queue, and this reply's frames still in the ring."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    """Stop generating and speaking reply `gen` (LLM and TTS)."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class RequestReply:
+    """Ask the LLM for reply `gen`: to `caller_text`, or, with `say`, to speak `say` verbatim (kept in its history)."""
+
+    gen: int
+    caller_text: str = ""
+    say: str = ""
+
+
+@dataclass(frozen=True)
+class Speak:
+    """Have the TTS say `text` as reply `gen` without the LLM (it may be the part that failed)."""
+
+    gen: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ReportHeard:
+    """Of reply `gen`, the caller heard only `text`."""
+
+    gen: int
+    text: str
+
+
+@dataclass(frozen=True)
+class HangUp:
+    """End the call: close its stream, saying why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something worth a log line and a trace event: `what` happened to reply `gen`."""
+
+    what: str
+    gen: int
+    detail: str = ""
+
+
+Action = Clear | CancelReply | RequestReply | Speak | ReportHeard | HangUp | Note
