@@ -15,12 +15,16 @@ T = TypeVar("T")
 
 
 class LiveCall(NamedTuple, Generic[T]):
+    """A live call as one process knows it: its id, its lease epoch, and that process's state for it."""
+
     call_id: str
     epoch: int
     state: T
 
 
 class CallTable(Generic[T]):
+    """The live calls of one process, keyed by ring slot; starts and ends decided by lease epoch."""
+
     def __init__(self) -> None:
         self._live: dict[int, LiveCall[T]] = {}
         self._ended: dict[int, int] = {}  # slot -> highest epoch known to be over
@@ -55,3 +59,30 @@ class CallTable(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._live)
+
+
+M = TypeVar("M")
+
+
+class EarlyMessages(Generic[M]):
+    """Messages about calls not started yet, held until they start (the oldest calls' go first past `keep`).
+
+    Only one sender's messages keep their order: a `Cancel` overtakes the `CallStarted` before it, and a sentence
+    the LLM makes for a new call may reach the TTS before the transport's `CallStarted` does.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._held: dict[str, list[M]] = {}
+
+    def hold(self, call_id: str, msg: M) -> None:
+        self._held.setdefault(call_id, []).append(msg)
+        if len(self._held) > self.keep:
+            del self._held[next(iter(self._held))]
+
+    def release(self, call_id: str) -> list[M]:
+        """The messages held for `call_id`, in the order they came; none are kept any longer."""
+        return self._held.pop(call_id, [])
+
+    def __len__(self) -> int:
+        return len(self._held)

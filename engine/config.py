@@ -130,7 +130,8 @@ class SpeechSection(_Section):
 
 
 class LlmSection(_Section):
-    backend: Literal["llamacpp", "vllm", "openai"] = "llamacpp"
+    backend: Literal["llamacpp", "vllm", "openai", "echo"] = "llamacpp"
+    """`echo` is no model: a deterministic test backend that says back what it was given."""
     model: str = "smollm2-135m"
     """llamacpp: `smollm2-135m` (bundled) or a .gguf path. vllm: a local HF model directory.
     openai: the served model's name."""

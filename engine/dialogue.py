@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass
 class Turn:
+    """One turn of the dialogue."""
+
     role: str  # "user" | "assistant"
     text: str
     gen: int | None = None  # the generation an assistant turn came from
@@ -20,6 +22,8 @@ class Turn:
 
 
 class Dialogue:
+    """One call's chat history as the model sees it: what the caller said, and what the caller heard."""
+
     def __init__(self, system_prompt: str, max_turns: int = 40) -> None:
         self.system_prompt = system_prompt
         self.max_turns = max_turns
@@ -34,12 +38,13 @@ class Dialogue:
         self._trim()
 
     def add_assistant(self, gen: int, text: str) -> None:
-        """What generation `gen` produced, provisionally: replaced by `heard` if the caller cut it short."""
+        """What generation `gen` produced, provisionally: replaced by `heard` if the caller cut it short. A heard
+        report that came first stands: the caller heard no more than it says."""
         turn = self._assistant(gen)
         if turn is None:
             self.turns.append(Turn("assistant", text, gen))
             self._trim()
-        else:
+        elif not turn.interrupted:
             turn.text = text
 
     def heard(self, gen: int, heard_text: str) -> None:

@@ -11,6 +11,8 @@ True (barge-in, hang-up). It blocks: run it on a worker thread, never a loop.
 - `OpenAIBackend`: any OpenAI-compatible streaming server (a vLLM fleet), over
   HTTP with server-sent events; stopping closes the connection, which makes vLLM
   abort the request.
+- `VllmBackend` (engine/llm_vllm.py): vLLM in-process, for GPU hosts.
+- `EchoBackend`: no model at all, for tests: it says back what it was given.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.config import LlmSection
 
 Messages = list[dict[str, str]]
 OnDelta = Callable[[str], bool]
@@ -33,6 +38,8 @@ class LlmError(RuntimeError):
 
 
 class LlmBackend(Protocol):
+    """A model that streams a chat reply: `on_delta` gets each piece and returns True to stop it."""
+
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None: ...
 
 
@@ -52,6 +59,8 @@ def resolve_gguf(name: str) -> Path:
 
 
 class LlamaCppBackend:
+    """llama.cpp in the process (xllamacpp), streaming through its server's chat handler."""
+
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, temperature: float = 0.6,
                  slots: int = 1) -> None:
         import xllamacpp
@@ -90,6 +99,8 @@ class LlamaCppBackend:
 
 
 class OpenAIBackend:
+    """Any OpenAI-compatible streaming chat server (a vLLM fleet), over HTTP server-sent events."""
+
     def __init__(self, base_url: str, model: str, *, api_key: str = "", temperature: float = 0.6,
                  timeout_s: float = 30.0) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -123,3 +134,34 @@ class OpenAIBackend:
             raise LlmError(f"{self.url} answered HTTP {exc.code}: {exc.read()[:300]!r}") from exc
         except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
             raise LlmError(f"{self.url}: {exc}") from exc
+
+
+class EchoBackend:
+    """A deterministic stand-in for a model, for tests of the processes around it: no weights, no randomness.
+
+    It says back what it was given: "You said: <the caller's last turn>." and, when the dialogue holds one, "Before
+    that I said: <the assistant's last turn>.", a word per delta. What a reply says therefore shows which history
+    it was built on.
+    """
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        said = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
+        text = f"You said: {user}." + (f" Before that I said: {said}." if said else "")
+        for i, word in enumerate(text.split()[:max_tokens]):
+            if on_delta(word if i == 0 else " " + word):
+                return
+
+
+def make_backend(cfg: LlmSection) -> LlmBackend:
+    """The backend `llm.backend` names, loaded and ready."""
+    if cfg.backend == "openai":
+        return OpenAIBackend(cfg.base_url, cfg.model, api_key=cfg.api_key, temperature=cfg.temperature)
+    if cfg.backend == "vllm":
+        from engine.llm_vllm import VllmBackend
+
+        return VllmBackend(cfg.model, temperature=cfg.temperature, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                           max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager)
+    if cfg.backend == "echo":
+        return EchoBackend()
+    return LlamaCppBackend(resolve_gguf(cfg.model), threads=cfg.threads, temperature=cfg.temperature)

@@ -1,8 +1,10 @@
-"""Latency trace events: (call, reply generation, stage, t_ns) as JSON lines, written off the event loop.
+"""Latency trace events: (call, reply generation, stage, t_ns) as JSON lines, written off the real-time path.
 
 Every process stamps the stages it owns with `time.monotonic_ns()` (one clock for
-the host) and sends them to the transport as `Trace` messages; the transport adds
-its own and hands them all to a `TraceSink`, whose thread appends them to a file.
+the host) and writes them itself, through its own `TraceSink`: nothing crosses the
+bus or the transport's event loop only to reach a file. Every sink appends to the
+same file (`engine.trace_file`), each batch in one `write` on an O_APPEND
+descriptor, so lines from different processes never interleave mid-line.
 `engine.trace_report` reads the file back.
 
 Stages of a reply, in order (a reply to the caller has them all; a greeting or
@@ -15,6 +17,7 @@ A barge-in adds speech_onset, barge_in_heard and clear_sent to the reply it cut.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from pathlib import Path
@@ -24,8 +27,9 @@ import msgspec
 log = logging.getLogger("engine.trace")
 
 
-
 class TraceEvent(msgspec.Struct, kw_only=True):
+    """One stage of one reply: when (monotonic ns) call `call`'s reply `gen` reached `stage`."""
+
     call: str
     gen: int
     stage: str
@@ -43,12 +47,18 @@ class TraceSink:
         self._thread.start()
         self.written = 0
 
+    @classmethod
+    def open(cls, path: str) -> TraceSink | None:
+        """The sink for `engine.trace_file`; None when tracing is off (no path)."""
+        return cls(Path(path)) if path else None
+
     def add(self, call: str, gen: int, stage: str, t_ns: int) -> None:
         self._queue.put(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns))
 
     def _write_loop(self) -> None:
         encoder = msgspec.json.Encoder()
-        with open(self.path, "ab") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
             while True:
                 event = self._queue.get()
                 batch = [event]
@@ -59,13 +69,15 @@ class TraceSink:
                         break
                 lines = [encoder.encode(e) + b"\n" for e in batch if e is not None]
                 try:
-                    f.writelines(lines)
-                    f.flush()
+                    if lines:
+                        os.write(fd, b"".join(lines))  # one write: the other processes' lines go before or after
                     self.written += len(lines)
                 except OSError as exc:  # a full disk must not take the calls down with it
                     log.error("trace file %s: %s; %d events lost", self.path, exc, len(lines))
                 if None in batch:
                     return
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._queue.put(None)

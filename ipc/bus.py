@@ -3,11 +3,14 @@
 Every process binds two PULL sockets, `<name>.urgent` and `<name>.data`, and
 connects PUSH sockets to every engine peer when its bus opens (a bounded set: no
 first message pays for a connect, and a process's file descriptors do not grow
-when a peer it never talked to is first needed; other names connect on demand). A message goes to the urgent
-socket when its class is marked urgent (Cancel, Shutdown, CallEnded); `recv`
-always drains urgent before data, so a barge-in never waits behind a backlog of
-transcripts or sentences. Sends never block: a peer that is down and whose
-queue is full costs a counted drop, not a stalled sender.
+when a peer it never talked to is first needed; other names connect on demand).
+
+Order: one PUSH socket per sender and lane, and ZeroMQ keeps a socket's messages in
+order, so everything one sender sends one receiver on the data lane arrives as it
+was sent. Only `Cancel` and `Shutdown` (classes marked urgent) take the urgent lane,
+which `recv` always drains first: a barge-in's cancel never waits behind a backlog
+of sentences. Sends never block: a peer that is down and whose queue is full costs
+a counted drop, not a stalled sender.
 
 `Bus` is for threads that block; `AsyncBus` for the transport's asyncio loop.
 """

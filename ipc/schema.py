@@ -2,8 +2,13 @@
 
 msgspec Structs in one tagged union, encoded as MessagePack: no pickle. Each message
 carries `t_ns` (time.monotonic_ns(), one clock for every process on a host) and,
-where it concerns a call, `call_id`. Messages whose class sets `urgent = True`
-travel on the receiver's priority socket and are handled before any queued data.
+where it concerns a call, `call_id`.
+
+Order: messages from one sender to one receiver arrive in the order they were sent
+(a call's start, what the caller heard of a reply and the next reply request, a
+call's end). Only `Cancel` and `Shutdown` set `urgent = True`: they travel on the
+receiver's priority socket and overtake whatever is queued, so a receiver must
+accept a `Cancel` for a reply (or call) it has not heard of yet.
 """
 
 from __future__ import annotations
@@ -89,11 +94,9 @@ class Status(Msg):
 class CallStarted(Msg):
     """Transport -> speech, llm, tts: a call leased ring pair `slot` under `epoch`.
 
-    Urgent, like CallEnded, so one sender's start and end of a call stay in order.
     The supervisor replays it for every live call to a restarted process.
     """
 
-    urgent: ClassVar[bool] = True
     call_id: str
     slot: int
     epoch: int
@@ -101,7 +104,9 @@ class CallStarted(Msg):
 
 
 class CallEnded(Msg):
-    urgent: ClassVar[bool] = True
+    """Transport (or the supervisor, for a dead transport) -> speech, llm, tts: the call on `slot`/`epoch` is
+    over; its work stops."""
+
     call_id: str
     slot: int
     epoch: int
@@ -121,7 +126,6 @@ class Cancel(Msg):
 class SpeechStarted(Msg):
     """Speech -> transport: the caller started talking (speech.min_speech_ms of it): a new turn."""
 
-    urgent: ClassVar[bool] = True
     call_id: str
     turn: int
     onset_t_ns: int
@@ -133,7 +137,6 @@ class SpeechSustained(Msg):
     long enough to interrupt the bot. Once a turn; with that minimum no longer than speech.min_speech_ms,
     right behind the turn's SpeechStarted."""
 
-    urgent: ClassVar[bool] = True
     call_id: str
     turn: int
 
@@ -167,9 +170,8 @@ class Respond(Msg):
     """Transport -> llm: produce reply `gen` of a call, to `caller_text` (added to the dialogue as the caller's),
     or, with `say`, speak `say` verbatim (a greeting, a re-prompt: kept in the dialogue as the assistant's).
 
-    Urgent, so it stays in order behind the CallStarted and the Cancel of the reply it supersedes."""
+    It comes after the `Heard` of the reply it follows: the dialogue it is built on holds what the caller heard."""
 
-    urgent: ClassVar[bool] = True
     call_id: str
     gen: int
     caller_text: str = ""
@@ -207,17 +209,8 @@ class Spoken(Msg):
     last: bool = False
 
 
-class Trace(Msg):
-    """Any process -> transport: reply `gen` of a call reached `stage` at `at_ns` (monotonic, host-wide)."""
-
-    call_id: str
-    gen: int
-    stage: str
-    at_ns: int
-
-
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained
-          | EndOfTurn | Transcript | Respond | Sentence | Heard | Spoken | Trace)
+          | EndOfTurn | Transcript | Respond | Sentence | Heard | Spoken)
 
 
 class Codec:

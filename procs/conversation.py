@@ -41,13 +41,12 @@ from ipc.schema import (
     SpeechStarted,
     SpeechSustained,
     Spoken,
-    Trace,
     Transcript,
 )
 
 log = logging.getLogger("engine.transport")
 
-CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken | Trace
+CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken
 
 
 @dataclass
@@ -92,17 +91,14 @@ class Conversation:
 
     async def on_bus(self, msg: CallerMsg) -> None:
         """A bus message about this call."""
-        if isinstance(msg, Trace):
-            self.stamp(msg.gen, msg.stage, msg.at_ns)
-        else:
-            if isinstance(msg, SpeechStarted):
-                self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
-            elif isinstance(msg, EndOfTurn):
-                self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
-            elif isinstance(msg, Transcript) and msg.final:
-                self.turn.transcript = msg.t_ns
-                self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
-            await self.feed(msg)
+        if isinstance(msg, SpeechStarted):
+            self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
+        elif isinstance(msg, EndOfTurn):
+            self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
+        elif isinstance(msg, Transcript) and msg.final:
+            self.turn.transcript = msg.t_ns
+            self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
+        await self.feed(msg)
 
     async def audio_started(self, gen: int) -> None:
         self.stamp(gen, "first_audio_out", time.monotonic_ns())

@@ -73,7 +73,6 @@ from ipc.schema import (
     SpeechSustained,
     Spoken,
     Status,
-    Trace,
     Transcript,
 )
 from procs.child import bootstrap, watch_parent
@@ -502,12 +501,11 @@ class TransportProc:
             elif isinstance(msg, Shutdown):
                 log.info("shutdown requested: %s", msg.reason)
                 self.stopping.set()
-            elif isinstance(msg, SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken | Trace):
+            elif isinstance(msg, SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken):
                 call = self.calls.get(msg.call_id)
                 if call is None or call.conversation is None:
                     continue
-                if not isinstance(msg, Trace):
-                    self._record_event(call, {"event": type(msg).__name__, **msgspec.to_builtins(msg)})
+                self._record_event(call, {"event": type(msg).__name__, **msgspec.to_builtins(msg)})
                 if not call.ws.closed:
                     await self._guarded(call, call.conversation.on_bus(msg))
 

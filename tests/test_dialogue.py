@@ -38,3 +38,11 @@ def test_heard_report_arriving_before_the_reply_was_recorded() -> None:
     d.add_user("Hi")
     d.heard(7, "Good morning")
     assert d.messages()[-1] == {"role": "assistant", "content": "Good morning [interrupted by the caller]"}
+
+
+def test_a_heard_report_that_came_first_is_not_overwritten_by_the_whole_reply() -> None:
+    d = Dialogue("sys")
+    d.add_user("Tell me a story.")
+    d.heard(3, "Once upon a time")  # the caller cut it short before the model had finished writing it down
+    d.add_assistant(3, "Once upon a time there was a fox who lived by the river.")
+    assert d.messages()[-1] == {"role": "assistant", "content": "Once upon a time [interrupted by the caller]"}

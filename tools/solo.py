@@ -94,8 +94,8 @@ class SoloChild:
         raise AssertionError(f"no {kind.__name__} for {peer} within {timeout} s")
 
     def start_call(self, call_id: str, inbound_rate: int = 16000) -> Lease:
-        """Lease a ring pair as the transport does and tell the child; returns once its heartbeat counts the call
-        (CallStarted is urgent: a data message sent right after could otherwise overtake it)."""
+        """Lease a ring pair as the transport does and tell the child; returns once its heartbeat counts the call,
+        so a test may send the call's messages from any peer's bus (only one sender's messages keep their order)."""
         lease = self.pool.lease(call_id)
         if lease is None:
             raise RuntimeError(f"no free ring pair for {call_id}")

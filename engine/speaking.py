@@ -1,0 +1,183 @@
+"""The TTS process's logic, with no rings, sockets or threads: sentences in, 20 ms frames and spans out.
+
+`Speaking` keeps one `Voice` per call (which replies are void, whether the call is
+over) and answers the sentences to speak. `SentenceFrames` cuts one sentence's
+audio, as the backend makes it, into 20 ms frames stamped with the reply's
+generation; its last frame carries FLAG_MARK (the transport sends a Twilio mark
+after it) and, for a reply's last sentence, FLAG_END. Once written, the frames'
+ring sequence numbers make the `Spoken` span that tells the transport which frames
+carry which text: that is how it knows what the caller heard. `speak` drives one
+sentence from any `TtsBackend` into a frame writer the process provides (the
+call's outbound ring, waiting for room); tests give it a list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from engine.calls import CallTable, EarlyMessages
+from engine.codec import Pcm16
+from engine.tts import TtsBackend
+from ipc.ring import FLAG_END, FLAG_MARK, gen_flags
+from ipc.schema import CallEnded, CallStarted, Cancel, Sentence, Spoken
+
+FRAMES_PER_SECOND = 50  # 20 ms frames, as Twilio plays them
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A trace stage a reply reached just now (see engine.trace)."""
+
+    name: str
+
+
+Outcome = Literal["spoken", "stopped"]
+WriteFrame = Callable[[Pcm16, int], "int | None"]
+"""Writes one frame with its flags; the frame's ring seq, or None if the sentence was stopped while waiting."""
+
+
+@dataclass
+class Voice:
+    """One call's speaking state. `writer` belongs to the process (its ring writer, made by the thread that
+    writes)."""
+
+    slot: int
+    epoch: int
+    cancelled: set[int] = field(default_factory=set)
+    ended: bool = False
+    sounded_gen: int = 0  # the latest reply whose first audio has been written
+    writer: Any = None
+
+
+@dataclass
+class SentenceJob:
+    """A sentence to speak for a call."""
+
+    voice: Voice
+    sentence: Sentence
+
+    def void(self) -> bool:
+        """Its reply was cancelled or its call is over: nothing more of it may be written."""
+        return self.sentence.gen in self.voice.cancelled or self.voice.ended
+
+
+class Speaking:
+    """Every call's voice in the TTS process; `handle` a message, get the sentences it asks to speak."""
+
+    def __init__(self) -> None:
+        self.calls: CallTable[Voice] = CallTable()
+        self.cancels = 0
+        self._early: EarlyMessages[Cancel | Sentence] = EarlyMessages()
+
+    def handle(self, msg: CallStarted | CallEnded | Cancel | Sentence) -> list[SentenceJob]:
+        if isinstance(msg, CallStarted):
+            accepted, _ = self.calls.start(msg.slot, msg.epoch, msg.call_id, Voice(msg.slot, msg.epoch))
+            if accepted:
+                return [job for early in self._early.release(msg.call_id) for job in self.handle(early)]
+        elif isinstance(msg, CallEnded):
+            ended = self.calls.end(msg.slot, msg.epoch)
+            if ended is not None:
+                ended.state.ended = True
+        else:
+            call = self.calls.find(msg.call_id)
+            if call is None:
+                self._early.hold(msg.call_id, msg)
+            elif isinstance(msg, Cancel):
+                self.cancels += 1
+                call.state.cancelled.add(msg.gen)
+            elif msg.gen not in call.state.cancelled:
+                return [SentenceJob(call.state, msg)]
+        return []
+
+
+class SentenceFrames:
+    """One sentence's audio as ring frames: `add` chunks as they come, `tail` the last frame, `wrote` each
+    frame's seq; then `spoken` is its span."""
+
+    def __init__(self, sentence: Sentence, rate: int) -> None:
+        self.sentence = sentence
+        self.samples = rate // FRAMES_PER_SECOND
+        self.stamp = gen_flags(sentence.gen)  # lets the transport drop this reply's frames once it is cancelled
+        self._pending = np.zeros(0, np.int16)
+        self.seq_first: int | None = None
+        self.seq_last = -1
+
+    def add(self, chunk: Pcm16) -> list[Pcm16]:
+        """The next audio of the sentence; the whole frames it completes."""
+        self._pending = np.concatenate([self._pending, chunk])
+        whole = len(self._pending) // self.samples * self.samples
+        frames = [self._pending[i:i + self.samples] for i in range(0, whole, self.samples)]
+        self._pending = self._pending[whole:]
+        return frames
+
+    def tail(self) -> tuple[Pcm16, int]:
+        """The sentence's last frame (what is left, padded with silence; a silent frame if nothing is: the flags
+        need a frame to ride on) and its flags."""
+        pad = np.zeros(-len(self._pending) % self.samples if len(self._pending) else self.samples, np.int16)
+        flags = self.stamp | FLAG_MARK | (FLAG_END if self.sentence.last else 0)
+        return np.concatenate([self._pending, pad]), flags
+
+    def wrote(self, seq: int, voice: Voice) -> list[Stage]:
+        """Frame `seq` of the sentence is in the ring; the trace stage it reaches, if any."""
+        self.seq_last = seq
+        if self.seq_first is not None:
+            return []
+        self.seq_first = seq
+        if voice.sounded_gen < self.sentence.gen:
+            voice.sounded_gen = self.sentence.gen
+            return [Stage("tts_first_audio")]
+        return []
+
+    def spoken(self) -> Spoken:
+        s = self.sentence
+        assert self.seq_first is not None, "no frame of the sentence was written"
+        return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first, seq_last=self.seq_last,
+                      text=s.text, last=s.last)
+
+
+def speak(job: SentenceJob, backend: TtsBackend, write: WriteFrame, emit: Callable[[Spoken | Stage], None],
+          shutting_down: Callable[[], bool] = lambda: False) -> Outcome:
+    """Synthesise `job`'s sentence with `backend` and write its frames as the audio comes, handing the trace
+    stages and, once all its frames are written, its `Spoken` span to `emit`. Stops within a frame of a cancel.
+    Blocks: run it on a worker thread."""
+    voice, sentence = job.voice, job.sentence
+
+    def stopped() -> bool:
+        return job.void() or shutting_down()
+
+    if stopped():
+        return "stopped"
+    if sentence.index == 0:
+        emit(Stage("tts_start"))
+    framer = SentenceFrames(sentence, backend.sample_rate)
+    chunks: Iterator[Pcm16] = backend.synthesize(sentence.text) if sentence.text.strip() else iter(())
+    try:
+        for chunk in chunks:
+            for frame in framer.add(chunk):
+                if not _write(framer, voice, write, frame, framer.stamp, stopped, emit):
+                    return "stopped"
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # leaving the generator early cancels the synthesis
+    frame, flags = framer.tail()
+    if not _write(framer, voice, write, frame, flags, stopped, emit):
+        return "stopped"
+    emit(framer.spoken())
+    return "spoken"
+
+
+def _write(framer: SentenceFrames, voice: Voice, write: WriteFrame, frame: Pcm16, flags: int,
+           stopped: Callable[[], bool], emit: Callable[[Spoken | Stage], None]) -> bool:
+    if stopped():
+        return False
+    seq = write(frame, flags)
+    if seq is None:
+        return False
+    for stage in framer.wrote(seq, voice):
+        emit(stage)
+    return True

@@ -1,0 +1,199 @@
+"""The LLM process's logic, with no sockets or threads: messages in, replies to make; text deltas in, sentences out.
+
+`Thinking` keeps one `Mind` per call: its dialogue (only what the caller heard) and
+which of its replies are void. It takes the bus messages addressed to the LLM and
+answers a `ReplyJob` when a reply is to be made. `Reply` makes one: it is fed the
+model's text deltas (or a line to say verbatim) and returns what to send on, in
+order: `Sentence`s for the TTS the moment each piece is speakable, and the trace
+`Stage`s it passed. `generate` drives a `Reply` from any `LlmBackend`; the process
+runs it on a worker thread, tests run it with a scripted backend.
+
+Cancellation is checked between deltas: once a reply is cancelled, its call ends or
+the process stops, nothing more of it is returned and the dialogue keeps only what
+the caller heard of it (reported later by `Heard`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.calls import CallTable, EarlyMessages
+from engine.chunker import SentenceChunker
+from engine.dialogue import Dialogue
+from engine.llm import LlmBackend, Messages
+from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Respond, Sentence
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A trace stage a reply reached just now (see engine.trace)."""
+
+    name: str
+
+
+Out = Sentence | Stage
+Outcome = Literal["done", "stopped", "failed"]
+
+
+@dataclass
+class Mind:
+    """One call's state in the LLM process. The worker thread writes the reply it made into the dialogue while
+    the main thread adds what the caller said and heard: `lock` orders them."""
+
+    dialogue: Dialogue
+    latest: int = 0
+    cancelled: set[int] = field(default_factory=set)
+    ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ReplyJob:
+    """Reply `gen` of a call to make: generated from `messages`, or `say` spoken verbatim."""
+
+    call_id: str
+    gen: int
+    mind: Mind
+    messages: Messages
+    say: str = ""
+
+
+class Thinking:
+    """Every call's mind in the LLM process; `handle` a message, get the reply job it asks for, if any."""
+
+    def __init__(self, system_prompt: str) -> None:
+        self.system_prompt = system_prompt
+        self.calls: CallTable[Mind] = CallTable()
+        self.cancels = 0
+        self._early: EarlyMessages[Cancel] = EarlyMessages()
+
+    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond) -> ReplyJob | None:
+        if isinstance(msg, CallStarted):
+            cancelled = {cancel.gen for cancel in self._early.release(msg.call_id)}
+            self.calls.start(msg.slot, msg.epoch, msg.call_id, Mind(Dialogue(self.system_prompt), cancelled=cancelled))
+        elif isinstance(msg, CallEnded):
+            ended = self.calls.end(msg.slot, msg.epoch)
+            if ended is not None:
+                ended.state.ended = True  # stops a generation in progress at its next delta
+        elif isinstance(msg, Cancel):
+            self.cancels += 1
+            call = self.calls.find(msg.call_id)
+            if call is None:
+                self._early.hold(msg.call_id, msg)
+            else:
+                call.state.cancelled.add(msg.gen)
+        elif isinstance(msg, Heard):
+            call = self.calls.find(msg.call_id)
+            if call is not None:
+                with call.state.lock:
+                    call.state.dialogue.heard(msg.gen, msg.text)
+        else:
+            return self._respond(msg)
+        return None
+
+    def _respond(self, msg: Respond) -> ReplyJob | None:
+        call = self.calls.find(msg.call_id)
+        if call is None:
+            return None
+        mind = call.state
+        if mind.latest and mind.latest < msg.gen:  # a newer reply supersedes one not yet done (the conductor
+            mind.cancelled.add(mind.latest)          # cancels it too; this keeps the worker from starting it)
+        mind.latest = max(mind.latest, msg.gen)
+        with mind.lock:
+            if msg.caller_text:
+                mind.dialogue.add_user(msg.caller_text)
+            messages = mind.dialogue.messages()
+        return ReplyJob(msg.call_id, msg.gen, mind, messages, say=msg.say)
+
+
+class Reply:
+    """One reply in the making: deltas in, `Sentence`s and `Stage`s out, in the order to send them."""
+
+    def __init__(self, job: ReplyJob, *, first_clause_words: int = 4,
+                 shutting_down: Callable[[], bool] = lambda: False) -> None:
+        self.job = job
+        self._chunker = SentenceChunker(first_min_words=first_clause_words)
+        self._shutting_down = shutting_down
+        self._produced: list[str] = []
+        self._index = 0
+        self.error: Exception | None = None
+        """What made the backend fail mid-reply, if it did."""
+
+    def stopped(self) -> bool:
+        """Cancelled, its call over, or the process is shutting down: nothing more of it goes out."""
+        mind = self.job.mind
+        return self.job.gen in mind.cancelled or mind.ended or self._shutting_down()
+
+    def start(self) -> list[Out]:
+        return [Stage("llm_start")]
+
+    def feed(self, delta: str) -> list[Out]:
+        """A piece of the reply's text as the model made it."""
+        if self.stopped():
+            return []
+        out: list[Out] = [] if self._produced else [Stage("llm_first_token")]
+        self._produced.append(delta)
+        return out + self._sentences(self._chunker.push(delta))
+
+    def finish(self) -> list[Out]:
+        """The model is done: the rest of the text as the last sentence (an empty one if nothing is left, so the
+        TTS still learns the reply is over), and the reply joins the dialogue. Nothing if it was stopped."""
+        if self.stopped():
+            return []
+        out = self._sentences(self._chunker.flush(), last=True)
+        if not any(isinstance(o, Sentence) and o.last for o in out):
+            out.append(self._sentence("", last=True))
+        mind = self.job.mind
+        with mind.lock:  # Heard and new caller turns change the dialogue on the main thread
+            mind.dialogue.add_assistant(self.job.gen, "".join(self._produced).strip())
+        return out
+
+    @property
+    def deltas(self) -> int:
+        return len(self._produced)
+
+    def _sentences(self, pieces: list[str], last: bool = False) -> list[Out]:
+        out: list[Out] = []
+        for i, piece in enumerate(pieces):
+            if self._index == 0:
+                out.append(Stage("llm_first_sentence"))
+            out.append(self._sentence(piece, last=last and i == len(pieces) - 1))
+        return out
+
+    def _sentence(self, text: str, last: bool) -> Sentence:
+        sentence = Sentence(call_id=self.job.call_id, gen=self.job.gen, index=self._index, text=text, last=last)
+        self._index += 1
+        return sentence
+
+
+def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[[Out], None]) -> Outcome:
+    """Make `reply` with `backend` (or say its line verbatim), handing each output to `emit` as it comes.
+
+    A backend that fails mid-stream ends the reply with what it had made: the caller hears that much rather than
+    silence (the exception is kept in `reply.error`). Blocks: run it on a worker thread.
+    """
+    if reply.stopped():
+        return "stopped"
+
+    def on_delta(delta: str) -> bool:
+        for out in reply.feed(delta):
+            emit(out)
+        return reply.stopped()
+
+    for out in reply.start():
+        emit(out)
+    if reply.job.say:
+        on_delta(reply.job.say)
+    else:
+        try:
+            backend.stream(reply.job.messages, on_delta, max_tokens)
+        except Exception as exc:  # LlmError, or a server dropping mid-stream
+            reply.error = exc
+    if reply.stopped():
+        return "stopped"
+    for out in reply.finish():
+        emit(out)
+    return "failed" if reply.error is not None else "done"

@@ -1,0 +1,141 @@
+"""The TTS process's logic with no process, ring or model: a tone backend, and a list for a ring."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from engine.codec import Pcm16
+from engine.speaking import SentenceJob, Speaking, Stage, speak
+from ipc.ring import FLAG_END, FLAG_MARK, flags_gen, gen_flags
+from ipc.schema import CallEnded, CallStarted, Cancel, Sentence, Spoken
+
+RATE = 16000
+FRAME = RATE // 50
+
+
+class ToneTts:
+    """A test backend, not a voice: each word is 0.1 s of a tone, handed over in uneven chunks (as a real
+    vocoder's are); it records whether the synthesis was closed early."""
+
+    sample_rate = RATE
+
+    def __init__(self) -> None:
+        self.closed_early = False
+
+    def synthesize(self, text: str) -> Iterator[Pcm16]:
+        t = np.arange(len(text.split()) * RATE // 10)
+        audio = (8000 * np.sin(2 * np.pi * 440 * t / RATE)).astype(np.int16)
+        done = False
+        try:
+            for start in range(0, len(audio), 777):
+                yield audio[start:start + 777]
+            done = True
+        finally:
+            self.closed_early = not done
+
+
+class ListRing:
+    """Frames as the transport would read them from the ring: (seq, samples, flags)."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, Pcm16, int]] = []
+
+    def write(self, samples: Pcm16, flags: int) -> int:
+        self.frames.append((len(self.frames), samples, flags))
+        return len(self.frames) - 1
+
+
+def call(speaking: Speaking, call_id: str = "CA1") -> None:
+    assert speaking.handle(CallStarted(call_id=call_id, slot=0, epoch=1, inbound_rate=16000)) == []
+
+
+def sentence(text: str, index: int = 0, gen: int = 1, last: bool = False, call_id: str = "CA1") -> Sentence:
+    return Sentence(call_id=call_id, gen=gen, index=index, text=text, last=last)
+
+
+def job_for(speaking: Speaking, s: Sentence) -> SentenceJob:
+    jobs = speaking.handle(s)
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def test_a_sentence_becomes_20ms_frames_stamped_with_its_reply_and_a_span() -> None:
+    speaking, ring, tts = Speaking(), ListRing(), ToneTts()
+    call(speaking)
+    outs: list[Spoken | Stage] = []
+    s0, s1 = sentence("Thank you for calling.", 0), sentence("Goodbye now.", 1, last=True)
+    assert speak(job_for(speaking, s0), tts, ring.write, outs.append) == "spoken"
+    assert speak(job_for(speaking, s1), tts, ring.write, outs.append) == "spoken"
+    assert all(len(samples) == FRAME for _, samples, _ in ring.frames)
+    assert all(flags_gen(flags) == 1 for _, _, flags in ring.frames)
+    spans = [o for o in outs if isinstance(o, Spoken)]
+    assert [(s.index, s.text, s.last) for s in spans] == [(0, s0.text, False), (1, s1.text, True)]
+    assert spans[0].seq_first == 0 and spans[1].seq_first == spans[0].seq_last + 1
+    assert spans[1].seq_last == len(ring.frames) - 1
+    marks = [seq for seq, _, flags in ring.frames if flags & FLAG_MARK]
+    assert marks == [spans[0].seq_last, spans[1].seq_last]  # a mark after each sentence...
+    assert [seq for seq, _, flags in ring.frames if flags & FLAG_END] == [spans[1].seq_last]  # ...the end once
+    first = np.concatenate([samples for seq, samples, _ in ring.frames if seq <= spans[0].seq_last])
+    spoken = np.concatenate(list(ToneTts().synthesize(s0.text)))
+    assert np.array_equal(first[:len(spoken)], spoken) and not first[len(spoken):].any()  # padded with silence
+    assert [o.name for o in outs if isinstance(o, Stage)] == ["tts_start", "tts_first_audio"]
+
+
+def test_a_cancel_stops_the_sentence_within_a_frame_and_closes_the_synthesis() -> None:
+    speaking, ring, tts = Speaking(), ListRing(), ToneTts()
+    call(speaking)
+    job = job_for(speaking, sentence("one two three four five six seven eight", last=True))
+
+    def write(samples: Pcm16, flags: int) -> int:
+        seq = ring.write(samples, flags)
+        if seq == 4:
+            speaking.handle(Cancel(call_id="CA1", gen=1))
+        return seq
+
+    outs: list[Spoken | Stage] = []
+    assert speak(job, tts, write, outs.append) == "stopped"
+    assert len(ring.frames) == 5 and not any(flags & FLAG_MARK for _, _, flags in ring.frames)
+    assert not any(isinstance(o, Spoken) for o in outs)
+    assert tts.closed_early
+    assert speaking.handle(sentence("more", index=1)) == []  # later sentences of a cancelled reply are dropped
+
+
+def test_an_empty_last_sentence_is_one_silent_frame_that_ends_the_reply() -> None:
+    speaking, ring = Speaking(), ListRing()
+    call(speaking)
+    outs: list[Spoken | Stage] = []
+    speak(job_for(speaking, sentence("", index=2, last=True)), ToneTts(), ring.write, outs.append)
+    [(_, samples, flags)] = ring.frames
+    assert not samples.any() and flags == gen_flags(1) | FLAG_MARK | FLAG_END
+    assert next(o for o in outs if isinstance(o, Spoken)).text == ""
+
+
+def test_first_audio_is_stamped_once_per_reply() -> None:
+    speaking, ring = Speaking(), ListRing()
+    call(speaking)
+    outs: list[Spoken | Stage] = []
+    for s in (sentence("Hello.", 0, gen=1), sentence("Again.", 1, gen=1), sentence("Next.", 0, gen=2)):
+        speak(job_for(speaking, s), ToneTts(), ring.write, outs.append)
+    stages = [o.name for o in outs if isinstance(o, Stage)]
+    assert stages == ["tts_start", "tts_first_audio", "tts_start", "tts_first_audio"]
+
+
+def test_what_arrives_before_its_call_starts_is_held_until_it_does() -> None:
+    speaking = Speaking()
+    # The LLM's sentence for a new call can overtake the transport's CallStarted (two senders), and a Cancel
+    # overtakes anything.
+    assert speaking.handle(sentence("Hello.", 0, gen=1)) == []
+    assert speaking.handle(Cancel(call_id="CA1", gen=2)) == []
+    assert speaking.handle(sentence("Stale.", 0, gen=2)) == []
+    jobs = speaking.handle(CallStarted(call_id="CA1", slot=0, epoch=1, inbound_rate=16000))
+    assert [(j.sentence.gen, j.sentence.text) for j in jobs] == [(1, "Hello.")]
+
+
+def test_a_call_that_ends_stops_its_speech() -> None:
+    speaking, ring = Speaking(), ListRing()
+    call(speaking)
+    job = job_for(speaking, sentence("one two three", last=True))
+    speaking.handle(CallEnded(call_id="CA1", slot=0, epoch=1, reason="hung up"))
+    assert speak(job, ToneTts(), ring.write, lambda o: None) == "stopped" and ring.frames == []

@@ -1,0 +1,166 @@
+"""The LLM process's logic with no process and no model: a scripted backend streams fixed deltas."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from engine.llm import EchoBackend, Messages, OnDelta
+from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
+from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Respond, Sentence
+
+
+class ScriptedLlm:
+    """A test backend, not a model: streams the deltas it was given, and records the prompts it saw."""
+
+    def __init__(self, deltas: list[str], fail_after: int | None = None,
+                 during: Callable[[int], None] | None = None) -> None:
+        self.deltas = deltas
+        self.fail_after = fail_after
+        self.during = during  # called before each delta with its index (a cancel arriving mid-stream)
+        self.prompts: list[Messages] = []
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+        self.prompts.append(messages)
+        for i, delta in enumerate(self.deltas[:max_tokens]):
+            if self.fail_after is not None and i == self.fail_after:
+                raise ConnectionError("server went away")
+            if self.during is not None:
+                self.during(i)
+            if on_delta(delta):
+                return
+
+
+def started(thinking: Thinking, call_id: str = "CA1", slot: int = 0) -> None:
+    thinking.handle(CallStarted(call_id=call_id, slot=slot, epoch=1, inbound_rate=16000))
+
+
+def ask(thinking: Thinking, text: str, gen: int = 1, call_id: str = "CA1") -> ReplyJob:
+    job = thinking.handle(Respond(call_id=call_id, gen=gen, caller_text=text))
+    assert job is not None
+    return job
+
+
+def run(job: ReplyJob, backend: object) -> tuple[str, list[Out]]:
+    outs: list[Out] = []
+    outcome = generate(Reply(job), backend, 100, outs.append)  # type: ignore[arg-type]
+    return outcome, outs
+
+
+def sentences(outs: list[Out]) -> list[tuple[int, str, bool]]:
+    return [(o.index, o.text, o.last) for o in outs if isinstance(o, Sentence)]
+
+
+def test_deltas_become_sentences_as_soon_as_each_is_speakable() -> None:
+    thinking = Thinking("Be brief.")
+    started(thinking)
+    job = ask(thinking, "What are your hours?")
+    llm = ScriptedLlm(["We open", " at nine,", " every day", " of the week.", " See", " you soon!"])
+    outcome, outs = run(job, llm)
+    assert outcome == "done"
+    assert llm.prompts[0] == [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "What are your hours?"}]
+    assert sentences(outs) == [(0, "We open at nine,", False), (1, "every day of the week.", False),
+                               (2, "See you soon!", True)]
+    # The stages come as the reply reaches them, before the sentence that reached them goes out.
+    names = [o.name if isinstance(o, Stage) else f"S{o.index}" for o in outs]
+    assert names == ["llm_start", "llm_first_token", "llm_first_sentence", "S0", "S1", "S2"]
+    assert job.mind.dialogue.messages()[-1] == {"role": "assistant",
+                                                "content": "We open at nine, every day of the week. See you soon!"}
+
+
+def test_a_reply_whose_text_ends_on_a_sentence_still_says_it_is_over() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    _, outs = run(ask(thinking, "Hi"), ScriptedLlm(["Hello there. ", "How can I help? "]))
+    assert sentences(outs) == [(0, "Hello there.", False), (1, "How can I help?", False), (2, "", True)]
+
+
+def test_a_line_to_say_is_chunked_and_remembered_without_the_model() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    job = thinking.handle(Respond(call_id="CA1", gen=1, say="Hello! How can I help you today?"))
+    assert job is not None
+    llm = ScriptedLlm(["never used"])
+    outcome, outs = run(job, llm)
+    assert outcome == "done" and llm.prompts == []
+    assert " ".join(t for _, t, _ in sentences(outs)) == "Hello! How can I help you today?"
+    assert sentences(outs)[-1][2]
+    assert job.mind.dialogue.messages()[-1]["role"] == "assistant"
+
+
+def test_a_cancel_mid_stream_stops_the_reply_and_nothing_of_it_is_kept() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    job = ask(thinking, "Tell me a story.")
+    cancel_at = 3
+
+    def barge_in(i: int) -> None:
+        if i == cancel_at:
+            thinking.handle(Cancel(call_id="CA1", gen=1))
+
+    llm = ScriptedLlm(["Once upon a time,", " there was", " a fox.", " It lived", " by a river.", " The end."],
+                      during=barge_in)
+    outcome, outs = run(job, llm)
+    assert outcome == "stopped"
+    assert sentences(outs) == [(0, "Once upon a time,", False)]  # what was speakable before the cancel
+    assert all(not last for _, _, last in sentences(outs))
+    assert [m["role"] for m in job.mind.dialogue.messages()] == ["system", "user"]
+    thinking.handle(Heard(call_id="CA1", gen=1, text="Once upon a time,"))
+    assert job.mind.dialogue.messages()[-1]["content"].startswith("Once upon a time,")
+
+
+def test_a_failing_backend_ends_the_reply_with_what_it_had() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    reply = Reply(ask(thinking, "Hi"))
+    outs: list[Out] = []
+    outcome = generate(reply, ScriptedLlm(["Hello there.", " How", " are you"], fail_after=2), 100, outs.append)
+    assert outcome == "failed" and isinstance(reply.error, ConnectionError)
+    assert sentences(outs) == [(0, "Hello there.", False), (1, "How", True)]
+
+
+def test_a_newer_request_supersedes_one_not_yet_made() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    first = ask(thinking, "One.")
+    second = ask(thinking, "Two.", gen=2)
+    assert run(first, ScriptedLlm(["Uno."]))[0] == "stopped"
+    assert run(second, ScriptedLlm(["Dos."]))[0] == "done"
+
+
+def test_a_cancel_that_overtook_its_call_start_still_applies() -> None:
+    thinking = Thinking("sys")
+    thinking.handle(Cancel(call_id="CA9", gen=1))  # urgent: it may arrive before the call's start
+    started(thinking, "CA9", slot=3)
+    assert run(ask(thinking, "Hello?", call_id="CA9"), ScriptedLlm(["Hi."]))[0] == "stopped"
+
+
+def test_an_ended_call_stops_its_reply_and_asks_for_no_more() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    job = ask(thinking, "Hello?")
+    thinking.handle(CallEnded(call_id="CA1", slot=0, epoch=1, reason="hung up"))
+    assert run(job, ScriptedLlm(["Hi."]))[0] == "stopped"
+    assert thinking.handle(Respond(call_id="CA1", gen=2, caller_text="Still there?")) is None
+
+
+def test_a_reply_is_built_on_what_the_caller_heard_of_the_last_one() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    run(ask(thinking, "Tell me about tides."), ScriptedLlm(["Tides come from the moon's pull on the sea."]))
+    thinking.handle(Heard(call_id="CA1", gen=1, text="Tides come from"))
+    _, outs = run(ask(thinking, "Why?", gen=2), EchoBackend())
+    reply = " ".join(t for _, t, _ in sentences(outs))
+    assert reply == "You said: Why?. Before that I said: Tides come from [interrupted by the caller]."
+
+
+@pytest.mark.parametrize("shutting_down", [True, False])
+def test_a_process_shutting_down_makes_no_more(shutting_down: bool) -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    outs: list[Out] = []
+    reply = Reply(ask(thinking, "Hi"), shutting_down=lambda: shutting_down)
+    outcome = generate(reply, ScriptedLlm(["Hello."]), 100, outs.append)
+    assert (outcome, bool(sentences(outs))) == (("stopped", False) if shutting_down else ("done", True))
