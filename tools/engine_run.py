@@ -1,7 +1,9 @@
 """Run the real engine (`python -m engine supervisor`) as a subprocess, and look at it from outside.
 
-Tests, benchmarks and the soak tool start their engines with it: each gets its own instance name (so its
-shared memory can be told apart and checked for leaks), port and runtime dir.
+Tests, benchmarks, the soak tool and the installed-package check start their engines with it: each gets its
+own instance name (so its shared memory can be told apart and checked for leaks), port and runtime dir. The
+engine is this interpreter's: `python -m engine` finds the installed package (a wheel, or a checkout's
+editable install) from any directory, so nothing here knows where a repository is.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 
 from tools.solo import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
 
 
@@ -101,7 +102,7 @@ class EngineRun:
         })
         env.update(overrides)
         self._log = open(self.log_path, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

