@@ -1,0 +1,345 @@
+"""One streaming call in the transport: its socket loop, its send loop, its conversation and its end.
+
+A `PhoneCall` is made when a Media Stream says `start` and a ring pair is leased for
+it. `run()` tells the model processes the call started, starts the send loop and
+reads the rest of the socket: caller audio goes into the inbound ring the moment it
+arrives; keypresses and echoed marks go to the call's `Conductor`. The bus loop
+hands it what the speech and TTS processes say about it (`on_bus`), and the tick
+loop the time. The conductor decides; this carries its actions out: Twilio `clear`,
+`Cancel`/`Heard`/`Respond`/`Sentence` on the bus, hang-ups. It also stamps the
+transport's trace stages. When the socket loop ends, for whatever reason, the call
+ends once: the model processes are told, its ring pair goes back to the pool, and
+its summary is kept for /health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.call_audio import CallAudio
+from engine.conductor import Conductor
+from engine.conductor_io import (
+    Action,
+    AudioStarted,
+    CancelReply,
+    Clear,
+    Connected,
+    Event,
+    HangUp,
+    HungUp,
+    KeyPressed,
+    MarkPlayed,
+    Note,
+    ReportHeard,
+    RequestReply,
+    Speak,
+)
+from engine.config import Config
+from engine.media_stream import Audio, Dtmf, MarkEcho, Started
+from engine.recorder import Recorder
+from engine.stats import Recent
+from engine.trace import TraceSink
+from ipc.bus import AsyncBus
+from ipc.pool import Lease, RingPool
+from ipc.ring import RingReader, RingWriter
+from ipc.schema import (
+    MODEL_PROCS,
+    CallEnded,
+    CallStarted,
+    Cancel,
+    EndOfTurn,
+    Heard,
+    Respond,
+    Sentence,
+    SpeechStarted,
+    SpeechSustained,
+    Spoken,
+    Transcript,
+)
+from procs.doorbell import OutboundDoorbell
+from procs.media_socket import MediaSocket, StreamEvent
+
+log = logging.getLogger("engine.transport")
+
+CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken
+ENDED_KEPT = 200
+
+
+@dataclass
+class TransportShared:
+    """What every call in the transport shares: the bus, the rings, recording and tracing, and the counters."""
+
+    cfg: Config
+    bus: AsyncBus
+    pool: RingPool
+    doorbell: OutboundDoorbell
+    recorder: Recorder | None
+    trace: TraceSink | None
+    calls: dict[str, PhoneCall] = field(default_factory=dict)
+    """The calls streaming now, by call id: each adds itself when it runs and leaves when it ends."""
+    counters: Counter[str] = field(default_factory=Counter)
+    # Per-frame cost on the event loop, in µs: a Twilio media message in (parse, decode, resample, ring write),
+    # and a 20 ms frame out (pull, convert, send).
+    inbound_us: Recent = field(default_factory=Recent)
+    outbound_us: Recent = field(default_factory=Recent)
+    ended: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
+
+
+@dataclass
+class TurnTimes:
+    """When the caller's latest turn passed each speech stage (monotonic ns), kept until its reply is asked for."""
+
+    speech_end: int = 0
+    end_of_turn: int = 0
+    transcript: int = 0
+    onset: int = 0
+    heard: int = 0
+
+
+class PhoneCall:
+    """A call from its stream's `start` to its end."""
+
+    def __init__(self, shared: TransportShared, lease: Lease, socket: MediaSocket, started: Started) -> None:
+        cfg = shared.cfg
+        self.shared = shared
+        self.lease = lease
+        self.call_id = lease.call_id
+        self.socket = socket
+        self.started = started
+        record = self._record_audio if shared.recorder is not None else None
+        self.audio = CallAudio(started.stream_sid, RingWriter(shared.pool.inbound[lease.slot], lease.epoch),
+                               RingReader(shared.pool.outbound[lease.slot], lease.epoch),
+                               inbound_rate=cfg.transport.inbound_rate,
+                               lead_s=cfg.transport.outbound_lead_ms / 1000, record=record)
+        self.conductor = Conductor(cfg.conversation, time.monotonic())
+        self.turn = TurnTimes()
+        self.hangup_reason: str | None = None
+        self._waiter = shared.doorbell.waiter(shared.pool.outbound[lease.slot])
+        self._sender: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[None]] = set()  # socket closes in flight (kept referenced)
+
+    @property
+    def closed(self) -> bool:
+        return self.socket.ws.closed
+
+    # --- the socket loop --------------------------------------------------------------------
+    async def run(self, events: AsyncIterator[tuple[int, StreamEvent]]) -> None:
+        """The call, from `start` to its end: `events` is the rest of the socket's `MediaSocket.events()`."""
+        shared = self.shared
+        shared.calls[self.call_id] = self
+        if shared.recorder is not None:
+            shared.recorder.open(self.call_id)
+        for peer in MODEL_PROCS:
+            shared.bus.send(peer, CallStarted(call_id=self.call_id, slot=self.lease.slot, epoch=self.lease.epoch,
+                                              inbound_rate=shared.cfg.transport.inbound_rate))
+        self._sender = asyncio.ensure_future(self._send_loop())
+        self._sender.add_done_callback(self._sender_done)
+        self.record({"event": "start", "stream_sid": self.started.stream_sid, "slot": self.lease.slot,
+                     "epoch": self.lease.epoch, "custom_parameters": sorted(self.started.custom_parameters)})
+        log.info("call %s streaming on ring pair %d (epoch %d)", self.call_id, self.lease.slot, self.lease.epoch)
+        try:
+            await self.feed(Connected())
+            async for t_ns, event in events:
+                await self._on_stream(t_ns, event)
+        finally:
+            await self._end()
+
+    async def _on_stream(self, t_ns: int, event: StreamEvent) -> None:
+        if isinstance(event, Audio):
+            self.audio.on_media(event.mulaw, t_ns, event.timestamp_ms)
+            self.shared.inbound_us.add((time.monotonic_ns() - t_ns) / 1000)
+        elif isinstance(event, Dtmf):
+            self.record({"event": "dtmf", "digit": event.digit})
+            await self.feed(KeyPressed(event.digit))
+        elif isinstance(event, MarkEcho):
+            self.record({"event": "mark", "name": event.name})
+            if event.name.isascii() and event.name.isdigit():
+                await self.feed(MarkPlayed(int(event.name)))
+
+    # --- the conversation -------------------------------------------------------------------
+    async def on_bus(self, msg: CallerMsg) -> None:
+        """What the speech or TTS process says about this call."""
+        self.record({"event": type(msg).__name__, **msgspec.to_builtins(msg)})
+        if isinstance(msg, SpeechStarted):
+            self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
+        elif isinstance(msg, EndOfTurn):
+            self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
+        elif isinstance(msg, Transcript) and msg.final:
+            self.turn.transcript = msg.t_ns
+            self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
+        await self.feed(msg)
+
+    async def feed(self, event: Event) -> None:
+        """Give the conductor an event and carry out what it decides. A step that fails (a socket gone mid-send,
+        a bug) ends this call, never the loop every call shares."""
+        if self.closed and not isinstance(event, HungUp):
+            return
+        try:
+            now = time.monotonic()
+            for action in self.conductor.handle(event, now, self.audio.played_seq(now)):
+                await self._act(action)
+        except Exception as exc:
+            if self.closed:
+                log.info("call %s: conversation step after the socket closed: %r", self.call_id, exc)
+                return
+            log.exception("call %s: conversation step failed; ending the call", self.call_id)
+            self.shared.counters["conversation_failures"] += 1
+            self.close_soon(1011, "engine error")
+
+    async def _act(self, action: Action) -> None:
+        bus = self.shared.bus
+        if isinstance(action, Clear):
+            await self.socket.ws.send_str(self.audio.clear(time.monotonic(), action.gen))
+            self.stamp(action.gen, "clear_sent", time.monotonic_ns())
+            self.record({"event": "clear", "gen": action.gen})
+        elif isinstance(action, CancelReply):
+            for peer in ("llm", "tts"):
+                bus.send(peer, Cancel(call_id=self.call_id, gen=action.gen))
+        elif isinstance(action, ReportHeard):
+            bus.send("llm", Heard(call_id=self.call_id, gen=action.gen, text=action.text))
+            self.record({"event": "heard", "gen": action.gen, "text": action.text})
+        elif isinstance(action, RequestReply):
+            bus.send("llm", Respond(call_id=self.call_id, gen=action.gen, caller_text=action.caller_text,
+                                    say=action.say))
+            self._stamp_request(action.gen, bool(action.caller_text))
+            self.record({"event": "respond", "gen": action.gen, "caller_text": action.caller_text,
+                         "say": action.say})
+        elif isinstance(action, Speak):
+            bus.send("tts", Sentence(call_id=self.call_id, gen=action.gen, index=0, text=action.text, last=True))
+            self._stamp_request(action.gen, False)
+            self.record({"event": "speak", "gen": action.gen, "text": action.text})
+        elif isinstance(action, HangUp):
+            self.hangup_reason = action.reason
+            log.info("call %s: hanging up (%s)", self.call_id, action.reason)
+            self.close_soon(1000, action.reason)
+        elif isinstance(action, Note):
+            self._note(action)
+
+    def _note(self, note: Note) -> None:
+        log.info("call %s gen %d: %s%s", self.call_id, note.gen, note.what, f": {note.detail!r}" if note.detail else "")
+        self.record({"event": "note", "what": note.what, "gen": note.gen, "detail": note.detail})
+        if note.what == "barge-in" and self.turn.onset:
+            self.stamp(note.gen, "speech_onset", self.turn.onset)
+            self.stamp(note.gen, "barge_in_heard", self.turn.heard)
+
+    def _stamp_request(self, gen: int, answers_caller: bool) -> None:
+        turn = self.turn
+        if answers_caller:
+            for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
+                                ("transcript", turn.transcript)):
+                if t_ns:
+                    self.stamp(gen, stage, t_ns)
+        self.stamp(gen, "reply_requested", time.monotonic_ns())
+
+    def stamp(self, gen: int, stage: str, t_ns: int) -> None:
+        if self.shared.trace is not None:
+            self.shared.trace.add(self.call_id, gen, stage, t_ns)
+
+    def record(self, event: dict[str, Any]) -> None:
+        if self.shared.recorder is not None:
+            self.shared.recorder.event(self.call_id, {"t_ns": time.monotonic_ns(), **event})
+
+    def _record_audio(self, direction: str, pcm: bytes) -> None:
+        assert self.shared.recorder is not None
+        self.shared.recorder.audio(self.call_id, direction, pcm)
+
+    # --- bot audio out ----------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        """Move bot audio from the ring to Twilio, paced; waits on the doorbell thread when there is none."""
+        audio, ws = self.audio, self.socket.ws
+        while not ws.closed:
+            t0 = time.perf_counter_ns()
+            audio.pull()
+            messages = audio.due_messages(time.monotonic())
+            for message in messages:
+                await ws.send_str(message)
+            if messages:
+                self.shared.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
+            while audio.gens_started:
+                gen = audio.gens_started.pop(0)
+                self.stamp(gen, "first_audio_out", time.monotonic_ns())
+                await self.feed(AudioStarted(gen))
+            due = audio.next_due_at()
+            if due is not None:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            elif audio.outbound.ring.epoch != self.lease.epoch:
+                # Our ring pair was reclaimed or re-leased under us: this call cannot play audio any more.
+                log.error("call %s: its ring pair now belongs to another call; ending it", self.call_id)
+                await ws.close(code=1011, message=b"engine error")
+                return
+            else:
+                await self._waiter.wait(audio.outbound.ring, 1.0)
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        """A sender that died (not cancelled) would leave the caller in silence: close the socket instead,
+        which ends the call through the normal path, and say why."""
+        if task.cancelled() or task.exception() is None or self.closed:
+            return
+        log.error("call %s: outbound audio failed (%r); ending the call", self.call_id, task.exception())
+        self.shared.counters["outbound_failures"] += 1
+        self.close_soon(1011, "engine error")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close the socket from code that cannot wait for it; the socket loop then ends the call."""
+        self._closing.add(closing := asyncio.ensure_future(self.socket.close(code, reason)))
+        closing.add_done_callback(self._closing.discard)
+
+    # --- the end ----------------------------------------------------------------------------
+    async def _end(self) -> None:
+        shared = self.shared
+        shared.calls.pop(self.call_id, None)
+        outcome = f"engine hung up: {self.hangup_reason}" if self.hangup_reason else self.socket.outcome
+        await self.feed(HungUp())
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except (asyncio.CancelledError, ConnectionError):
+                pass
+            except Exception:  # the call's cleanup below must happen whatever killed its sender
+                log.exception("call %s: outbound audio task failed", self.call_id)
+        for peer in MODEL_PROCS:
+            shared.bus.send(peer, CallEnded(call_id=self.call_id, slot=self.lease.slot, epoch=self.lease.epoch,
+                                            reason=outcome))
+        self.audio.outbound.discard_all()
+        shared.pool.release(self.lease)
+        self._waiter.close()
+        summary = self.summary(outcome)
+        shared.ended.append(summary)
+        self.record({"event": "end", **summary})
+        if shared.recorder is not None:
+            shared.recorder.close(self.call_id)
+        shared.counters["calls_ended"] += 1
+        shared.counters["seq_gaps"] += self.socket.session.seq_gaps
+        log.info("call %s ended: %s (%d frames in, %d out, %d sequence gaps)", self.call_id, outcome,
+                 self.audio.frames_in, self.audio.frames_out, self.socket.session.seq_gaps)
+
+    def summary(self, outcome: str) -> dict[str, Any]:
+        """What /health and the recording keep of a call that ended: its outcome and its audio's accounting."""
+        a, session = self.audio, self.socket.session
+        return {"call_id": self.call_id, "outcome": outcome, "ended_ns": time.monotonic_ns(),
+                "frames_in": a.frames_in, "last_timestamp_ms": a.last_timestamp_ms,
+                "inbound_dropped": a.inbound_dropped, "inbound_late": a.inbound_late,
+                "inbound_max_late_ms": round(a.inbound_max_late_ms, 1), "seq_gaps": session.seq_gaps,
+                "seq_out_of_order": session.seq_out_of_order, "frames_out": a.frames_out,
+                "outbound_gaps": a.outbound_gaps, "frames_dropped_cleared": a.frames_dropped_cleared,
+                "marks_sent": a.marks_sent}
+
+    def live_summary(self) -> dict[str, Any]:
+        a = self.audio
+        return {"stream_sid": self.started.stream_sid, "frames_in": a.frames_in, "frames_out": a.frames_out,
+                "inbound_dropped": a.inbound_dropped, "marks_sent": a.marks_sent}
+
+
+def recordings_of(cfg: Config) -> Recorder | None:
+    """The recorder `transport.recordings_dir` asks for, if any."""
+    return Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
