@@ -1,93 +1,12 @@
-"""Command line: `python -m engine supervisor [--config FILE]`, `check-config`, `call NUMBER`, `trace FILE`, `soak`."""
+"""`python -m engine`: the engine's command line (tools/cli.py), run as a program.
 
-from __future__ import annotations
+The one module of engine/ that imports from a layer above it, and only to run it: the command ties the supervisor
+(procs/), the soak tool (tools/) and the trace report together, and `python -m engine` is the name operators know.
+"""
 
-import argparse
-import logging
-import os
 import sys
 
-from engine.config import ConfigError, load_config
-
-DEFAULT_CONFIG_ENV = "ENGINE_CONFIG"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="Real-time voice-call engine.")
-    parser.add_argument("--config", default=os.environ.get(DEFAULT_CONFIG_ENV),
-                        help=f"TOML config file (default: ${DEFAULT_CONFIG_ENV}, else built-in defaults)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("supervisor", help="run the engine: supervisor plus transport, speech, llm and tts processes")
-    sub.add_parser("check-config", help="validate the configuration and print it as TOML")
-    call = sub.add_parser("call", help="place an outbound call through Twilio that connects to this engine")
-    call.add_argument("to", help="number to call, E.164 (+15551234567)")
-    trace = sub.add_parser("trace", help="latency report from a trace file (engine.trace_file)")
-    trace.add_argument("file", help="the JSONL trace file")
-    trace.add_argument("--perfetto", metavar="OUT", help="also write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
-    trace.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
-    trace.add_argument("--waterfalls", type=int, default=5, help="how many of the latest replies to draw")
-    soak = sub.add_parser("soak", help="many synthetic callers against a fresh engine, with faults; a report")
-    from tools.soak import add_arguments
-
-    add_arguments(soak)
-    args = parser.parse_args(argv)
-    if args.command == "trace":
-        return _trace(args)
-    if args.command == "soak":
-        from tools.soak import run_soak
-
-        try:
-            return run_soak(args)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if args.command == "check-config":
-        import msgspec
-
-        sys.stdout.write(msgspec.toml.encode(cfg).decode() if hasattr(msgspec, "toml") else str(cfg))
-        return 0
-    if args.command == "call":
-        from engine.outbound import OutboundCallError, place_call
-
-        try:
-            print(f"calling {args.to}: {place_call(cfg, args.to)}")
-        except OutboundCallError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    from engine.supervisor import run_supervisor
-    from procs.child import setup_logging
-
-    setup_logging(cfg.engine.log_level, "supervisor")
-    logging.getLogger(__name__).debug("config: %s", cfg)
-    return run_supervisor(cfg)
-
-
-def _trace(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from engine.trace import read_events
-    from engine.trace_report import replies, report, summarize, write_perfetto
-
-    path = Path(args.file)
-    if not path.is_file():
-        print(f"error: no trace file at {path}", file=sys.stderr)
-        return 2
-    found = replies(read_events(path))
-    print(report(found, args.waterfalls))
-    if args.perfetto:
-        write_perfetto(found, Path(args.perfetto))
-        print(f"perfetto trace: {args.perfetto}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summarize(found), indent=2))
-    return 0
-
+from tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

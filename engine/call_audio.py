@@ -35,6 +35,9 @@ RecordFn = Callable[[str, bytes], None]
 
 
 class CallAudio:
+    """One call's audio both ways: Twilio media in to the inbound ring; the outbound ring out as paced Twilio media,
+    marks and clears."""
+
     def __init__(self, stream_sid: str, inbound: RingWriter, outbound: RingReader, *, inbound_rate: int,
                  lead_s: float, record: RecordFn | None = None) -> None:
         self.stream_sid = stream_sid

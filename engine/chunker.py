@@ -43,6 +43,8 @@ def _is_sentence_end(text: str, end: int) -> bool:
 
 
 class SentenceChunker:
+    """Cuts one reply's streamed text into speakable pieces: `push` deltas, `flush` at the end."""
+
     def __init__(self, first_min_words: int = 4, max_chars: int = 300) -> None:
         self.first_min_words = first_min_words
         self.max_chars = max_chars

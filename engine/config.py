@@ -40,6 +40,8 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class EngineSection(_Section):
+    """[engine]: this engine's name on the host, its call capacity, where its sockets live, logging and tracing."""
+
     instance: Name = "engine"
     """Prefix of shared-memory segments and socket directories (two engines on one host need two names)."""
     max_calls: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
@@ -51,6 +53,8 @@ class EngineSection(_Section):
 
 
 class RingSection(_Section):
+    """[ring]: the shared-memory audio rings."""
+
     slots: Annotated[int, msgspec.Meta(ge=2, le=65536)] = 64
     """Frames per ring; a power of two. 64 x 20 ms = 1.28 s of audio."""
     frame_bytes: Annotated[int, msgspec.Meta(ge=64, le=65536)] = 1920
@@ -59,6 +63,8 @@ class RingSection(_Section):
 
 
 class TransportSection(_Section):
+    """[transport]: the HTTP and WebSocket side: where it listens, how it talks to Twilio, pacing, recordings."""
+
     host: str = "0.0.0.0"
     port: Port = 8080
     public_url: str = ""
@@ -92,6 +98,8 @@ class TwilioSection(_Section):
 
 
 class SupervisorSection(_Section):
+    """[supervisor]: start-up and heartbeat timeouts, draining, and how restarts back off."""
+
     ready_timeout_s: Positive = 120.0
     heartbeat_interval_s: Positive = 0.5
     heartbeat_timeout_s: Positive = 10.0
@@ -107,6 +115,8 @@ class SupervisorSection(_Section):
 
 
 class SpeechSection(_Section):
+    """[speech]: VAD and endpointing thresholds, and the Whisper model."""
+
     vad: Literal["silero"] = "silero"
     vad_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     """A VAD window at or above this speech probability is speech."""
@@ -130,6 +140,8 @@ class SpeechSection(_Section):
 
 
 class LlmSection(_Section):
+    """[llm]: the model backend, its prompt and its generation settings."""
+
     backend: Literal["llamacpp", "vllm", "openai", "echo"] = "llamacpp"
     """`echo` is no model: a deterministic test backend that says back what it was given."""
     model: str = "smollm2-135m"
@@ -154,6 +166,8 @@ class LlmSection(_Section):
 
 
 class TtsSection(_Section):
+    """[tts]: the voice backend."""
+
     backend: Literal["piper", "csm", "espeak"] = "piper"
     voice: str = "en_US-joe-medium"
     """piper: `en_US-joe-medium` (bundled) or a .onnx path. csm: the local directory of sesame/csm-1b."""
@@ -197,6 +211,8 @@ class FaultsSection(_Section):
 
 
 class Config(_Section):
+    """The whole configuration, one section per table of the TOML file."""
+
     engine: EngineSection = msgspec.field(default_factory=EngineSection)
     ring: RingSection = msgspec.field(default_factory=RingSection)
     transport: TransportSection = msgspec.field(default_factory=TransportSection)

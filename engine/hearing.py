@@ -84,6 +84,8 @@ class AudioHistory:
 
 @dataclass
 class CallEar:
+    """One call in the speech process: its audio history, VAD state, endpointer and transcription jobs."""
+
     call_id: str
     rate: int
     endpointer: Endpointer

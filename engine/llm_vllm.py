@@ -32,6 +32,9 @@ _ids = itertools.count(1)
 
 
 class VllmBackend:
+    """vLLM's AsyncLLM in this process, on an event loop of its own thread; requests stream deltas and abort on
+    stop."""
+
     def __init__(self, model_dir: str | Path, *, temperature: float = 0.6, gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 4096, dtype: str = "auto", enforce_eager: bool = False) -> None:
         path = Path(model_dir).expanduser()

@@ -40,6 +40,8 @@ class _Connected(_In, tag="connected"):
 
 
 class MediaFormat(msgspec.Struct):
+    """The audio format a `start` message declares."""
+
     encoding: str
     sampleRate: int
     channels: int
@@ -105,6 +107,8 @@ _decoder = msgspec.json.Decoder(_Connected | _Start | _Media | _Dtmf | _Mark | _
 # --- what a message means ------------------------------------------------------------------
 
 class Started(msgspec.Struct):
+    """The stream started: its ids, and the custom parameters the TwiML gave it."""
+
     stream_sid: str
     call_sid: str
     account_sid: str
@@ -112,23 +116,33 @@ class Started(msgspec.Struct):
 
 
 class Audio(msgspec.Struct):
+    """About 20 ms of the caller's μ-law audio, with Twilio's timestamp."""
+
     mulaw: bytes
     timestamp_ms: int | None
 
 
 class Dtmf(msgspec.Struct):
+    """The caller pressed a key."""
+
     digit: str
 
 
 class MarkEcho(msgspec.Struct):
+    """Twilio played the audio up to the mark it echoes (or dropped it on a clear)."""
+
     name: str
 
 
 class Stopped(msgspec.Struct):
+    """The caller hung up: Twilio's `stop`."""
+
     pass
 
 
 class Reject(msgspec.Struct):
+    """Close the socket with `code`: the message broke the protocol."""
+
     code: int
     reason: str
 

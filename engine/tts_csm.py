@@ -39,6 +39,8 @@ END = object()  # generation finished (or failed: then the exception follows it)
 
 
 class CsmTts:
+    """Sesame CSM through transformers, streamed: frames generated on a thread, decoded every few frames."""
+
     context_frames = 12  # ~1 s of left context for each decode
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", *, speaker: int = 0, chunk_frames: int = 4,
@@ -90,32 +92,13 @@ class CsmTts:
         frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
         stop = threading.Event()
         model = self.model
-        tts = self
         self.frames_generated = 0
-
-        class Streamer:
-            """Generation hands us the prompt first, then one frame of codebooks per step. CSM's generate
-            drops every stopping criterion but max length, so a cancel is raised from here, between steps."""
-
-            prompt_seen = False
-
-            def put(self, value: Any) -> None:
-                if stop.is_set():
-                    raise _Cancelled
-                if not self.prompt_seen:
-                    self.prompt_seen = True
-                    return
-                tts.frames_generated += 1
-                frames.put(value[0].detach().to("cpu"))
-
-            def end(self) -> None:
-                pass
 
         def generate() -> None:
             try:
                 with torch.inference_mode(), self._on_stream():
                     model.generate(input_ids=ids, max_new_tokens=self.max_frames, do_sample=True,
-                                   temperature=self.temperature, streamer=Streamer())
+                                   temperature=self.temperature, streamer=_FrameStreamer(self, frames, stop))
                 frames.put(END)
             except _Cancelled:
                 frames.put(END)
@@ -157,6 +140,29 @@ class CsmTts:
         audio = audio[(start - first) * per_frame:]
         pcm: Pcm16 = np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)
         return pcm
+
+
+class _FrameStreamer:
+    """Generation hands us the prompt first, then one frame of codebooks per step. CSM's generate drops every
+    stopping criterion but max length, so a cancel is raised from here, between steps."""
+
+    def __init__(self, tts: CsmTts, frames: queue.SimpleQueue[Any], stop: threading.Event) -> None:
+        self.tts = tts
+        self.frames = frames
+        self.stop = stop
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self.stop.is_set():
+            raise _Cancelled
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tts.frames_generated += 1
+        self.frames.put(value[0].detach().to("cpu"))
+
+    def end(self) -> None:
+        pass
 
 
 class _Cancelled(Exception):

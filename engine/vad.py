@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 Float32 = npt.NDArray[np.float32]
 
@@ -54,7 +53,11 @@ class VadStream:
 
 
 class SileroVad:
+    """The silero model in an onnxruntime session: one batched inference per round, for every call ready."""
+
     def __init__(self, model_path: Path | None = None, threads: int = 1) -> None:
+        import onnxruntime as ort  # here, not at import: the supervisor imports this module's process, not the model
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -40,12 +40,16 @@ _PID_MASK = 0xFFFFFFFF
 
 
 class Lease(NamedTuple):
+    """A ring pair leased to a call: its slot, and the epoch the lease stamped on both rings."""
+
     slot: int
     epoch: int
     call_id: str
 
 
 class LeaseInfo(NamedTuple):
+    """A live lease as the pool's table records it, with who holds it and since when."""
+
     slot: int
     epoch: int
     call_id: str

@@ -76,6 +76,8 @@ def ring_bytes(slots: int, capacity: int) -> int:
 
 
 class Frame(NamedTuple):
+    """One frame read from a ring: its header fields and payload."""
+
     seq: int
     t_ns: int
     epoch: int
@@ -86,6 +88,8 @@ class Frame(NamedTuple):
 
 
 class RingStats(NamedTuple):
+    """A ring's counters, for /health."""
+
     written: int
     read: int
     drops: int

@@ -47,6 +47,8 @@ class Ready(Msg):
 
 
 class Heartbeat(Msg):
+    """Child -> supervisor, every heartbeat interval: alive, with the process's own counters."""
+
     proc: ProcName
     pid: int
     incarnation: int
@@ -65,6 +67,8 @@ ChildStateName = Literal["starting", "ready", "backoff", "stopping", "stopped", 
 
 
 class ProcState(msgspec.Struct, kw_only=True):
+    """One child process as the supervisor reports it in `Status`."""
+
     name: ProcName
     state: ChildStateName
     pid: int | None

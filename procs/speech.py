@@ -29,6 +29,8 @@ BUS_POLL_S = 0.02  # longest a bus message waits while audio is flowing
 
 
 class SpeechProc(SyncChild):
+    """The speech process: rings drained and VAD run on the main loop, Whisper on one worker thread."""
+
     proc: ProcName = "speech"
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:

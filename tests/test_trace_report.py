@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.__main__ import main
 from engine.trace import TraceSink, read_events
 from engine.trace_report import perfetto, replies, report, summarize
+from tools.cli import main
 
 MS = 1_000_000
 # One answered reply: stage -> ms after the caller stopped speaking.

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import Config, load_config
-from engine.supervisor import _child_entry
 from ipc.bus import Bus
 from ipc.pool import Lease, RingPool
 from ipc.schema import PROC_NAMES, AnyMsg, CallEnded, CallStarted, Heartbeat, ProcName, Ready, RunInfo
+from procs.supervisor import CHILD_MAINS
 
 _instances = itertools.count()
 
@@ -55,7 +55,7 @@ class SoloChild:
             run = RunInfo(proc=proc, incarnation=1, supervisor_pid=os.getpid(), pool_name=self.pool.segment.name,
                           runtime_dir=str(self.runtime_dir))
             self.process = mp.get_context("spawn").Process(
-                target=_child_entry, args=(f"procs.{proc}", self.cfg.to_bytes(), run.to_bytes()), name=proc)
+                target=CHILD_MAINS[proc], args=(self.cfg.to_bytes(), run.to_bytes()), name=proc)
             self.process.start()
             deadline = time.monotonic() + ready_timeout
             while time.monotonic() < deadline and self.process.is_alive():

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -38,6 +39,7 @@ from engine.restart import RestartPolicy
 from ipc.bus import Bus
 from ipc.pool import RingPool
 from ipc.schema import (
+    MODEL_PROCS,
     PROC_NAMES,
     CallEnded,
     CallStarted,
@@ -51,28 +53,28 @@ from ipc.schema import (
     Status,
 )
 from ipc.shm import segment_name, sweep_dead_runs
+from procs import llm, speech, transport, tts
 
 log = logging.getLogger("engine.supervisor")
 
-ENTRY_POINTS = {
-    "transport": "procs.transport",
-    "speech": "procs.speech",
-    "llm": "procs.llm",
-    "tts": "procs.tts",
+ChildMain = Callable[[bytes, bytes], None]
+CHILD_MAINS: dict[ProcName, ChildMain] = {
+    "transport": transport.main,
+    "speech": speech.main,
+    "llm": llm.main,
+    "tts": tts.main,
 }
+"""Each child process's entry point, the target to spawn it with: `main(config bytes, RunInfo bytes)`. Spawned, a
+child imports only its own module (the spawn start method pickles the function by name)."""
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 3
 
 
-def _child_entry(module: str, cfg_bytes: bytes, run_bytes: bytes) -> None:
-    import importlib
-
-    importlib.import_module(module).main(cfg_bytes, run_bytes)
-
-
 @dataclass
 class Child:
+    """One child process as the supervisor sees it: its current incarnation, state and restart record."""
+
     name: ProcName
     policy: RestartPolicy
     process: BaseProcess | None = None
@@ -105,6 +107,8 @@ def describe_exit(code: int | None) -> str:
 
 
 class Supervisor:
+    """Owns the run: the ring pool, the bus, the four children; `run()` until stopped or given up."""
+
     def __init__(self, cfg: Config) -> None:
         if not cfg.transport.stream_secret:
             # Stream tokens must verify in a restarted transport too: one key per engine run.
@@ -197,8 +201,8 @@ class Supervisor:
         child.incarnation += 1
         run = RunInfo(proc=child.name, incarnation=child.incarnation, supervisor_pid=self.pid,
                       pool_name=self.pool_name, runtime_dir=str(self.runtime_dir))
-        process = self.mp.Process(target=_child_entry, name=f"engine-{child.name}",
-                                  args=(ENTRY_POINTS[child.name], self.cfg_bytes, run.to_bytes()))
+        process = self.mp.Process(target=CHILD_MAINS[child.name], name=f"engine-{child.name}",
+                                  args=(self.cfg_bytes, run.to_bytes()))
         process.start()
         child.process = process
         child.state = "starting"
@@ -303,7 +307,7 @@ class Supervisor:
         assert self.pool is not None and self.bus is not None
         for info in self.pool.reclaim_owner(pid):
             log.warning("call %s lost with the transport; ring pair %d freed", info.call_id, info.slot)
-            for name in ("speech", "llm", "tts"):
+            for name in MODEL_PROCS:
                 self.bus.send(name, CallEnded(call_id=info.call_id, slot=info.slot, epoch=info.epoch,
                                               reason="transport died"))
 
