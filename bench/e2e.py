@@ -1,6 +1,11 @@
 """Voice-to-voice and barge-in latency of whole calls on the embedded default, with the per-stage breakdown.
 
     python bench/e2e.py [--turns 24] [--out bench/results/e2e.json]
+    python bench/e2e.py --vs ../base --turns 48   # this tree against another checkout, in one run
+
+With `--vs DIR`, a second engine runs from the checkout in DIR (same models, same box,
+started side by side); calls alternate between the two, one call at a time, and the
+report gives each engine's figures and their ratios (this tree / DIR).
 
 Starts the real engine (`python -m engine supervisor`, default config: Whisper
 tiny.en, SmolLM2-135M, Piper) with a trace file, and talks to it through the
@@ -48,18 +53,30 @@ AUTH = "bench-auth-token"
 PUBLIC = "https://voice.bench.test"
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 class Engine:
-    def __init__(self, trace: Path, log: Path) -> None:
+    """One engine under test, from the checkout `root`, with its own trace file."""
+
+    def __init__(self, label: str, root: Path, work: Path) -> None:
+        self.label = label
+        self.root = root
+        self.trace = work / f"trace-{label}.jsonl"
+        log = work / f"engine-{label}.log"
         self.port = free_port()
         self.runtime = Path(tempfile.mkdtemp(prefix="e2e", dir="/tmp"))
+        self.health: dict[str, Any] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
-        env.update({"ENGINE_ENGINE__INSTANCE": f"e2e{os.getpid()}", "ENGINE_ENGINE__RUNTIME_DIR": str(self.runtime),
+        env["PYTHONPATH"] = str(root)  # `-m engine` finds that checkout's engine before any installed one
+        trace = self.trace
+        env.update({"ENGINE_ENGINE__INSTANCE": f"e2e{os.getpid()}{label}",
+                    "ENGINE_ENGINE__RUNTIME_DIR": str(self.runtime),
                     "ENGINE_ENGINE__TRACE_FILE": str(trace), "ENGINE_TRANSPORT__HOST": "127.0.0.1",
                     "ENGINE_TRANSPORT__PORT": str(self.port), "ENGINE_TRANSPORT__PUBLIC_URL": PUBLIC,
                     "ENGINE_TWILIO__AUTH_TOKEN": AUTH, "ENGINE_CONVERSATION__IDLE_REPROMPT_S": "60"})
         self._log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env,
-                                     cwd=Path(__file__).resolve().parent.parent,
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env, cwd=root,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float) -> None:
@@ -75,6 +92,10 @@ class Engine:
                 pass
             time.sleep(0.2)
         raise SystemExit("engine not healthy in time")
+
+    def fetch_health(self) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+            self.health = json.loads(r.read())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -151,67 +172,114 @@ def join_trace(rows: list[dict[str, Any]], found: list[Reply]) -> None:
         row["out_to_caller_ms"] = round((row["reply_at_t"] - reply.stages["first_audio_out"] / 1e9) * 1000, 1)
 
 
+def figures(rows: list[dict[str, Any]], engine: Engine) -> dict[str, Any]:
+    """One engine's figures: at the caller, from its trace, and the transport's own per-frame cost."""
+    found = replies(read_events(engine.trace))
+    stages = summarize(found)
+    join_trace(rows, found)
+    v2v = percentiles([r["voice_to_voice_ms"] for r in rows])
+    baseline = stages["models_and_policy_ms"]
+    transport = engine.health.get("transport", {})
+    return {
+        "root": str(engine.root), "turns": len(rows),
+        "voice_to_voice_ms": v2v,
+        "barge_in_ms": percentiles([r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None]),
+        "vad_speech_end_lag_ms": percentiles([r["vad_speech_end_lag_ms"] for r in rows
+                                              if "vad_speech_end_lag_ms" in r]),
+        "out_to_caller_ms": percentiles([r["out_to_caller_ms"] for r in rows if "out_to_caller_ms" in r]),
+        "baseline_models_and_policy_ms": baseline,
+        "ratio_v2v_to_baseline_p50": round(v2v["p50"] / baseline["p50"], 3) if baseline["n"] and v2v["n"] else None,
+        "engine_overhead_ms": stages["engine_overhead_ms"],
+        "transport_inbound_frame_us": transport.get("inbound_frame_us"),
+        "transport_outbound_frame_us": transport.get("outbound_frame_us"),
+        "engine_stages": stages,
+    }
+
+
+FIGURES = (("voice-to-voice, at the caller", "voice_to_voice_ms"),
+           ("barge-in: speech sent -> clear received", "barge_in_ms"),
+           ("baseline: models + end-of-turn silence", "baseline_models_and_policy_ms"),
+           ("VAD's speech end after the caller's", "vad_speech_end_lag_ms"),
+           ("first reply frame: transport -> caller", "out_to_caller_ms"),
+           ("engine overhead (trace)", "engine_overhead_ms"),
+           ("transport: a media message in (us)", "transport_inbound_frame_us"),
+           ("transport: a frame out (us)", "transport_outbound_frame_us"))
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The figures, each engine in turn; with two engines, their ratios (first / second) at p50 and p95."""
+    labels = list(results)
+    print(f"\n{'figure (ms unless said)':<42} {'engine':>6} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8}")
+    ratios: dict[str, dict[str, float]] = {}
+    for name, key in FIGURES:
+        for label in labels:
+            row = results[label].get(key) or {}
+            if row.get("n"):
+                cells = " ".join(f"{row[p]:>8.1f}" if p in row else f"{'-':>8}" for p in ("p50", "p95", "p99"))
+                print(f"{name:<42} {label:>6} {row['n']:>5} {cells}")
+        if len(labels) == 2:
+            a, b = (results[label].get(key) or {} for label in labels)
+            if a.get("n") and b.get("n") and b["p50"]:
+                ratios[key] = {"p50": round(a["p50"] / b["p50"], 3)}
+                if a.get("p95") and b.get("p95"):
+                    ratios[key]["p95"] = round(a["p95"] / b["p95"], 3)
+                p95 = f"{ratios[key]['p95']:>8.3f}" if "p95" in ratios[key] else f"{'-':>8}"
+                print(f"{'':<42} {'ratio':>6} {'':>5} {ratios[key]['p50']:>8.3f} {p95}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=24)
+    parser.add_argument("--turns", type=int, default=24, help="turns per engine")
     parser.add_argument("--turns-per-call", type=int, default=6)
+    parser.add_argument("--vs", metavar="DIR", help="also run the engine of the checkout in DIR, alternating calls")
     parser.add_argument("--out", default="bench/results/e2e.json")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle box")
     args = parser.parse_args()
     conditions = {} if args.no_wait else wait_for_idle(0.5, 600)
     work = Path(tempfile.mkdtemp(prefix="e2e-bench"))
-    trace = work / "trace.jsonl"
     print("synthesising the caller's questions with Piper ...", flush=True)
     voices = {text: piper_speech(text, rate=8000) for text in [*QUESTIONS, INTERRUPTION]}
-    engine = Engine(trace, work / "engine.log")
+    engines = [Engine("this", ROOT, work)] + ([Engine("vs", Path(args.vs).resolve(), work)] if args.vs else [])
+    rows: dict[str, list[dict[str, Any]]] = {e.label: [] for e in engines}
     try:
-        engine.wait_healthy(180)
-        rows: list[dict[str, Any]] = []
+        for engine in engines:
+            engine.wait_healthy(180)
         t0 = time.monotonic()
-        while len(rows) < args.turns:
-            n = min(args.turns_per_call, args.turns - len(rows))
-            print(f"call {len(rows) // args.turns_per_call + 1}: {n} turns", flush=True)
-            rows += asyncio.run(one_call(engine.port, n, len(rows), voices))
+        while any(len(rows[e.label]) < args.turns for e in engines):
+            for engine in engines:  # one call each in turn: the same box, the same moment
+                done = rows[engine.label]
+                n = min(args.turns_per_call, args.turns - len(done))
+                if n > 0:
+                    print(f"{engine.label}: call {len(done) // args.turns_per_call + 1}, {n} turns", flush=True)
+                    done += asyncio.run(one_call(engine.port, n, len(done), voices))
         wall = time.monotonic() - t0
+        for engine in engines:
+            engine.fetch_health()
     finally:
-        engine.stop()
+        for engine in engines:
+            engine.stop()
     time.sleep(0.5)
-    found = replies(read_events(trace))
-    stages = summarize(found)
-    join_trace(rows, found)
-    v2v = percentiles([r["voice_to_voice_ms"] for r in rows])
-    barge = percentiles([r["barge_in_ms"] for r in rows if r.get("barge_in_ms") is not None])
-    vad_lag = percentiles([r["vad_speech_end_lag_ms"] for r in rows if "vad_speech_end_lag_ms" in r])
-    out_lag = percentiles([r["out_to_caller_ms"] for r in rows if "out_to_caller_ms" in r])
-    baseline = stages["models_and_policy_ms"]
+    results = {e.label: figures(rows[e.label], e) for e in engines}
+    ratios = print_table(results)
+    this = results["this"]
     result = {
         "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall, 1),
         "machine": machine_info(), "conditions": conditions,
         "config": "embedded default: whisper tiny.en int8, SmolLM2-135M Q4_1 (llama.cpp, 2 threads), "
-                  "Piper en_US-joe-medium; one call at a time",
-        "voice_to_voice_ms": v2v, "barge_in_ms": barge,
-        "vad_speech_end_lag_ms": vad_lag, "out_to_caller_ms": out_lag,
-        "baseline_models_and_policy_ms": baseline,
-        "ratio_v2v_to_baseline_p50": round(v2v["p50"] / baseline["p50"], 3) if baseline["n"] and v2v["n"] else None,
-        "engine_stages": stages, "turns": rows,
+                  "Piper en_US-joe-medium; one call at a time" + ("; calls alternate between two engines" if args.vs
+                                                                   else ""),
+        **{k: v for k, v in this.items() if k != "engine_stages"}, "engine_stages": this["engine_stages"],
+        "engines": {label: {k: v for k, v in r.items() if k != "engine_stages"} for label, r in results.items()},
+        "ratios_this_over_vs": ratios, "turns": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    shutil.copy(trace, Path(args.out).with_suffix(".trace.jsonl"))
-    print()
-    print(f"{'figure (ms)':<46} {'n':>4} {'p50':>8} {'p95':>8} {'p99':>8}")
-    figures: list[tuple[str, dict[str, Any]]] = [
-        ("voice-to-voice, at the caller", v2v), ("barge-in: speech sent -> clear received", barge),
-        ("baseline: models + end-of-turn silence", baseline),
-        ("VAD's speech end after the caller's", vad_lag), ("first reply frame: transport -> caller", out_lag),
-        ("engine overhead (trace)", stages["engine_overhead_ms"])]
-    for name, row in figures:
-        if row.get("n"):
-            print(f"{name:<46} {row['n']:>4} {row['p50']:>8.1f} {row['p95']:>8.1f} {row['p99']:>8.1f}")
-    print(f"voice-to-voice / baseline at p50: {result['ratio_v2v_to_baseline_p50']}")
+    shutil.copy(engines[0].trace, Path(args.out).with_suffix(".trace.jsonl"))
+    print(f"voice-to-voice / baseline at p50: {this['ratio_v2v_to_baseline_p50']}")
     print(f"per-stage breakdown: python -m engine trace {Path(args.out).with_suffix('.trace.jsonl')}")
     print(f"wrote {args.out}")
-    shutil.rmtree(work, ignore_errors=True)  # the trace was copied beside the results; the log only matters on failure
+    shutil.rmtree(work, ignore_errors=True)  # the trace was copied beside the results; the logs only matter on failure
 
 
 if __name__ == "__main__":
