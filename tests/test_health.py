@@ -3,14 +3,14 @@
 from engine.health import build_health
 from ipc.pool import LeaseInfo
 from ipc.ring import RingStats
-from ipc.schema import ProcState, Status
+from ipc.schema import PROC_NAMES, ProcState, Status
 
 RING = RingStats(written=10, read=8, drops=2, stale=1, backlog=2, epoch=1, producers=1)
 IDLE = RingStats(0, 0, 0, 0, 0, 0, 0)
 
 
 def status(*states: str) -> Status:
-    names = ("transport", "speech", "llm", "tts")
+    names = PROC_NAMES
     return Status(pool="p", max_calls=2, procs=[
         ProcState(name=n, state=s, pid=100 + i, incarnation=1, restarts=0, last_exit=None, started_t_ns=1,
                   ready_t_ns=1, uptime_s=1.0,

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
+from ipc.schema import PROC_NAMES as CHILDREN
 from tools.engine_run import EngineRun, pid_exists
-
-CHILDREN = ("transport", "speech", "llm", "tts")
 
 
 @pytest.fixture

@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import SupervisorSection
+from ipc.schema import PROC_NAMES
 from tools.engine_run import EngineRun
 from tools.soak_calls import SCRIPTS, Timeouts, run_slots, synthesise_voices
 from tools.soak_report import percentiles, summarize, table
-from tools.soak_watch import PROC_NAMES, EngineWatch, Killer, fd_count, settled_snapshot, snapshot
+from tools.soak_watch import EngineWatch, Killer, fd_count, settled_snapshot, snapshot
 
 AUTH = "soak-auth-token-0123456789abcdef"
 PUBLIC = "https://voice.soak.test"

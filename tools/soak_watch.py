@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ipc.schema import PROC_NAMES
 from tools.engine_run import EngineRun, instance_pids
 
-PROC_NAMES = ("transport", "speech", "llm", "tts")
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
