@@ -15,6 +15,9 @@ synthesis, robotic) and Piper en_US-joe-medium (neural, much closer to a person)
 
 Each tier is `engine.stt.WhisperTranscriber` with the engine's defaults (int8, greedy, no timestamps,
 one thread): `tiny.en` (the default) and `base`; tiny.en also runs with two threads, for latency.
+Each runs with each encoder window of `--windows` (default: 8 s, the engine's: the utterance plus 4 s
+of silence, 8 s at least; and 30 s, every utterance padded as faster-whisper does), so the two are
+compared on the same audio in one run; a tier is named `tiny.en@8s`.
 
 Before scoring, both sides go through the same normaliser: lowercase, punctuation dropped, and every
 number, whether written in digits ("4", "14th", "3:30", "$49.95") or in words ("four", "fourteenth",
@@ -310,6 +313,7 @@ def latency_summary(audio_s: list[float], ms: list[float]) -> dict[str, Any]:
 
 def run_case(stt: WhisperTranscriber, tier: str, threads: int, condition: str,
              audio: list[Float32]) -> dict[str, Any]:
+    """One tier (with its window) on one condition's utterances: WER and latency."""
     stt.transcribe(audio[0])  # warm-up: first-call allocations are not a caller's latency
     rows: list[dict[str, Any]] = []
     edits = ref_tokens = 0
@@ -373,7 +377,7 @@ def error_analysis(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_tables(cases: list[dict[str, Any]]) -> None:
-    head = (f"{'tier':<8}{'thr':>4} {'condition':<7}{'WER':>8}{'edits':>7}{'ref':>6}{'S/D/I':>10}{'utt err':>9}"
+    head = (f"{'tier':<13}{'thr':>4} {'condition':<7}{'WER':>8}{'edits':>7}{'ref':>6}{'S/D/I':>10}{'utt err':>9}"
             f"{'p50 ms':>9}{'p90 ms':>9}{'<2s':>7}{'2-4s':>7}{'>4s':>7}{'others':>7}   fit ms = a + b*s")
     print("\nWER (normalised tokens) and transcription latency per utterance; bucket columns = p50 ms;\n"
           "others = CPU the rest of the box used during the case, in cores (a disturbance check)")
@@ -383,7 +387,7 @@ def print_tables(cases: list[dict[str, Any]]) -> None:
         lat = c["latency"]
         bk = "".join(f"{v['p50_ms']:>7.0f}" if v["p50_ms"] is not None else f"{'-':>7}"
                      for v in lat["buckets"].values())
-        print(f"{c['tier']:<8}{c['threads']:>4} {c['condition']:<7}{c['wer']:>8.1%}{c['edits']:>7}{c['ref_tokens']:>6}"
+        print(f"{c['tier']:<13}{c['threads']:>4} {c['condition']:<7}{c['wer']:>8.1%}{c['edits']:>7}{c['ref_tokens']:>6}"
               f"{c['subs']:>4}/{c['dels']}/{c['ins']:<3}{c['utterances_with_errors']:>7}/{len(c['utterances'])}"
               f"{lat['p50_ms']:>9.0f}{lat['p90_ms']:>9.0f}{bk}{c['case_conditions']['other_processes_cores']:>7.2f}"
               f"   {lat['fit']['a_ms']:.0f} + "
@@ -392,11 +396,11 @@ def print_tables(cases: list[dict[str, Any]]) -> None:
 
 def print_sweep(sweeps: list[dict[str, Any]]) -> None:
     print("\nlatency sweep (phone-path audio cut to length), p50 ms per transcribe")
-    head = f"{'tier':<8}{'thr':>4}" + "".join(f"{f'{s:g} s':>8}" for s in SWEEP_S) + "   fit ms = a + b*s"
+    head = f"{'tier':<13}{'thr':>4}" + "".join(f"{f'{s:g} s':>8}" for s in SWEEP_S) + "   fit ms = a + b*s"
     print(head)
     print("-" * len(head))
     for sw in sweeps:
-        print(f"{sw['tier']:<8}{sw['threads']:>4}" + "".join(f"{p['p50_ms']:>8.0f}" for p in sw["points"])
+        print(f"{sw['tier']:<13}{sw['threads']:>4}" + "".join(f"{p['p50_ms']:>8.0f}" for p in sw["points"])
               + f"   {sw['fit']['a_ms']:.0f} + {sw['fit']['b_ms_per_s']:.0f}*s")
 
 
@@ -404,10 +408,10 @@ def print_utterances(cases: list[dict[str, Any]]) -> None:
     """Per-utterance WER side by side, one column per case."""
     names = [f"{c['tier']}/{c['threads']}/{c['condition']}" for c in cases]
     print("\nper-utterance WER (audio seconds from the phone condition)")
-    print(f"{'#':>3} {'secs':>5}  " + "".join(f"{n:>17}" for n in names) + "  reference")
+    print(f"{'#':>3} {'secs':>5}  " + "".join(f"{n:>24}" for n in names) + "  reference")
     phone = next((c for c in cases if c["condition"] == "phone"), cases[0])
     for i, text in enumerate(UTTERANCES):
-        cols = "".join(f"{c['utterances'][i]['wer']:>17.0%}" for c in cases)
+        cols = "".join(f"{c['utterances'][i]['wer']:>24.0%}" for c in cases)
         print(f"{i:>3} {phone['utterances'][i]['audio_s']:>5.1f}  {cols}  {text}")
 
 
@@ -420,6 +424,8 @@ def versions() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiers", nargs="+", default=["tiny.en", "base"], help="models, as speech.stt_model names them")
+    ap.add_argument("--windows", nargs="+", type=float, default=[8.0, 30.0],
+                    help="encoder windows (speech.stt_min_window_s) to compare; the first is the target's")
     ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     ap.add_argument("--extra-threads", type=int, default=2,
                     help="also run tiny.en on the phone path with this many threads (0 = skip)")
@@ -437,15 +443,17 @@ def main() -> None:
     print(f"synthesising {len(UTTERANCES)} utterances x {len(args.conditions)} conditions (espeak-ng, Piper) ...",
           flush=True)
     plan: list[tuple[str, int, str]] = []  # each model's cases together: it is loaded once
-    for tier in args.tiers:
-        plan += [(tier, 1, cond) for cond in args.conditions]
-        if tier == "tiny.en" and args.bandwidth_check:
-            plan.append((tier, 1, "8k"))
-        if tier == "tiny.en" and args.extra_threads and "phone" in args.conditions:
-            plan.append((tier, args.extra_threads, "phone"))
+    for model in args.tiers:
+        for window in args.windows:
+            tier = f"{model}@{window:g}s"
+            plan += [(tier, 1, cond) for cond in args.conditions]
+            if model == "tiny.en" and args.bandwidth_check:
+                plan.append((tier, 1, "8k"))
+            if model == "tiny.en" and args.extra_threads and "phone" in args.conditions:
+                plan.append((tier, args.extra_threads, "phone"))
     audio = {cond: [synthesise(cond, t) for t in UTTERANCES] for cond in {c for _, _, c in plan} | {"phone"}}
     sweep_pool = np.concatenate(audio["phone"])
-    models = {tier: resolve_model(tier, args.cache_dir) for tier in args.tiers}  # joins base once, before timing
+    models = {model: resolve_model(model, args.cache_dir) for model in args.tiers}  # joins base once, before timing
 
     idle = ({"waited_s": 0.0, "loadavg_1m_at_start": loadavg(), "did_not_wait": True} if args.no_wait
             else wait_for_idle(args.max_load, args.max_wait))
@@ -457,7 +465,9 @@ def main() -> None:
     stt: WhisperTranscriber | None = None
     for tier, threads, cond in plan:
         if loaded != (tier, threads) or stt is None:
-            stt, loaded = WhisperTranscriber(models[tier], threads=threads), (tier, threads)
+            model, window = tier.split("@")
+            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=float(window.rstrip("s")))
+            loaded = (tier, threads)
         print(f"{tier} ({threads} thread{'s' * (threads > 1)}), {cond}: {len(UTTERANCES)} utterances ...",
               flush=True)
         cases.append(guarded(partial(run_case, stt, tier, threads, cond, audio[cond]), args.no_wait))
@@ -472,10 +482,12 @@ def main() -> None:
         print_sweep(sweeps)
     print_utterances(cases)
     analysis = {f"{c['tier']}/{c['threads']}/{c['condition']}": error_analysis(c) for c in cases}
-    target_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == TARGET), None)
+    target_tier = f"{TARGET[0]}@{args.windows[0]:g}s"
+    target_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == (target_tier, *TARGET[1:])),
+                       None)
     target: dict[str, Any] = {"tier": TARGET[0], "condition": TARGET[2], "wer_max": TARGET_WER}
-    piper_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == ("tiny.en", 1, "piper-phone")),
-                      None)
+    piper_key = (target_tier, 1, "piper-phone")
+    piper_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == piper_key), None)
     if piper_case is not None:
         target["piper_phone_wer"] = piper_case["wer"]
         target["piper_phone_met"] = piper_case["wer"] <= TARGET_WER
@@ -485,7 +497,7 @@ def main() -> None:
         target.update(wer=target_case["wer"], met=target_case["wer"] <= TARGET_WER)
         print(f"\ntarget: tiny.en phone-path WER <= {TARGET_WER:.0%}: {target_case['wer']:.1%}  "
               f"{'MET' if target['met'] else 'MISSED'}")
-        a = analysis["/".join(str(x) for x in TARGET)]
+        a = analysis["/".join(str(x) for x in (target_tier, *TARGET[1:]))]
         print(f"  {a['edits_in_worst_3']} of {a['edits_total']} edits are in the 3 worst utterances; digits wrong "
               f"or missing: {a['digit_tokens_wrong_or_missing']} of {a['digit_tokens_ref']}")
         print("  substitutions: " + ", ".join(f"{k} x{v}" for k, v in a["top_substitutions"]))

@@ -8,6 +8,8 @@ only as fast as `OutboundPacer` allows; a frame flagged FLAG_MARK is followed by
 
 Each outbound frame carries its reply's generation: after a `clear(gen)`, frames of
 that reply (or older) still in the ring or written late are dropped, not played.
+A provisional reply's audio is `hold`-en: taken from the ring (so the TTS never
+waits on it) but not sent until `release`, or dropped by `discard`.
 The play-out clock of the pacer says which ring frame the caller has heard last
 (`played_seq`), which is how an interrupted reply's heard words are found.
 """
@@ -57,6 +59,7 @@ class CallAudio:
         self._gen_starts: deque[tuple[int, int]] = deque()  # (queued_pos before it, gen) of each reply's 1st frame
         self._last_gen = 0
         self.min_gen = 0  # frames of older replies were cleared: drop them
+        self.held_gen: int | None = None  # a provisional reply whose audio waits for its turn to end
         self.gens_started: list[int] = []  # replies whose first audio has been sent; the owner empties it
         self.frames_in = 0
         self.inbound_dropped = 0
@@ -141,7 +144,7 @@ class CallAudio:
             while self._marks and self._marks[0][0] <= self._sent_pos:
                 out.append(mark_message(self.stream_sid, self._marks.popleft()[1]))
                 self.marks_sent += 1
-            if len(self._pending) < FRAME_BYTES or not self.pacer.may_send(now):
+            if len(self._pending) < FRAME_BYTES or self.held_gen is not None or not self.pacer.may_send(now):
                 return out
             chunk = bytes(self._pending[:FRAME_BYTES])
             del self._pending[:FRAME_BYTES]
@@ -156,7 +159,7 @@ class CallAudio:
 
     def next_due_at(self) -> float | None:
         """When `due_messages` will next have something, if audio is waiting; None if nothing is."""
-        if len(self._pending) >= FRAME_BYTES:
+        if len(self._pending) >= FRAME_BYTES and self.held_gen is None:
             return self.pacer.next_send_at()
         return None
 
@@ -167,9 +170,24 @@ class CallAudio:
             self._played_seq = self._frame_ends.popleft()[1]
         return self._played_seq
 
+    def hold(self, gen: int) -> None:
+        """Keep provisional reply `gen`'s audio from the caller until `release`."""
+        self.held_gen = gen
+
+    def release(self, gen: int) -> None:
+        """Reply `gen` is the answer: its audio may go now."""
+        if self.held_gen == gen:
+            self.held_gen = None
+
     def clear(self, now: float, gen: int = 0) -> str:
         """Barge-in: forget all unsent bot audio and marks, and any frame of reply `gen` or older still to
         come; returns the Twilio `clear` to send."""
+        self.discard(now, gen)
+        return clear_message(self.stream_sid)
+
+    def discard(self, now: float, gen: int) -> None:
+        """Forget all unsent bot audio and marks, and any frame of reply `gen` or older still to come (a
+        provisional reply nobody heard needs no Twilio `clear`)."""
         self.played_seq(now)
         self.min_gen = max(self.min_gen, gen + 1)
         self._frame_ends.clear()
@@ -181,4 +199,5 @@ class CallAudio:
         self._marks.clear()
         self._out_resampler = None  # its filter still holds the cleared audio's tail
         self.pacer.reset(now)
-        return clear_message(self.stream_sid)
+        if self.held_gen is not None and self.held_gen <= gen:
+            self.held_gen = None

@@ -25,6 +25,7 @@ cleared ones too) are not evidence of playback and are ignored.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from engine.conductor_io import (
@@ -32,7 +33,9 @@ from engine.conductor_io import (
     AudioStarted,
     CancelReply,
     Clear,
+    CommitReply,
     Connected,
+    DiscardReply,
     Event,
     HangUp,
     HungUp,
@@ -46,7 +49,7 @@ from engine.conductor_io import (
     Tick,
 )
 from engine.config import ConversationSection
-from ipc.schema import EndOfTurn, ProcName, SpeechStarted, SpeechSustained, Spoken, Transcript
+from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 
 class Phase(enum.Enum):
@@ -80,6 +83,15 @@ class _Reply:
     spans: dict[int, _Span] = field(default_factory=dict)  # by seq_last, the seq its mark carries
     audio: bool = False
     done: bool = False  # its last span has played
+    provisional: bool = False  # started at a pause: held until the turn is over as transcribed
+
+
+_PUNCTUATION = re.compile(r"[^\w\s']")
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two transcripts say the same, ignoring case and punctuation."""
+    return _PUNCTUATION.sub(" ", a.lower()).split() == _PUNCTUATION.sub(" ", b.lower()).split()
 
 
 class Conductor:
@@ -103,6 +115,7 @@ class Conductor:
         self.digits_at = 0.0
         self.interruptions = 0
         self.backchannels = 0
+        self.provisional = {"started": 0, "committed": 0, "discarded": 0}
 
     # --- dispatch -------------------------------------------------------------------------
     def handle(self, event: Event, now: float, played: int | None = None) -> list[Action]:
@@ -123,7 +136,9 @@ class Conductor:
             self.idle_since = now
             return []
         if isinstance(event, Transcript):
-            return self._caller_said(event.text, now) if event.final else []
+            return self._caller_said(event.text, now) if event.final else self._provisional_reply(event.text, now)
+        if isinstance(event, SpeechResumed):
+            return self._discard_provisional("the caller went on")
         if isinstance(event, KeyPressed):
             return self._key(event.digit, now, played)
         if isinstance(event, Spoken):
@@ -156,6 +171,15 @@ class Conductor:
         self.caller_speaking = False
         self.idle_since = now
         text = text.strip()
+        reply = self.reply
+        if reply is not None and reply.provisional:
+            if text and same_words(reply.caller_text, text):
+                reply.provisional = False
+                self.provisional["committed"] += 1
+                self.phase = Phase.THINKING  # its audio may be waiting already: AudioStarted says when it leaves
+                return [CommitReply(reply.gen), Note("provisional reply committed", reply.gen)]
+            actions = self._discard_provisional("the final transcript differs")
+            return actions + (self._request(now, caller_text=text) if text else [])
         if not text:
             return []
         if self.phase in (Phase.THINKING, Phase.SPEAKING) and not self.barged_this_turn:
@@ -165,6 +189,25 @@ class Conductor:
         if self.phase is Phase.ENDING:
             return [Note("ignored while ending", self.gen, text)]
         return self._request(now, caller_text=text)
+
+    def _provisional_reply(self, text: str, now: float) -> list[Action]:
+        """A transcript made at a pause: start the reply now, its audio held until the turn is over."""
+        text = text.strip()
+        if not (self.cfg.speculative_reply and text) or self.phase not in (Phase.LISTENING, Phase.INTERRUPTED):
+            return []
+        actions = self._discard_provisional("a later pause")
+        self.gen += 1
+        self.reply = _Reply(self.gen, now, caller_text=text, provisional=True)
+        self.provisional["started"] += 1
+        return [*actions, RequestReply(self.gen, caller_text=text, provisional=True)]
+
+    def _discard_provisional(self, why: str) -> list[Action]:
+        reply = self.reply
+        if reply is None or not reply.provisional:
+            return []
+        actions, _ = self._stop(reply, None)
+        self.provisional["discarded"] += 1
+        return [*actions, Note("provisional reply discarded", reply.gen, why)]
 
     def _key(self, digit: str, now: float, played: int | None) -> list[Action]:
         actions: list[Action] = []
@@ -214,8 +257,11 @@ class Conductor:
         return self._stop(reply, None)[0]
 
     def _stop(self, reply: _Reply, played: int | None) -> tuple[list[Action], str]:
-        """Silence and cancel `reply`, telling the LLM what of it the caller heard; the actions, and that text."""
+        """Silence and cancel `reply`, telling the LLM what of it the caller heard; the actions, and that text.
+        A provisional reply was never heard: it is only cancelled and its held audio dropped."""
         self.reply = None
+        if reply.provisional:
+            return [CancelReply(reply.gen), DiscardReply(reply.gen)], ""
         heard = self._heard(reply, played)
         return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard)], heard
 
@@ -295,6 +341,8 @@ class Conductor:
 
     # --- faults ---------------------------------------------------------------------------
     def _peer_restarted(self, proc: ProcName, now: float, played: int | None) -> list[Action]:
+        if proc in ("llm", "tts") and self.reply is not None and self.reply.provisional:
+            return self._discard_provisional(f"{proc} restarted")  # the final transcript asks again
         reply = self.reply
         busy = reply is not None and not reply.done and self.phase in (Phase.THINKING, Phase.SPEAKING,
                                                                        Phase.ENDING)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipc.schema import EndOfTurn, ProcName, SpeechStarted, SpeechSustained, Spoken, Transcript
+from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 # --- events ---------------------------------------------------------------------------------
 
@@ -58,7 +58,7 @@ class HungUp:
 
 
 Event = (Connected | KeyPressed | AudioStarted | MarkPlayed | Tick | PeerRestarted | HungUp
-         | SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken)
+         | SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken)
 """What a conductor is fed: the call's own events, and the speech and TTS processes' messages about it."""
 
 
@@ -80,11 +80,28 @@ class CancelReply:
 
 @dataclass(frozen=True)
 class RequestReply:
-    """Ask the LLM for reply `gen`: to `caller_text`, or, with `say`, to speak `say` verbatim (kept in its history)."""
+    """Ask the LLM for reply `gen`: to `caller_text`, or, with `say`, to speak `say` verbatim (kept in its history).
+
+    A `provisional` reply answers a turn that may not be over: its audio is held until `CommitReply`."""
 
     gen: int
     caller_text: str = ""
     say: str = ""
+    provisional: bool = False
+
+
+@dataclass(frozen=True)
+class CommitReply:
+    """Provisional reply `gen` is the answer: play its audio (held so far), and let it join the dialogue."""
+
+    gen: int
+
+
+@dataclass(frozen=True)
+class DiscardReply:
+    """Provisional reply `gen` is void: drop its held audio. It was never heard, so Twilio is not cleared."""
+
+    gen: int
 
 
 @dataclass(frozen=True)
@@ -119,4 +136,4 @@ class Note:
     detail: str = ""
 
 
-Action = Clear | CancelReply | RequestReply | Speak | ReportHeard | HangUp | Note
+Action = Clear | CancelReply | RequestReply | CommitReply | DiscardReply | Speak | ReportHeard | HangUp | Note

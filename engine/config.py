@@ -135,6 +135,10 @@ class SpeechSection(_Section):
     stt_device: Literal["cpu", "cuda"] = "cpu"
     stt_compute_type: str = "int8"
     stt_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    stt_pad_s: Annotated[float, msgspec.Meta(ge=0.5, le=30)] = 4.0
+    """Silence after the utterance in the window Whisper encodes (without it the decoder does not stop)."""
+    stt_min_window_s: Annotated[float, msgspec.Meta(ge=1, le=30)] = 8.0
+    """The shortest window Whisper encodes; 30 = every utterance padded to 30 s, as faster-whisper does (slow)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where models assembled at first use (Whisper base) are kept."""
 
@@ -173,6 +177,11 @@ class TtsSection(_Section):
     """piper: `en_US-joe-medium` (bundled) or a .onnx path. csm: the local directory of sesame/csm-1b."""
     device: Literal["cpu", "cuda"] = "cpu"
     """csm only: where the model runs (on cuda, on this process's own CUDA stream)."""
+    stream: bool = True
+    """piper: split the voice at its vocoder and decode in chunks (first audio in tens of ms); off: Piper's own
+    whole-sentence synthesis."""
+    model_cache_dir: str = "~/.cache/voice-engine"
+    """Where the streaming split of a Piper voice is made, once."""
 
 
 class ConversationSection(_Section):
@@ -183,6 +192,9 @@ class ConversationSection(_Section):
     barge_in_min_speech_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 0
     """Caller speech must last this long to interrupt the bot. At most speech.min_speech_ms: the first speech
     detected interrupts. Longer lets "mm-hm" and coughs pass; what is said then is taken as a backchannel."""
+    speculative_reply: bool = True
+    """Start the reply on the transcript made at the caller's first pause, its audio held until the turn is over:
+    kept if the turn ends as transcribed, dropped (never heard, never in the dialogue) if the caller goes on."""
     idle_reprompt_s: Annotated[float, msgspec.Meta(gt=0)] = 8.0
     reprompt: str = "Are you still there?"
     max_reprompts: Annotated[int, msgspec.Meta(ge=0)] = 2

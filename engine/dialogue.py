@@ -59,10 +59,12 @@ class Dialogue:
         else:
             self.turns.remove(turn)
 
-    def messages(self) -> list[dict[str, str]]:
-        """The chat the model sees: system prompt, then turns (an interrupted one marked as cut off)."""
+    def messages(self, then_user: str = "") -> list[dict[str, str]]:
+        """The chat the model sees: system prompt, then turns (an interrupted one marked as cut off); with
+        `then_user`, as it would be after `add_user(then_user)`, without adding it."""
         out = [{"role": "system", "content": self.system_prompt}]
-        for turn in self.turns:
+        turns = [*self.turns, Turn("user", then_user)] if then_user else self.turns
+        for turn in turns:
             text = f"{turn.text} [interrupted by the caller]" if turn.interrupted else turn.text
             if out[-1]["role"] == turn.role:
                 out[-1]["content"] += " " + text

@@ -7,6 +7,9 @@ events into messages and transcription jobs. Transcription is speculative: a
 job starts at the first `Pause` of a turn; if the turn ends with no more speech,
 that job's result is the final transcript, so the end-of-turn silence hides it.
 Jobs run elsewhere (a worker thread in the process); `finished()` takes results.
+A pause's transcript is published as soon as it is ready, provisionally (`final=False`),
+so the reply can start before the turn is over; `SpeechResumed` voids it if the caller
+goes on, and the end of the turn confirms it with the final transcript.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy.typing as npt
 from engine.config import SpeechSection
 from engine.endpointer import Endpoint, Endpointer, Event, Onset, Pause, Resumed, Sustained
 from engine.vad import WINDOW, SileroVad, VadStream
-from ipc.schema import EndOfTurn, Msg, SpeechStarted, SpeechSustained, Transcript
+from ipc.schema import EndOfTurn, Msg, SpeechResumed, SpeechStarted, SpeechSustained, Transcript
 
 Float32 = npt.NDArray[np.float32]
 
@@ -38,7 +41,8 @@ class Job:
     speculative: bool
     final: bool = False  # the turn is confirmed over: publish the result
     cancelled: bool = False
-    published: bool = False
+    published: bool = False  # as the turn's final transcript
+    provisional_sent: bool = False  # as a pause's provisional transcript
     text: str | None = None  # set by the worker when done
     stt_ms: int = 0
 
@@ -165,10 +169,11 @@ class Hearing:
             ear.speculative = self._job(ear, event.start, event.end, speculative=True)
             return []
         if isinstance(event, Resumed):
-            if ear.speculative is not None:
-                ear.speculative.cancelled = True
-                ear.speculative = None
-            return []
+            spec, ear.speculative = ear.speculative, None
+            if spec is None:
+                return []
+            spec.cancelled = True
+            return [SpeechResumed(call_id=ear.call_id, turn=ear.turn)] if spec.provisional_sent else []
         if isinstance(event, Endpoint):
             spec, ear.speculative = ear.speculative, None
             end_t_ns = ear.t_ns_of(event.end)
@@ -194,13 +199,21 @@ class Hearing:
         return jobs
 
     def finished(self, job: Job) -> list[Msg]:
-        """A job's transcription is done (job.text set): publish it if its turn is over."""
-        if job.cancelled or job.published or not job.final or job.text is None or job.call_id not in self.ears:
+        """A job's transcription is done (job.text set): the turn's final transcript if its turn is over, else a
+        pause's provisional one (once, and only with words in it)."""
+        if job.cancelled or job.text is None or job.call_id not in self.ears:
             return []
-        job.published = True
-        return [self._transcript(job)]
+        if job.final:
+            if job.published:
+                return []
+            job.published = True
+            return [self._transcript(job, final=True)]
+        if job.speculative and not job.provisional_sent and job.text.strip():
+            job.provisional_sent = True
+            return [self._transcript(job, final=False)]
+        return []
 
-    def _transcript(self, job: Job) -> Transcript:
-        return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=True,
+    def _transcript(self, job: Job, final: bool) -> Transcript:
+        return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=final,
                           speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // self.rate,
                           stt_ms=job.stt_ms, speculative=job.speculative, t_ns=time.monotonic_ns())

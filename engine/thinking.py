@@ -24,7 +24,7 @@ from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
 from engine.dialogue import Dialogue
 from engine.llm import LlmBackend, Messages
-from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Respond, Sentence
+from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Respond, Sentence
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,15 @@ Outcome = Literal["done", "stopped", "failed"]
 
 
 @dataclass
+class Provisional:
+    """A reply made before its turn was over: what it answers, and what it said once made; kept out of the
+    dialogue until committed."""
+
+    caller_text: str
+    reply: str | None = None
+
+
+@dataclass
 class Mind:
     """One call's state in the LLM process. The worker thread writes the reply it made into the dialogue while
     the main thread adds what the caller said and heard: `lock` orders them."""
@@ -47,7 +56,33 @@ class Mind:
     latest: int = 0
     cancelled: set[int] = field(default_factory=set)
     ended: bool = False
+    provisional: dict[int, Provisional] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def write_reply(self, gen: int, text: str) -> None:
+        """Reply `gen` is made: into the dialogue, or kept aside while it is provisional."""
+        with self.lock:
+            pending = self.provisional.get(gen)
+            if pending is not None:
+                pending.reply = text
+            else:
+                self.dialogue.add_assistant(gen, text)
+
+    def commit(self, gen: int) -> None:
+        """Provisional reply `gen` is the answer: the caller's words, and the reply if it is made, join the
+        dialogue (a reply still being made joins it when done)."""
+        with self.lock:
+            pending = self.provisional.pop(gen, None)
+            if pending is None:
+                return
+            self.dialogue.add_user(pending.caller_text)
+            if pending.reply is not None:
+                self.dialogue.add_assistant(gen, pending.reply)
+
+    def cancel(self, gen: int) -> None:
+        with self.lock:
+            self.cancelled.add(gen)
+            self.provisional.pop(gen, None)  # nothing of a dropped provisional reply is kept
 
 
 @dataclass
@@ -70,7 +105,7 @@ class Thinking:
         self.cancels = 0
         self._early: EarlyMessages[Cancel] = EarlyMessages()
 
-    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond) -> ReplyJob | None:
+    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit) -> ReplyJob | None:
         if isinstance(msg, CallStarted):
             cancelled = {cancel.gen for cancel in self._early.release(msg.call_id)}
             self.calls.start(msg.slot, msg.epoch, msg.call_id, Mind(Dialogue(self.system_prompt), cancelled=cancelled))
@@ -84,7 +119,11 @@ class Thinking:
             if call is None:
                 self._early.hold(msg.call_id, msg)
             else:
-                call.state.cancelled.add(msg.gen)
+                call.state.cancel(msg.gen)
+        elif isinstance(msg, Commit):
+            call = self.calls.find(msg.call_id)
+            if call is not None:
+                call.state.commit(msg.gen)
         elif isinstance(msg, Heard):
             call = self.calls.find(msg.call_id)
             if call is not None:
@@ -103,9 +142,13 @@ class Thinking:
             mind.cancelled.add(mind.latest)          # cancels it too; this keeps the worker from starting it)
         mind.latest = max(mind.latest, msg.gen)
         with mind.lock:
-            if msg.caller_text:
-                mind.dialogue.add_user(msg.caller_text)
-            messages = mind.dialogue.messages()
+            if msg.provisional:
+                mind.provisional[msg.gen] = Provisional(msg.caller_text)
+                messages = mind.dialogue.messages(then_user=msg.caller_text)
+            else:
+                if msg.caller_text:
+                    mind.dialogue.add_user(msg.caller_text)
+                messages = mind.dialogue.messages()
         return ReplyJob(msg.call_id, msg.gen, mind, messages, say=msg.say)
 
 
@@ -146,9 +189,7 @@ class Reply:
         out = self._sentences(self._chunker.flush(), last=True)
         if not any(isinstance(o, Sentence) and o.last for o in out):
             out.append(self._sentence("", last=True))
-        mind = self.job.mind
-        with mind.lock:  # Heard and new caller turns change the dialogue on the main thread
-            mind.dialogue.add_assistant(self.job.gen, "".join(self._produced).strip())
+        self.job.mind.write_reply(self.job.gen, "".join(self._produced).strip())
         return out
 
     @property

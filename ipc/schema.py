@@ -155,7 +155,11 @@ class EndOfTurn(Msg):
 
 
 class Transcript(Msg):
-    """Speech -> transport: what the caller said in a turn (the conductor decides what it means)."""
+    """Speech -> transport: what the caller said in a turn (the conductor decides what it means).
+
+    `final` once the turn is over. Before that, at the first pause long enough to start transcribing, a
+    provisional one (`final=False`, `speculative=True`) as soon as it is ready: the conductor may start the
+    reply on it, and a `SpeechResumed` voids it if the caller goes on."""
 
     call_id: str
     turn: int
@@ -168,18 +172,39 @@ class Transcript(Msg):
     """True when transcription began during the silence, before the turn was confirmed over."""
 
 
+class SpeechResumed(Msg):
+    """Speech -> transport: the caller went on talking after a pause whose provisional `Transcript` was sent:
+    that transcript, and whatever was started on it, is void."""
+
+    call_id: str
+    turn: int
+
+
 # --- thinking and speaking ----------------------------------------------------------
 
 class Respond(Msg):
     """Transport -> llm: produce reply `gen` of a call, to `caller_text` (added to the dialogue as the caller's),
     or, with `say`, speak `say` verbatim (a greeting, a re-prompt: kept in the dialogue as the assistant's).
 
-    It comes after the `Heard` of the reply it follows: the dialogue it is built on holds what the caller heard."""
+    It comes after the `Heard` of the reply it follows: the dialogue it is built on holds what the caller heard.
+
+    A `provisional` reply answers a turn that may not be over (a transcript made at a pause): it is made as any
+    other, but the transport holds its audio, and neither the caller's words nor the reply join the dialogue
+    until `Commit`; a `Cancel` drops it without a trace."""
 
     call_id: str
     gen: int
     caller_text: str = ""
     say: str = ""
+    provisional: bool = False
+
+
+class Commit(Msg):
+    """Transport -> llm: provisional reply `gen` is the answer after all (the turn ended as transcribed): the
+    caller's words and the reply join the dialogue."""
+
+    call_id: str
+    gen: int
 
 
 class Sentence(Msg):
@@ -214,7 +239,7 @@ class Spoken(Msg):
 
 
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained
-          | EndOfTurn | Transcript | Respond | Sentence | Heard | Spoken)
+          | EndOfTurn | Transcript | SpeechResumed | Respond | Commit | Sentence | Heard | Spoken)
 
 
 class Codec:

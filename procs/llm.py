@@ -20,7 +20,7 @@ from engine.llm import LlmBackend, make_backend
 from engine.thinking import Out, Reply, ReplyJob, Thinking, generate
 from engine.trace import TraceSink
 from ipc.bus import Sender
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Heard, ProcName, Respond, RunInfo, Sentence
+from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Commit, Heard, ProcName, Respond, RunInfo, Sentence
 from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger("engine.llm")
@@ -52,7 +52,7 @@ class LlmProc(SyncChild):
         self._worker.start()
 
     def handle(self, msg: AnyMsg) -> None:
-        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond):
+        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit):
             job = self.thinking.handle(msg)
             if job is not None:
                 self._jobs.put(job)

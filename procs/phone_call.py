@@ -32,7 +32,9 @@ from engine.conductor_io import (
     AudioStarted,
     CancelReply,
     Clear,
+    CommitReply,
     Connected,
+    DiscardReply,
     Event,
     HangUp,
     HungUp,
@@ -56,10 +58,12 @@ from ipc.schema import (
     CallEnded,
     CallStarted,
     Cancel,
+    Commit,
     EndOfTurn,
     Heard,
     Respond,
     Sentence,
+    SpeechResumed,
     SpeechStarted,
     SpeechSustained,
     Spoken,
@@ -70,7 +74,7 @@ from procs.media_socket import MediaSocket, StreamEvent
 
 log = logging.getLogger("engine.transport")
 
-CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken
+CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken
 ENDED_KEPT = 200
 
 
@@ -173,7 +177,7 @@ class PhoneCall:
             self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
         elif isinstance(msg, EndOfTurn):
             self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
-        elif isinstance(msg, Transcript) and msg.final:
+        elif isinstance(msg, Transcript):  # provisional (at a pause) or final: a reply asked for now answers it
             self.turn.transcript = msg.t_ns
             self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
         await self.feed(msg)
@@ -208,11 +212,24 @@ class PhoneCall:
             bus.send("llm", Heard(call_id=self.call_id, gen=action.gen, text=action.text))
             self.record({"event": "heard", "gen": action.gen, "text": action.text})
         elif isinstance(action, RequestReply):
+            if action.provisional:
+                self.audio.hold(action.gen)
             bus.send("llm", Respond(call_id=self.call_id, gen=action.gen, caller_text=action.caller_text,
-                                    say=action.say))
-            self._stamp_request(action.gen, bool(action.caller_text))
+                                    say=action.say, provisional=action.provisional))
+            self._stamp_request(action.gen, bool(action.caller_text), action.provisional)
             self.record({"event": "respond", "gen": action.gen, "caller_text": action.caller_text,
-                         "say": action.say})
+                         "say": action.say, "provisional": action.provisional})
+        elif isinstance(action, CommitReply):
+            self.audio.release(action.gen)
+            bus.send("llm", Commit(call_id=self.call_id, gen=action.gen))
+            if self.turn.end_of_turn:
+                self.stamp(action.gen, "end_of_turn", self.turn.end_of_turn)
+            self.stamp(action.gen, "reply_committed", time.monotonic_ns())
+            self.record({"event": "commit", "gen": action.gen})
+        elif isinstance(action, DiscardReply):
+            self.audio.discard(time.monotonic(), action.gen)
+            self.stamp(action.gen, "reply_discarded", time.monotonic_ns())
+            self.record({"event": "discard", "gen": action.gen})
         elif isinstance(action, Speak):
             bus.send("tts", Sentence(call_id=self.call_id, gen=action.gen, index=0, text=action.text, last=True))
             self._stamp_request(action.gen, False)
@@ -231,14 +248,16 @@ class PhoneCall:
             self.stamp(note.gen, "speech_onset", self.turn.onset)
             self.stamp(note.gen, "barge_in_heard", self.turn.heard)
 
-    def _stamp_request(self, gen: int, answers_caller: bool) -> None:
+    def _stamp_request(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
         turn = self.turn
         if answers_caller:
             for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
                                 ("transcript", turn.transcript)):
-                if t_ns:
+                if t_ns and not (provisional and stage == "end_of_turn"):
                     self.stamp(gen, stage, t_ns)
         self.stamp(gen, "reply_requested", time.monotonic_ns())
+        if provisional:
+            self.stamp(gen, "reply_provisional", time.monotonic_ns())
 
     def stamp(self, gen: int, stage: str, t_ns: int) -> None:
         if self.shared.trace is not None:

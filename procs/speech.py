@@ -52,7 +52,8 @@ class SpeechProc(SyncChild):
                                barge_in_ms=self.cfg.conversation.barge_in_min_speech_ms)
         t0 = time.monotonic()
         model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
-        self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads)
+        self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads,
+                                              pad_s=s.stt_pad_s, min_window_s=s.stt_min_window_s)
         log.info("loaded VAD and Whisper %s (%s, %s) in %.1f s", s.stt_model, s.stt_device, s.stt_compute_type,
                  time.monotonic() - t0)
         self._worker = threading.Thread(target=self._transcribe_loop, name="stt", daemon=True)

@@ -41,6 +41,7 @@ from ipc.schema import (
     Ready,
     RunInfo,
     Shutdown,
+    SpeechResumed,
     SpeechStarted,
     SpeechSustained,
     Spoken,
@@ -163,7 +164,7 @@ class TransportProc:
             elif isinstance(msg, Shutdown):
                 log.info("shutdown requested: %s", msg.reason)
                 self.stopping.set()
-            elif isinstance(msg, SpeechStarted | SpeechSustained | EndOfTurn | Transcript | Spoken):
+            elif isinstance(msg, SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken):
                 call = self.shared.calls.get(msg.call_id)
                 if call is not None:
                     await call.on_bus(msg)

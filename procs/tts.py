@@ -51,7 +51,9 @@ class TtsProc(SyncChild):
 
     def setup(self) -> None:
         t0 = time.monotonic()
-        self.tts = make_tts(self.cfg.tts.backend, self.cfg.tts.voice, self.cfg.tts.device)
+        t = self.cfg.tts
+        self.tts = make_tts(t.backend, t.voice, t.device, stream=t.stream,
+                            cache_dir=Path(t.model_cache_dir).expanduser())
         for _ in self.tts.synthesize("Hello."):  # warm the model before the first caller
             pass
         log.info("TTS %s ready in %.1f s (%d Hz)", self.cfg.tts.backend, time.monotonic() - t0, self.tts.sample_rate)

@@ -188,3 +188,33 @@ def test_outbound_ring_gaps_are_counted_but_a_clear_is_not_a_gap(pool: RingPool)
     tts.write(frame, 22050, flags=gen_flags(2))
     audio.pull()
     assert audio.outbound_gaps == refused
+
+
+def test_a_held_reply_is_taken_from_the_ring_but_sent_only_once_released(pool: RingPool) -> None:
+    audio, _ = make_call(pool, lead_s=0.1)
+    tts = RingWriter(pool.outbound[0])
+    audio.hold(4)
+    for i, frame in enumerate(np.split(tone(16000, 0.4), 20)):
+        tts.write(frame.tobytes(), 16000, flags=gen_flags(4) | (FLAG_MARK if i == 19 else 0))
+    assert audio.pull() == 20 and audio.outbound.ring.available() == 0  # the TTS never waits on a held reply
+    assert audio.due_messages(0.0) == [] and audio.next_due_at() is None and audio.gens_started == []
+    audio.release(4)
+    sent = [json.loads(m)["event"] for m in audio.due_messages(1.0)]
+    assert sent == ["media"] * 5 and audio.gens_started == [4]  # at once, paced as any reply
+
+
+def test_a_discarded_held_reply_is_never_sent_and_needs_no_clear(pool: RingPool) -> None:
+    audio, _ = make_call(pool, lead_s=0.1)
+    tts = RingWriter(pool.outbound[0])
+    audio.hold(4)
+    for frame in np.split(tone(16000, 0.2), 10):
+        tts.write(frame.tobytes(), 16000, flags=gen_flags(4))
+    audio.pull()
+    audio.discard(0.5, 4)
+    tts.write(tone(16000, 0.02).tobytes(), 16000, flags=gen_flags(4))  # written before the TTS heard the cancel
+    tts.write(np.zeros(320, np.int16).tobytes(), 16000, flags=gen_flags(5) | FLAG_END)
+    audio.pull()
+    media = [json.loads(m) for m in audio.due_messages(10.0)]
+    assert media and {m["event"] for m in media} == {"media"} and audio.held_gen is None
+    assert audio.frames_dropped_cleared == 1
+    assert not any(mulaw_to_pcm16(base64.b64decode(m["media"]["payload"])).any() for m in media)  # reply 5's

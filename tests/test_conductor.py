@@ -8,7 +8,9 @@ from engine.conductor_io import (
     AudioStarted,
     CancelReply,
     Clear,
+    CommitReply,
     Connected,
+    DiscardReply,
     HangUp,
     HungUp,
     KeyPressed,
@@ -21,7 +23,7 @@ from engine.conductor_io import (
     Tick,
 )
 from engine.config import ConversationSection as ConductorConfig
-from ipc.schema import EndOfTurn, SpeechStarted, SpeechSustained, Spoken, Transcript
+from ipc.schema import EndOfTurn, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 CALL = "CA-test"
 
@@ -143,13 +145,6 @@ def test_speech_interrupts_only_once_the_speech_process_says_it_may() -> None:
     play_reply(c, 1, ["Tides come from the moon."], 0.5)
     assert c.handle(started(), 1.07, played=3) == []
     assert kinds(c.handle(sustained(), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
-
-
-def test_a_transcript_that_is_not_final_is_not_a_turn() -> None:
-    c = Conductor(ConductorConfig(greeting=""), 0.0)
-    partial = Transcript(call_id=CALL, turn=1, text="What time", final=False, speech_end_t_ns=0, audio_ms=0,
-                         stt_ms=0)
-    assert c.handle(partial, 1.0) == [] and c.phase is Phase.LISTENING
 
 
 def test_keypad_digits_reach_the_llm_on_hash_or_after_a_pause() -> None:
@@ -275,3 +270,63 @@ def test_spans_of_an_old_reply_are_ignored() -> None:
     c.handle(span(1, 0, 0, 9, "Stale.", True), 0.6)
     assert c.handle(MarkPlayed(9), 0.7) == []
     assert c.phase is Phase.THINKING
+
+
+def at_pause(text: str) -> Transcript:
+    """The transcript the speech process makes at the caller's first pause, before the turn is over."""
+    return Transcript(call_id=CALL, turn=1, text=text, final=False, speculative=True, speech_end_t_ns=0,
+                      audio_ms=0, stt_ms=0)
+
+
+def test_a_reply_starts_at_the_pause_and_plays_once_the_turn_ends_as_transcribed() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    c.handle(started(), 1.0)
+    assert c.handle(at_pause("What time do you open?"), 1.3) == [
+        RequestReply(1, caller_text="What time do you open?", provisional=True)]
+    assert c.phase is Phase.LISTENING  # nothing is said until the turn is over
+    assert c.handle(Tick(), 1.4) == []
+    c.handle(turn_over(), 1.6)
+    assert kinds(c.handle(said("what time do you open"), 1.6)) == ["CommitReply"]  # case and punctuation aside
+    assert c.phase is Phase.THINKING
+    play_reply(c, 1, ["We open at nine."], 1.7)
+    assert c.phase is Phase.SPEAKING
+    assert c.provisional == {"started": 1, "committed": 1, "discarded": 0}
+
+
+def test_a_caller_who_goes_on_voids_the_reply_started_at_the_pause() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    c.handle(started(), 1.0)
+    c.handle(at_pause("I would like"), 1.3)
+    assert kinds(c.handle(SpeechResumed(call_id=CALL, turn=1), 1.5)) == ["CancelReply", "DiscardReply"]
+    # The next pause starts another; the end of the turn commits that one.
+    assert c.handle(at_pause("I would like a table for two."), 2.5)[-1] == RequestReply(
+        2, caller_text="I would like a table for two.", provisional=True)
+    c.handle(turn_over(), 2.8)
+    assert c.handle(said("I would like a table for two."), 2.8)[0] == CommitReply(2)
+
+
+def test_a_final_transcript_that_differs_replaces_the_reply_started_at_the_pause() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    c.handle(at_pause("Book a table"), 1.3)
+    c.handle(turn_over(), 1.6)
+    actions = c.handle(said("Book a table for Friday."), 1.6)
+    assert [a for a in actions if not isinstance(a, Note)] == [
+        CancelReply(1), DiscardReply(1), RequestReply(2, caller_text="Book a table for Friday.")]
+    assert c.provisional["discarded"] == 1
+
+
+def test_no_reply_starts_at_a_pause_when_speculation_is_off_or_the_bot_is_talking() -> None:
+    off = Conductor(ConductorConfig(greeting="", speculative_reply=False), 0.0)
+    assert off.handle(at_pause("Hello?"), 1.0) == []
+    busy = Conductor(ConductorConfig(greeting=""), 0.0)
+    busy.handle(said("Tell me a story."), 0.0)
+    play_reply(busy, 1, ["Once upon a time."], 0.5)
+    assert busy.handle(at_pause("Mm-hmm"), 1.0) == []  # said over the bot: not a turn to answer
+
+
+def test_a_restart_drops_the_reply_started_at_the_pause_and_the_turn_is_answered_afresh() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    c.handle(at_pause("Hello there."), 1.0)
+    assert kinds(c.handle(PeerRestarted("llm"), 1.1)) == ["CancelReply", "DiscardReply"]
+    c.handle(turn_over(), 1.3)
+    assert c.handle(said("Hello there."), 1.3) == [RequestReply(2, caller_text="Hello there.")]

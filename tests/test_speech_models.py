@@ -79,8 +79,11 @@ def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper:
             job.text = whisper.transcribe(job.audio)
             msgs += hearing.finished(job)
     kinds = [type(m).__name__ for m in msgs]
-    assert kinds == ["SpeechStarted", "SpeechSustained", "EndOfTurn", "Transcript"], kinds
-    started, _, end, transcript = msgs
+    # The pause's transcript goes out as soon as it is made, provisionally; the end of the turn confirms it.
+    assert kinds == ["SpeechStarted", "SpeechSustained", "Transcript", "EndOfTurn", "Transcript"], kinds
+    started, _, provisional, end, transcript = msgs
+    assert isinstance(provisional, Transcript) and not provisional.final and provisional.speculative
+    assert isinstance(transcript, Transcript) and transcript.final and transcript.text == provisional.text
     assert isinstance(started, SpeechStarted) and isinstance(end, EndOfTurn) and isinstance(transcript, Transcript)
     speech_start_s, speech_end_s = 1.0, 1.0 + len(spoken(SENTENCE)) / 8000
     assert abs(started.onset_t_ns / 1e9 - speech_start_s) < 0.3

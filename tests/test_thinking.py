@@ -8,7 +8,7 @@ import pytest
 
 from engine.llm import EchoBackend, Messages, OnDelta
 from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
-from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Respond, Sentence
+from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Respond, Sentence
 
 
 class ScriptedLlm:
@@ -164,3 +164,40 @@ def test_a_process_shutting_down_makes_no_more(shutting_down: bool) -> None:
     reply = Reply(ask(thinking, "Hi"), shutting_down=lambda: shutting_down)
     outcome = generate(reply, ScriptedLlm(["Hello."]), 100, outs.append)
     assert (outcome, bool(sentences(outs))) == (("stopped", False) if shutting_down else ("done", True))
+
+
+def provisional(thinking: Thinking, text: str, gen: int) -> ReplyJob:
+    job = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=text, provisional=True))
+    assert job is not None
+    return job
+
+
+def test_a_provisional_reply_joins_the_dialogue_only_when_committed() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    job = provisional(thinking, "What time do you open?", 1)
+    assert job.messages[-1] == {"role": "user", "content": "What time do you open?"}
+    run(job, ScriptedLlm(["At nine."]))
+    assert [m["role"] for m in job.mind.dialogue.messages()] == ["system"]  # the turn may not be over yet
+    thinking.handle(Commit(call_id="CA1", gen=1))
+    assert job.mind.dialogue.messages()[1:] == [{"role": "user", "content": "What time do you open?"},
+                                                {"role": "assistant", "content": "At nine."}]
+
+
+def test_a_reply_committed_while_it_is_made_joins_the_dialogue_when_done() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    job = provisional(thinking, "Hi.", 1)
+    llm = ScriptedLlm(["Hello", " there."], during=lambda i: i == 1 and thinking.handle(Commit(call_id="CA1", gen=1)))
+    run(job, llm)
+    assert [m["content"] for m in job.mind.dialogue.messages()[1:]] == ["Hi.", "Hello there."]
+
+
+def test_a_dropped_provisional_reply_leaves_nothing_and_the_next_one_is_built_without_it() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    first = provisional(thinking, "I would like", 1)
+    run(first, ScriptedLlm(["Sure."]))
+    thinking.handle(Cancel(call_id="CA1", gen=1))
+    second = ask(thinking, "I would like a table for two.", gen=2)
+    assert second.messages[1:] == [{"role": "user", "content": "I would like a table for two."}]

@@ -72,3 +72,29 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads((tmp_path / "s.json").read_text())["answered"] == 3
     assert json.loads((tmp_path / "p.json").read_text())["traceEvents"]
     assert main(["trace", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_replies_started_at_the_pause_are_measured_on_their_critical_path() -> None:
+    from engine.trace import TraceEvent
+
+    def reply(call: str, gen: int, stages: dict[str, int]) -> list[TraceEvent]:
+        return [TraceEvent(call=call, gen=gen, stage=k, t_ns=v * MS) for k, v in stages.items()]
+
+    chain = {"speech_end": 0, "transcript": 260, "reply_requested": 261, "reply_provisional": 261, "llm_start": 262,
+             "llm_first_token": 300, "llm_first_sentence": 420, "tts_start": 421}
+    ready = {**chain, "tts_first_audio": 480, "end_of_turn": 500, "reply_committed": 502, "first_audio_out": 504}
+    late = {**chain, "end_of_turn": 350, "reply_committed": 352, "tts_first_audio": 480, "first_audio_out": 485}
+    thrown = {"speech_end": 0, "transcript": 260, "reply_requested": 261, "reply_provisional": 261,
+              "llm_start": 262, "reply_discarded": 400}
+    s = summarize(replies([*reply("CA1", 1, ready), *reply("CA1", 2, late), *reply("CA1", 3, thrown)]))
+    assert s["answered"] == 2
+    assert s["speculative"] == {"started": 3, "committed": 2, "thrown_away": 1, "ready_before_the_turn_ended": 1,
+                                "thrown_away_ran_ms": {"n": 1, "p50": 139.0, "p95": 139.0, "p99": 139.0,
+                                                       "max": 139.0}}
+    # Ready before the turn ended: the wait, then commit (2 ms) and release (2 ms) are the path.
+    assert s["segments"]["end_of_turn->reply_committed"]["n"] == 1
+    # Ready after: the chain from the pause's transcript; nothing negative creeps in.
+    assert s["segments"]["speech_end->transcript"] == {**s["segments"]["speech_end->transcript"], "n": 1, "p50": 260}
+    assert s["segments"]["end_of_turn->transcript"]["n"] == 0
+    assert s["engine_overhead_ms"]["p50"] == pytest.approx((4 + (1 + 1 + 1 + 5)) / 2)
+    assert s["totals"]["speech_end->first_audio_out"]["p50"] == pytest.approx((504 + 485) / 2)

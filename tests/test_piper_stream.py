@@ -1,0 +1,64 @@
+"""Piper split at the vocoder and decoded in chunks sounds the same as Piper's whole-sentence synthesis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engine.piper_stream import CONTEXT, StreamingPiper, chunks, split_voice
+from engine.tts import bundled_piper_voice
+
+SENTENCE = "Your table for four is booked for Friday evening at half past seven, under the name of Smith."
+
+
+@pytest.fixture(scope="module")
+def piper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamingPiper]:
+    yield StreamingPiper(bundled_piper_voice(), tmp_path_factory.mktemp("cache"))
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    noise = np.sum((reference - other) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference ** 2) / noise))
+
+
+def test_the_chunks_cover_every_frame_once_the_first_small() -> None:
+    assert chunks(100) == [(0, 16), (16, 64), (64, 100)]
+    assert chunks(10) == [(0, 10)]
+    assert chunks(0) == []
+
+
+def test_chunked_decoding_matches_the_whole_graph_without_noise(piper: StreamingPiper) -> None:
+    """With the noise scales at 0 the voice is deterministic: the split voice decoded in chunks must give what
+    Piper's own whole graph gives for the whole sentence."""
+    model = bundled_piper_voice()
+    piper._scales = np.array([0.0, piper._scales[1], 0.0], np.float32)  # noise off, same length scale
+    latent = next(piper.latents(SENTENCE))
+    chunked = np.concatenate([piper.decode(latent, a, b) for a, b in chunks(latent.shape[2])])
+    whole = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ids = np.array([piper._voice.phonemes_to_ids(piper._voice.phonemize(SENTENCE)[0])], np.int64)
+    reference = whole.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], np.int64),
+                                 "scales": piper._scales})[0].reshape(-1)
+    assert len(chunked) == len(reference) == latent.shape[2] * piper.hop
+    assert snr_db(reference, chunked) > 90, snr_db(reference, chunked)
+    # Without the latent context on both sides the seams are heard: the context is what makes it match.
+    bare = np.concatenate([piper._decoder.run(None, {piper._latent_name: latent[:, :, a:b]})[0].reshape(-1)
+                           for a, b in chunks(latent.shape[2])])
+    assert snr_db(reference, bare) < snr_db(reference, chunked) - 20
+    assert CONTEXT >= 16
+
+
+def test_the_split_is_made_once_into_the_cache(tmp_path: Path) -> None:
+    first = split_voice(bundled_piper_voice(), tmp_path)
+    made = [p.stat().st_mtime_ns for p in first]
+    assert split_voice(bundled_piper_voice(), tmp_path) == first
+    assert [p.stat().st_mtime_ns for p in first] == made
+
+
+def test_the_first_audio_is_a_short_chunk(piper: StreamingPiper) -> None:
+    audio = list(piper.synthesize(SENTENCE))
+    assert len(audio) > 2 and len(audio[0]) == 16 * piper.hop
+    assert np.abs(np.concatenate(audio)).max() > 3000  # speech, at a level a caller hears
