@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Engine:
     """One engine under test, from the checkout `root`, with its own trace file."""
 
-    def __init__(self, label: str, root: Path, work: Path) -> None:
+    def __init__(self, label: str, root: Path, work: Path, settings: list[str] | None = None) -> None:
         self.label = label
         self.root = root
         self.trace = work / f"trace-{label}.jsonl"
@@ -75,6 +75,10 @@ class Engine:
                     "ENGINE_ENGINE__TRACE_FILE": str(trace), "ENGINE_TRANSPORT__HOST": "127.0.0.1",
                     "ENGINE_TRANSPORT__PORT": str(self.port), "ENGINE_TRANSPORT__PUBLIC_URL": PUBLIC,
                     "ENGINE_TWILIO__AUTH_TOKEN": AUTH, "ENGINE_CONVERSATION__IDLE_REPROMPT_S": "60"})
+        for setting in settings or []:  # section.key=value, as ENGINE_SECTION__KEY=value
+            key, _, value = setting.partition("=")
+            section, _, name = key.partition(".")
+            env[f"ENGINE_{section.upper()}__{name.upper()}"] = value
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env, cwd=root,
                                      stdout=self._log, stderr=subprocess.STDOUT)
@@ -233,6 +237,11 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=24, help="turns per engine")
     parser.add_argument("--turns-per-call", type=int, default=6)
     parser.add_argument("--vs", metavar="DIR", help="also run the engine of the checkout in DIR, alternating calls")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config setting for this tree's engine (repeatable)")
+    parser.add_argument("--vs-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config setting for the --vs engine (repeatable); `--vs . --vs-set ...` compares "
+                             "two settings of this tree")
     parser.add_argument("--out", default="bench/results/e2e.json")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle box")
     args = parser.parse_args()
@@ -240,7 +249,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="e2e-bench"))
     print("synthesising the caller's questions with Piper ...", flush=True)
     voices = {text: piper_speech(text, rate=8000) for text in [*QUESTIONS, INTERRUPTION]}
-    engines = [Engine("this", ROOT, work)] + ([Engine("vs", Path(args.vs).resolve(), work)] if args.vs else [])
+    engines = [Engine("this", ROOT, work, args.set)]
+    if args.vs:
+        engines.append(Engine("vs", Path(args.vs).resolve(), work, args.vs_set))
     rows: dict[str, list[dict[str, Any]]] = {e.label: [] for e in engines}
     try:
         for engine in engines:
@@ -271,6 +282,7 @@ def main() -> None:
                                                                    else ""),
         **{k: v for k, v in this.items() if k != "engine_stages"}, "engine_stages": this["engine_stages"],
         "engines": {label: {k: v for k, v in r.items() if k != "engine_stages"} for label, r in results.items()},
+        "settings": {"this": args.set, "vs": args.vs_set},
         "ratios_this_over_vs": ratios, "turns": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
 """Streaming sentence chunking: LLM text deltas in, speakable pieces out, as early as is safe.
 
 The first piece of a reply may end at a clause boundary (`,` `;` `:` `—`) once it has
-`first_min_words` words, so speech starts before the first sentence is finished;
-after that, pieces are whole sentences. A `.` ends a sentence only when whitespace
+`first_min_words` words, so speech starts before the first sentence is finished; with
+no such boundary by `first_max_words` words, it ends at a natural break instead: just
+before a conjunction or preposition ("I can check that | for you"), so the voice
+starts after three to five words without breaking a phrase. After that, pieces are
+whole sentences. A `.` ends a sentence only when whitespace
 follows and it does not end an abbreviation ("Dr.", "e.g.", "a.m."), an initial
 ("J. Smith") or a list number ("2. Pears"); decimals, times, e-mail addresses and
 URLs never have whitespace after their dots. A boundary at the very end of the
@@ -23,6 +26,11 @@ ABBREVIATIONS = frozenset({
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
 _CLAUSE_END = re.compile(r"[,;:—–][\"')\]]*(?=\s)")
 _WORD_BEFORE_DOT = re.compile(r"([\w.]+)\.$")
+_WHOLE_WORD = re.compile(r"\S+(?=\s)")  # a word the next delta cannot extend
+BREAK_BEFORE = frozenset({
+    "and", "but", "or", "so", "because", "which", "that", "who", "when", "while", "if", "then", "to", "for", "with",
+    "in", "on", "at", "from", "about", "as", "by", "after", "before", "until", "since", "than",
+})
 
 
 def _is_sentence_end(text: str, end: int) -> bool:
@@ -45,8 +53,9 @@ def _is_sentence_end(text: str, end: int) -> bool:
 class SentenceChunker:
     """Cuts one reply's streamed text into speakable pieces: `push` deltas, `flush` at the end."""
 
-    def __init__(self, first_min_words: int = 4, max_chars: int = 300) -> None:
+    def __init__(self, first_min_words: int = 4, max_chars: int = 300, first_max_words: int = 6) -> None:
         self.first_min_words = first_min_words
+        self.first_max_words = max(first_max_words, first_min_words + 1)
         self.max_chars = max_chars
         self._buf = ""
         self._emitted = 0
@@ -70,6 +79,17 @@ class SentenceChunker:
             return [piece]
         return []
 
+    def _natural_break(self, text: str) -> int | None:
+        """Where the first piece may end with no punctuation: before the last break word that leaves it at least
+        `first_min_words` words, once `first_max_words` whole words have come."""
+        words = list(_WHOLE_WORD.finditer(text))
+        if len(words) < self.first_max_words:
+            return None
+        for i in range(self.first_max_words - 1, self.first_min_words - 1, -1):
+            if words[i].group().lower() in BREAK_BEFORE:
+                return words[i].start()
+        return None
+
     def _next_cut(self) -> int | None:
         text = self._buf
         for m in _SENTENCE_END.finditer(text):
@@ -79,6 +99,9 @@ class SentenceChunker:
             for m in _CLAUSE_END.finditer(text):
                 if len(text[:m.start()].split()) >= self.first_min_words:
                     return m.end()
+            cut = self._natural_break(text)
+            if cut is not None:
+                return cut
         if len(text) > self.max_chars:  # a run-on with no boundary: cut at the last space
             space = text.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars

@@ -43,6 +43,7 @@ from engine.conductor_io import (
     MarkPlayed,
     Note,
     PeerRestarted,
+    PrepareReply,
     ReportHeard,
     RequestReply,
     Speak,
@@ -128,7 +129,7 @@ class Conductor:
             return self._say_via_llm(self.cfg.greeting, now) if self.cfg.greeting else []
         if isinstance(event, SpeechStarted):
             self._speech_started()
-            return []
+            return [PrepareReply()] if self.phase in (Phase.LISTENING, Phase.INTERRUPTED) else []
         if isinstance(event, SpeechSustained):  # the speech process decides when speech may interrupt
             return self._interrupt(played, "barge-in") if self._may_interrupt() else []
         if isinstance(event, EndOfTurn):
@@ -272,7 +273,8 @@ class Conductor:
         self.barged_this_turn = True
         self.phase = Phase.INTERRUPTED
         actions, heard = self._stop(reply, played)
-        return [*actions, Note(why, reply.gen, heard)]
+        prepare: list[Action] = [PrepareReply()] if self.caller_speaking else []  # after what they heard
+        return [*actions, Note(why, reply.gen, heard), *prepare]
 
     def _heard(self, reply: _Reply, played: int | None) -> str:
         """The words of `reply` the caller heard: whole spans played, then the played share of the next."""

@@ -91,6 +91,12 @@ class RequestReply:
 
 
 @dataclass(frozen=True)
+class PrepareReply:
+    """The caller has started a turn the bot will answer: the LLM may read the dialogue so far into its context
+    now, so the reply only has the caller's new words left to read."""
+
+
+@dataclass(frozen=True)
 class CommitReply:
     """Provisional reply `gen` is the answer: play its audio (held so far), and let it join the dialogue."""
 
@@ -136,4 +142,5 @@ class Note:
     detail: str = ""
 
 
-Action = Clear | CancelReply | RequestReply | CommitReply | DiscardReply | Speak | ReportHeard | HangUp | Note
+Action = (Clear | CancelReply | RequestReply | PrepareReply | CommitReply | DiscardReply | Speak | ReportHeard | HangUp
+          | Note)

@@ -124,8 +124,8 @@ class SpeechSection(_Section):
     """A window counts as silence only below `vad_threshold - vad_hysteresis`; in between, nothing changes."""
     min_speech_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 64
     """Speech shorter than this never starts a turn (clicks, coughs)."""
-    pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 200
-    """Silence after which transcription starts speculatively."""
+    pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 150
+    """Silence after which transcription starts speculatively (and, once it is ready, the reply)."""
     end_silence_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 500
     """Silence that ends the caller's turn."""
     prefix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 200
@@ -165,8 +165,9 @@ class LlmSection(_Section):
     """vllm: the longest context (dialogue) it will hold."""
     enforce_eager: bool = False
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
-    first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4
-    """The first speakable piece may end at a comma once it has this many words."""
+    first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
+    """The first speakable piece may end at a comma once it has this many words, or with no comma, before a
+    conjunction or preposition after this many words (up to five): the voice starts that much sooner."""
 
 
 class TtsSection(_Section):

@@ -59,11 +59,11 @@ class Dialogue:
         else:
             self.turns.remove(turn)
 
-    def messages(self, then_user: str = "") -> list[dict[str, str]]:
+    def messages(self, then_user: str | None = None) -> list[dict[str, str]]:
         """The chat the model sees: system prompt, then turns (an interrupted one marked as cut off); with
         `then_user`, as it would be after `add_user(then_user)`, without adding it."""
         out = [{"role": "system", "content": self.system_prompt}]
-        turns = [*self.turns, Turn("user", then_user)] if then_user else self.turns
+        turns = [*self.turns, Turn("user", then_user)] if then_user is not None else self.turns
         for turn in turns:
             text = f"{turn.text} [interrupted by the caller]" if turn.interrupted else turn.text
             if out[-1]["role"] == turn.role:

@@ -42,6 +42,10 @@ class LlmBackend(Protocol):
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None: ...
 
+    def prefill(self, messages: Messages) -> None:
+        """Read `messages` into the model's context cache ahead of the reply that will extend them (a no-op for
+        backends whose server caches prefixes by itself)."""
+
 
 def resolve_gguf(name: str) -> Path:
     if name in BUNDLED_GGUF:
@@ -97,6 +101,11 @@ class LlamaCppBackend:
         if errors:
             raise LlmError(f"llama.cpp: {errors[0]}")
 
+    def prefill(self, messages: Messages) -> None:
+        """One token's generation: the slot's KV cache then holds the prompt, whose longest common prefix the next
+        request reuses."""
+        self.stream(messages, lambda delta: True, 1)
+
 
 class OpenAIBackend:
     """Any OpenAI-compatible streaming chat server (a vLLM fleet), over HTTP server-sent events."""
@@ -108,6 +117,9 @@ class OpenAIBackend:
         self.api_key = api_key
         self.temperature = temperature
         self.timeout_s = timeout_s
+
+    def prefill(self, messages: Messages) -> None:
+        """A server with prefix caching (vLLM) keeps the dialogue by itself."""
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
         body = json.dumps({"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
@@ -143,6 +155,9 @@ class EchoBackend:
     that I said: <the assistant's last turn>.", a word per delta. What a reply says therefore shows which history
     it was built on.
     """
+
+    def prefill(self, messages: Messages) -> None:
+        """No model: nothing to read in."""
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

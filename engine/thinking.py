@@ -24,7 +24,7 @@ from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
 from engine.dialogue import Dialogue
 from engine.llm import LlmBackend, Messages
-from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Respond, Sentence
+from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,19 @@ class Mind:
 
 @dataclass
 class ReplyJob:
-    """Reply `gen` of a call to make: generated from `messages`, or `say` spoken verbatim."""
+    """Reply `gen` of a call to make: generated from `messages`, or `say` spoken verbatim; or, with `prepare`,
+    only `messages` read into the model's context ahead of the reply that will follow them."""
 
     call_id: str
     gen: int
     mind: Mind
     messages: Messages
     say: str = ""
+    prepare: bool = False
+
+    def prepare_void(self) -> bool:
+        """A context warm-up made pointless: a reply was asked for since, or the call is over."""
+        return self.mind.latest != self.gen or self.mind.ended
 
 
 class Thinking:
@@ -105,7 +111,7 @@ class Thinking:
         self.cancels = 0
         self._early: EarlyMessages[Cancel] = EarlyMessages()
 
-    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit) -> ReplyJob | None:
+    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare) -> ReplyJob | None:
         if isinstance(msg, CallStarted):
             cancelled = {cancel.gen for cancel in self._early.release(msg.call_id)}
             self.calls.start(msg.slot, msg.epoch, msg.call_id, Mind(Dialogue(self.system_prompt), cancelled=cancelled))
@@ -124,6 +130,13 @@ class Thinking:
             call = self.calls.find(msg.call_id)
             if call is not None:
                 call.state.commit(msg.gen)
+        elif isinstance(msg, Prepare):
+            call = self.calls.find(msg.call_id)
+            if call is not None:
+                mind = call.state
+                with mind.lock:
+                    messages = mind.dialogue.messages(then_user="")  # up to where the caller's words will go
+                return ReplyJob(msg.call_id, mind.latest, mind, messages, prepare=True)
         elif isinstance(msg, Heard):
             call = self.calls.find(msg.call_id)
             if call is not None:

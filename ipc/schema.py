@@ -199,6 +199,13 @@ class Respond(Msg):
     provisional: bool = False
 
 
+class Prepare(Msg):
+    """Transport -> llm: the caller started a turn the bot will answer: read the call's dialogue so far into the
+    model's context now, so the reply has only the caller's new words left to read."""
+
+    call_id: str
+
+
 class Commit(Msg):
     """Transport -> llm: provisional reply `gen` is the answer after all (the turn ended as transcribed): the
     caller's words and the reply join the dialogue."""
@@ -239,7 +246,7 @@ class Spoken(Msg):
 
 
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained
-          | EndOfTurn | Transcript | SpeechResumed | Respond | Commit | Sentence | Heard | Spoken)
+          | EndOfTurn | Transcript | SpeechResumed | Respond | Prepare | Commit | Sentence | Heard | Spoken)
 
 
 class Codec:

@@ -20,7 +20,19 @@ from engine.llm import LlmBackend, make_backend
 from engine.thinking import Out, Reply, ReplyJob, Thinking, generate
 from engine.trace import TraceSink
 from ipc.bus import Sender
-from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, Commit, Heard, ProcName, Respond, RunInfo, Sentence
+from ipc.schema import (
+    AnyMsg,
+    CallEnded,
+    CallStarted,
+    Cancel,
+    Commit,
+    Heard,
+    Prepare,
+    ProcName,
+    Respond,
+    RunInfo,
+    Sentence,
+)
 from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger("engine.llm")
@@ -37,6 +49,7 @@ class LlmProc(SyncChild):
         self.backend: LlmBackend | None = None
         self.trace = TraceSink.open(cfg.engine.trace_file)
         self.generations = 0
+        self.prepared = 0
         self.failures = 0
         self._jobs: queue.SimpleQueue[ReplyJob | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -52,7 +65,7 @@ class LlmProc(SyncChild):
         self._worker.start()
 
     def handle(self, msg: AnyMsg) -> None:
-        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit):
+        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare):
             job = self.thinking.handle(msg)
             if job is not None:
                 self._jobs.put(job)
@@ -75,6 +88,11 @@ class LlmProc(SyncChild):
 
     def _generate(self, job: ReplyJob, sender: Sender) -> None:
         assert self.backend is not None
+        if job.prepare:
+            if not job.prepare_void():
+                self.backend.prefill(job.messages)
+                self.prepared += 1
+            return
         reply = Reply(job, first_clause_words=self.cfg.llm.first_clause_words, shutting_down=self.stop.is_set)
 
         def emit(out: Out) -> None:
@@ -94,7 +112,7 @@ class LlmProc(SyncChild):
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.thinking.calls), "cancels": self.thinking.cancels,
-                "generations": self.generations, "failures": self.failures}
+                "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
 
     def teardown(self) -> None:
         if self._worker is not None:

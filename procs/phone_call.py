@@ -41,6 +41,7 @@ from engine.conductor_io import (
     KeyPressed,
     MarkPlayed,
     Note,
+    PrepareReply,
     ReportHeard,
     RequestReply,
     Speak,
@@ -61,6 +62,7 @@ from ipc.schema import (
     Commit,
     EndOfTurn,
     Heard,
+    Prepare,
     Respond,
     Sentence,
     SpeechResumed,
@@ -219,6 +221,8 @@ class PhoneCall:
             self._stamp_request(action.gen, bool(action.caller_text), action.provisional)
             self.record({"event": "respond", "gen": action.gen, "caller_text": action.caller_text,
                          "say": action.say, "provisional": action.provisional})
+        elif isinstance(action, PrepareReply):
+            bus.send("llm", Prepare(call_id=self.call_id))
         elif isinstance(action, CommitReply):
             self.audio.release(action.gen)
             bus.send("llm", Commit(call_id=self.call_id, gen=action.gen))

@@ -19,10 +19,10 @@ def chunk(text: str, step: int = 3, first_min_words: int = 4) -> list[str]:
 @pytest.mark.parametrize(("text", "expected"), [
     ("Hello there. How are you today? I am fine!",
      ["Hello there.", "How are you today?", "I am fine!"]),
-    ("Sure, let me check that for you, it will only take a moment. Thanks for waiting.",
-     ["Sure, let me check that for you,", "it will only take a moment.", "Thanks for waiting."]),
+    ("Sure, let me check that for you, it will only take a moment. Thanks for waiting.",  # a break before
+     ["Sure, let me check that", "for you, it will only take a moment.", "Thanks for waiting."]),  # "for"
     ("Dr. Smith will see you at 3:30 p.m. on Friday. Please arrive early.",
-     ["Dr. Smith will see you at 3:30 p.m. on Friday.", "Please arrive early."]),
+     ["Dr. Smith will see you", "at 3:30 p.m. on Friday.", "Please arrive early."]),
     ("The total is $42.50, which includes tax. Anything else?",
      ["The total is $42.50,", "which includes tax.", "Anything else?"]),  # first clause goes early
     ("Pi is about 3.14159. That is all.", ["Pi is about 3.14159.", "That is all."]),
@@ -58,3 +58,18 @@ def test_a_dot_at_the_end_of_a_delta_waits_for_the_next_one() -> None:
 def test_run_on_text_is_cut_at_a_space() -> None:
     pieces = chunk("word " * 200, first_min_words=100)
     assert all(len(p) <= 300 for p in pieces) and " ".join(pieces).split() == ["word"] * 200
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I can certainly check that for you right now. Anything else?",  # no comma: a break before "for"
+     ["I can certainly check that", "for you right now.", "Anything else?"]),
+    ("We open every day at nine in the morning.", ["We open every day", "at nine in the morning."]),
+    ("Absolutely wonderful question my friend indeed. Yes.",  # no break word: waits for the sentence
+     ["Absolutely wonderful question my friend indeed.", "Yes."]),
+    ("Sure, I can help you with that today.", ["Sure, I can help you", "with that today."]),
+    ("Yes we do have vegetarian dishes on the menu.",  # the only break comes after six words: wait
+     ["Yes we do have vegetarian dishes on the menu."]),
+])
+def test_the_first_piece_ends_at_a_natural_break_when_there_is_no_comma(text: str, expected: list[str]) -> None:
+    assert chunk(text, first_min_words=3) == expected
+    assert chunk(text, step=1, first_min_words=3) == expected  # however the deltas fall

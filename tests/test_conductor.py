@@ -17,6 +17,7 @@ from engine.conductor_io import (
     MarkPlayed,
     Note,
     PeerRestarted,
+    PrepareReply,
     ReportHeard,
     RequestReply,
     Speak,
@@ -51,12 +52,13 @@ def span(gen: int, index: int, seq_first: int, seq_last: int, text: str, last: b
 def barge_in(c: Conductor, now: float, played: int | None = None) -> list[Action]:
     """The caller talks over the bot: the speech process reports the turn and, with no minimum, that it may
     interrupt, back to back."""
-    assert c.handle(started(), now, played) == []
+    assert kinds(c.handle(started(), now, played)) == []
     return c.handle(sustained(), now, played)
 
 
 def kinds(actions: list[object]) -> list[str]:
-    return [type(a).__name__ for a in actions if not isinstance(a, Note)]
+    """The actions that change what the caller hears or what the LLM does (not notes, not context warm-ups)."""
+    return [type(a).__name__ for a in actions if not isinstance(a, Note | PrepareReply)]
 
 
 def play_reply(c: Conductor, gen: int, spans: list[str], now: float, first_seq: int = 0) -> int:
@@ -128,7 +130,7 @@ def test_a_short_backchannel_does_not_cut_the_reply_when_a_minimum_is_set() -> N
     c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=400), 0.0)
     c.handle(said("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon's pull.", "Twice a day."], 0.5)
-    assert c.handle(started(), 1.07, played=3) == []  # "mm-hm" starts, never long enough to be sustained...
+    assert kinds(c.handle(started(), 1.07, played=3)) == []  # "mm-hm" starts, never long enough to be sustained...
     c.handle(turn_over(), 1.8)
     assert kinds(c.handle(said("Mm-hmm."), 1.9)) == []  # ...and is let pass
     assert c.phase is Phase.SPEAKING and c.backchannels == 1
@@ -143,7 +145,7 @@ def test_speech_interrupts_only_once_the_speech_process_says_it_may() -> None:
     c = Conductor(ConductorConfig(greeting="", barge_in_min_speech_ms=0), 0.0)
     c.handle(said("Explain tides."), 0.0)
     play_reply(c, 1, ["Tides come from the moon."], 0.5)
-    assert c.handle(started(), 1.07, played=3) == []
+    assert kinds(c.handle(started(), 1.07, played=3)) == []
     assert kinds(c.handle(sustained(), 1.07, played=3)) == ["Clear", "CancelReply", "ReportHeard"]
 
 
@@ -330,3 +332,13 @@ def test_a_restart_drops_the_reply_started_at_the_pause_and_the_turn_is_answered
     assert kinds(c.handle(PeerRestarted("llm"), 1.1)) == ["CancelReply", "DiscardReply"]
     c.handle(turn_over(), 1.3)
     assert c.handle(said("Hello there."), 1.3) == [RequestReply(2, caller_text="Hello there.")]
+
+
+def test_the_llm_may_read_the_dialogue_in_as_soon_as_the_caller_starts_a_turn() -> None:
+    c = Conductor(ConductorConfig(greeting=""), 0.0)
+    assert c.handle(started(), 1.0) == [PrepareReply()]
+    c.handle(said("Tell me a story."), 2.0)
+    play_reply(c, 1, ["Once upon a time,", "a fox."], 2.5)
+    assert c.handle(started(), 3.0, played=3) == []  # over the bot: not a turn to answer yet
+    actions = c.handle(sustained(), 3.1, played=3)
+    assert isinstance(actions[-1], PrepareReply) and isinstance(actions[2], ReportHeard)  # after what was heard

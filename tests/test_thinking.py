@@ -8,7 +8,7 @@ import pytest
 
 from engine.llm import EchoBackend, Messages, OnDelta
 from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
-from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Respond, Sentence
+from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
 
 
 class ScriptedLlm:
@@ -201,3 +201,15 @@ def test_a_dropped_provisional_reply_leaves_nothing_and_the_next_one_is_built_wi
     thinking.handle(Cancel(call_id="CA1", gen=1))
     second = ask(thinking, "I would like a table for two.", gen=2)
     assert second.messages[1:] == [{"role": "user", "content": "I would like a table for two."}]
+
+
+def test_a_prepare_reads_the_dialogue_in_up_to_the_callers_turn_and_a_reply_voids_it() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    run(ask(thinking, "Hi."), ScriptedLlm(["Hello."]))
+    warm = thinking.handle(Prepare(call_id="CA1"))
+    assert warm is not None and warm.prepare and not warm.prepare_void()
+    assert warm.messages[-1] == {"role": "user", "content": ""}  # where the caller's next words will go
+    assert warm.messages[:-1] == warm.mind.dialogue.messages()
+    ask(thinking, "What time is it?", gen=2)
+    assert warm.prepare_void()  # the reply itself is asked for: reading the context in first only delays it
