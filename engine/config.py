@@ -159,6 +159,9 @@ class LlmSection(_Section):
     max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5
+    """How much lower the llm process's CPU priority is than the others': its later tokens are not urgent, the
+    TTS's first audio, the VAD and the transport's pacing are (on a CPU host where they share cores)."""
     gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     """vllm: the fraction of GPU memory vLLM may take (weights + KV cache); the rest is speech's and TTS's."""
     max_model_len: Annotated[int, msgspec.Meta(ge=256)] = 4096

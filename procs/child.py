@@ -62,6 +62,10 @@ def bootstrap(proc: str, cfg_bytes: bytes, run_bytes: bytes) -> tuple[Config, Ru
     name_process(f"eng-{proc}")
     setup_logging(cfg.engine.log_level, proc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if proc == "llm" and cfg.llm.nice:
+        # Before any thread exists: the model's threads inherit it. On a shared CPU the reply's later tokens
+        # must not hold up its first audio (TTS), the caller's VAD or the pacing of what is already playing.
+        os.nice(cfg.llm.nice)
     if proc in cfg.faults.crash_on_start:
         raise StartupFault(f"faults.crash_on_start lists {proc!r}: crashing at start-up on purpose")
     return cfg, run
