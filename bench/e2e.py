@@ -12,6 +12,10 @@ tiny.en, SmolLM2-135M, Piper) with a trace file, and talks to it through the
 synthetic Twilio caller, one call at a time, several turns per call. The caller
 speaks questions in Piper's voice over a continuous line (silence between words).
 
+A last call per engine speaks sentences with a pause of 300-700 ms in the middle ("What is the
+capital, [pause] of France?") and counts those the engine kept as one turn: no reply audio
+before the sentence was over, then one reply.
+
 Measured at the caller, on its clock:
 - voice-to-voice: the caller's last speech frame sent -> the first reply media
   frame received (what a person would hear as the bot's reaction time);
@@ -161,6 +165,37 @@ async def one_call(port: int, turns: int, first_turn: int, voices: dict[str, Any
     return rows
 
 
+PAUSED = (("What is the largest planet,", "in our solar system?"), ("Can you recommend,", "a good book to read?"),
+          ("How many days are there,", "in a week?"), ("What color is the sky,", "on a clear day?"),
+          ("How do I make,", "a cup of tea?"), ("Tell me a fun fact,", "about cats."),
+          ("What is the boiling point,", "of water?"), ("What is the capital,", "of France?"))
+PAUSES_S = (0.3, 0.4, 0.5, 0.6, 0.7, 0.35, 0.45, 0.65)
+
+
+async def paused_sentences(port: int, voices: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sentences with a pause inside: kept as one turn when no reply audio came before the sentence was over."""
+    rows: list[dict[str, Any]] = []
+    async with SyntheticCaller(f"http://127.0.0.1:{port}", public_url=PUBLIC, auth_token=AUTH) as c:
+        await c.connect(await c.dial(), continuous=True)
+        await c.first_media_after(0.0, 30)
+        await c.wait_quiet(1.0, 30)  # the greeting
+        for (first, second), pause in zip(PAUSED, PAUSES_S, strict=True):
+            sent_before = len(c.sent_media)
+            await c.send_audio(voices[first])
+            _, first_end = c.speech_bounds(sent_before, voices[first])
+            await c.send_silence(pause)
+            sent_before = len(c.sent_media)
+            await c.send_audio(voices[second])
+            _, second_end = c.speech_bounds(sent_before, voices[second])
+            early = [t for t, _ in c.received_media_times if first_end < t <= second_end]
+            await c.first_media_after(second_end, 30)
+            await c.wait_quiet(1.5, 60)
+            rows.append({"sentence": f"{first} {second}", "pause_ms": round(pause * 1000), "one_turn": not early})
+            print(f"  pause {pause * 1000:4.0f} ms: {'one turn' if not early else 'SPLIT'}", flush=True)
+        await c.hangup()
+    return rows
+
+
 def join_trace(rows: list[dict[str, Any]], found: list[Reply]) -> None:
     """Caller and engine share CLOCK_MONOTONIC: for each turn, how far the engine's idea of the speech end
     lags the caller's last loud frame (VAD tail), and how long the first reply frame took from leaving the
@@ -248,7 +283,8 @@ def main() -> None:
     conditions = {} if args.no_wait else wait_for_idle(0.5, 600)
     work = Path(tempfile.mkdtemp(prefix="e2e-bench"))
     print("synthesising the caller's questions with Piper ...", flush=True)
-    voices = {text: piper_speech(text, rate=8000) for text in [*QUESTIONS, INTERRUPTION]}
+    voices = {text: piper_speech(text, rate=8000)
+              for text in [*QUESTIONS, INTERRUPTION, *(half for pair in PAUSED for half in pair)]}
     engines = [Engine("this", ROOT, work, args.set)]
     if args.vs:
         engines.append(Engine("vs", Path(args.vs).resolve(), work, args.vs_set))
@@ -264,6 +300,10 @@ def main() -> None:
                 if n > 0:
                     print(f"{engine.label}: call {len(done) // args.turns_per_call + 1}, {n} turns", flush=True)
                     done += asyncio.run(one_call(engine.port, n, len(done), voices))
+        paused: dict[str, list[dict[str, Any]]] = {}
+        for engine in engines:
+            print(f"{engine.label}: sentences with a pause inside", flush=True)
+            paused[engine.label] = asyncio.run(paused_sentences(engine.port, voices))
         wall = time.monotonic() - t0
         for engine in engines:
             engine.fetch_health()
@@ -272,7 +312,13 @@ def main() -> None:
             engine.stop()
     time.sleep(0.5)
     results = {e.label: figures(rows[e.label], e) for e in engines}
+    for label, r in results.items():
+        kept = [p["one_turn"] for p in paused[label]]
+        r["paused_sentences"] = {"kept_one_turn": sum(kept), "of": len(kept), "rows": paused[label]}
     ratios = print_table(results)
+    for label, r in results.items():
+        p = r["paused_sentences"]
+        print(f"sentences with a 300-700 ms pause inside kept as one turn ({label}): {p['kept_one_turn']} of {p['of']}")
     this = results["this"]
     result = {
         "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall, 1),

@@ -128,6 +128,17 @@ class SpeechSection(_Section):
     """Silence after which transcription starts speculatively (and, once it is ready, the reply)."""
     end_silence_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 500
     """Silence that ends the caller's turn."""
+    turn_model: Literal["smart-turn", "off"] = "off"
+    """Also judge each pause with Smart Turn v3.2 (`pipecat-ai`'s bundled ONNX file): a turn that sounds and reads
+    finished ends at once. Off by default: on the phone-path test speech it scores sentences cut mid-way as
+    finished as whole ones (bench/turn.py), so it would cut callers off. Either way a pause whose transcript does
+    not read as a finished sentence waits up to `turn_incomplete_ms`."""
+    turn_complete_threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    """A pause ends the turn at once when Smart Turn scores it at least this complete and its transcript ends a
+    sentence (. ? !); calibrated on phone-path speech by bench/turn.py."""
+    turn_incomplete_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 1000
+    """Silence a pause judged unfinished (its transcript does not end a sentence, or ends on a word such as "for";
+    or its Smart Turn score is below the threshold) may last before the turn ends anyway."""
     prefix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 200
     max_turn_s: Annotated[float, msgspec.Meta(ge=1, le=120)] = 30.0
     stt_model: str = "tiny.en"

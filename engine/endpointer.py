@@ -15,7 +15,9 @@ with arrival times instead of sample positions.
   speech process starts transcribing now and keeps the result if no speech follows.
 - `Resumed` when speech comes back after a `Pause`: that speculative work is void.
 - `Endpoint` when silence has lasted `speech.end_silence_ms`, with the utterance's
-  range (widened by `speech.prefix_pad_ms` before the detected start).
+  range (widened by `speech.prefix_pad_ms` before the detected start). Once a pause is
+  judged (by the turn model and the transcript), `end_now` ends a finished turn at
+  once, and `wait_for` gives an unfinished one longer.
 
 Hysteresis: a window counts as speech at >= `vad_threshold`, as silence below
 `vad_threshold - vad_hysteresis`, and in between it continues whatever was going on.
@@ -83,6 +85,7 @@ class Endpointer:
         self._paused = False
         self._run_start = 0  # where the current stretch of unbroken speech began
         self._sustained = False
+        self.end_silence_ms = cfg.end_silence_ms  # for the current pause, once it is judged
 
     def _ms(self, samples: int) -> float:
         return samples * 1000 / self.rate
@@ -125,6 +128,7 @@ class Endpointer:
     def _in_silence(self, speech: bool, window_start: int, end: int) -> list[Event]:
         if speech:
             self.phase, self._run_start = "speech", window_start
+            self.end_silence_ms = self.cfg.end_silence_ms
             if self._paused:
                 self._paused = False
                 return [Resumed()]
@@ -134,11 +138,25 @@ class Endpointer:
         if not self._paused and quiet >= self.cfg.pause_ms:
             self._paused = True
             events.append(Pause(self._begin(), self._silence_start))
-        if quiet >= self.cfg.end_silence_ms:
+        if quiet >= self.end_silence_ms:
             events.append(Endpoint(self._begin(), self._silence_start))
             self._reset()
         return events
 
+    def end_now(self) -> Endpoint | None:
+        """The current pause is the end of the turn (judged finished): its `Endpoint` now, if still paused."""
+        if self.phase != "silence" or not self._paused:
+            return None
+        event = Endpoint(self._begin(), self._silence_start)
+        self._reset()
+        return event
+
+    def wait_for(self, silence_ms: int) -> None:
+        """The current pause may be mid-sentence: end the turn only after `silence_ms` of silence."""
+        if self.phase == "silence" and self._paused:
+            self.end_silence_ms = silence_ms
+
     def _reset(self) -> None:
         self.phase = "idle"
         self._paused = False
+        self.end_silence_ms = self.cfg.end_silence_ms

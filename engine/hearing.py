@@ -10,10 +10,16 @@ Jobs run elsewhere (a worker thread in the process); `finished()` takes results.
 A pause's transcript is published as soon as it is ready, provisionally (`final=False`),
 so the reply can start before the turn is over; `SpeechResumed` voids it if the caller
 goes on, and the end of the turn confirms it with the final transcript.
+
+Each pause is also judged (a `turn` job: Smart Turn on the turn's audio). When the
+turn model scores it finished and its transcript ends a sentence, the turn ends at
+once; scored unfinished, the caller may pause up to `speech.turn_incomplete_ms`
+before it ends; otherwise `speech.end_silence_ms` of silence ends it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +36,7 @@ Float32 = npt.NDArray[np.float32]
 
 @dataclass
 class Job:
-    """Transcribe samples [start, end) of a call's turn."""
+    """Transcribe samples [start, end) of a call's turn; with `judge`, score instead whether it sounds finished."""
 
     call_id: str
     turn: int
@@ -45,6 +51,24 @@ class Job:
     provisional_sent: bool = False  # as a pause's provisional transcript
     text: str | None = None  # set by the worker when done
     stt_ms: int = 0
+    judge: bool = False  # a turn job: does the turn so far sound finished?
+    judged: bool = False  # a pause's transcript job whose verdict was drawn
+    complete: float | None = None  # a turn job's result: the probability the turn is finished
+
+
+SENTENCE_END = (".", "?", "!")
+UNFINISHED_ENDINGS = frozenset({
+    "a", "an", "the", "and", "but", "or", "so", "because", "to", "for", "with", "of", "in", "on", "at", "from",
+    "by", "about", "my", "your", "our", "their", "his", "her", "its", "is", "are", "was", "were", "i", "we", "you",
+    "um", "uh", "er", "that", "which", "who", "if", "when", "than", "then",
+})
+
+
+def reads_as_finished(text: str) -> bool:
+    """Whether a transcript reads as a finished sentence: it ends one (. ? !), and not on a word that cannot end
+    one ("I'd like to book a table for.")."""
+    words = re.findall(r"[\w']+", text.lower())
+    return text.rstrip().endswith(SENTENCE_END) and bool(words) and words[-1] not in UNFINISHED_ENDINGS
 
 
 class AudioHistory:
@@ -99,6 +123,7 @@ class CallEar:
     turn: int = 0
     last_t_ns: int = 0  # arrival time of the newest audio
     speculative: Job | None = None
+    judging: Job | None = None  # the current pause's turn job
     jobs: list[Job] = field(default_factory=list)
 
     def t_ns_of(self, sample: int) -> int:
@@ -122,6 +147,7 @@ class Hearing:
         self.pending_jobs: list[Job] = []
         self.vad_batches = 0
         self.vad_windows = 0
+        self.verdicts = {"finished": 0, "unfinished": 0, "undecided": 0}
 
     def add_call(self, call_id: str) -> None:
         endpointer = Endpointer(self.speech, self.rate, barge_in_ms=self.barge_in_ms)
@@ -166,15 +192,24 @@ class Hearing:
         if isinstance(event, Sustained):
             return [SpeechSustained(call_id=ear.call_id, turn=ear.turn)]
         if isinstance(event, Pause):
+            if self.speech.turn_model != "off":
+                # Judged on the turn with the pause's silence after it, as the model was trained.
+                ear.judging = self._job(ear, event.start, ear.next_window, speculative=True, judge=True)
             ear.speculative = self._job(ear, event.start, event.end, speculative=True)
             return []
         if isinstance(event, Resumed):
+            if ear.judging is not None:
+                ear.judging.cancelled = True
+                ear.judging = None
             spec, ear.speculative = ear.speculative, None
             if spec is None:
                 return []
             spec.cancelled = True
             return [SpeechResumed(call_id=ear.call_id, turn=ear.turn)] if spec.provisional_sent else []
         if isinstance(event, Endpoint):
+            if ear.judging is not None:
+                ear.judging.cancelled = True
+                ear.judging = None
             spec, ear.speculative = ear.speculative, None
             end_t_ns = ear.t_ns_of(event.end)
             msgs: list[Msg] = [EndOfTurn(call_id=ear.call_id, turn=ear.turn, speech_end_t_ns=end_t_ns)]
@@ -188,8 +223,9 @@ class Hearing:
             return msgs
         return []
 
-    def _job(self, ear: CallEar, start: int, end: int, *, speculative: bool) -> Job:
-        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, end), ear.t_ns_of(end), speculative)
+    def _job(self, ear: CallEar, start: int, end: int, *, speculative: bool, judge: bool = False) -> Job:
+        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, end), ear.t_ns_of(end), speculative,
+                  judge=judge)
         ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
         self.pending_jobs.append(job)
         return job
@@ -199,9 +235,14 @@ class Hearing:
         return jobs
 
     def finished(self, job: Job) -> list[Msg]:
-        """A job's transcription is done (job.text set): the turn's final transcript if its turn is over, else a
-        pause's provisional one (once, and only with words in it)."""
-        if job.cancelled or job.text is None or job.call_id not in self.ears:
+        """A job is done (job.text or job.complete set): the turn's final transcript if its turn is over, else a
+        pause's provisional one (once, and only with words in it); and whatever the pause's verdict decides."""
+        ear = self.ears.get(job.call_id)
+        if job.cancelled or ear is None:
+            return []
+        if job.judge:
+            return self._judge(ear) if job.complete is not None else []
+        if job.text is None:
             return []
         if job.final:
             if job.published:
@@ -210,7 +251,32 @@ class Hearing:
             return [self._transcript(job, final=True)]
         if job.speculative and not job.provisional_sent and job.text.strip():
             job.provisional_sent = True
-            return [self._transcript(job, final=False)]
+            return [self._transcript(job, final=False), *self._judge(ear)]
+        return self._judge(ear)
+
+    def _judge(self, ear: CallEar) -> list[Msg]:
+        """Once the pause's transcript (and, with the turn model on, its score) is in: end a turn that sounds and
+        reads finished now; give one that sounds or reads unfinished longer; else the end-of-turn silence decides."""
+        spec = ear.speculative
+        if spec is None or spec.text is None or spec.judged:
+            return []
+        score = None
+        if self.speech.turn_model != "off":
+            if ear.judging is None or ear.judging.complete is None:
+                return []
+            score = ear.judging.complete
+        spec.judged, ear.judging = True, None
+        threshold = self.speech.turn_complete_threshold
+        reads_finished = reads_as_finished(spec.text)
+        if score is not None and score >= threshold and reads_finished:
+            self.verdicts["finished"] += 1
+            event = ear.endpointer.end_now()
+            return self._on_event(ear, event) if event is not None else []
+        if not reads_finished or (score is not None and score < threshold):
+            self.verdicts["unfinished"] += 1
+            ear.endpointer.wait_for(self.speech.turn_incomplete_ms)
+        else:
+            self.verdicts["undecided"] += 1
         return []
 
     def _transcript(self, job: Job, final: bool) -> Transcript:

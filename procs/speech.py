@@ -14,10 +14,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from engine.calls import CallTable
 from engine.config import Config
 from engine.hearing import Hearing, Job
 from engine.stt import Transcriber, WhisperTranscriber, resolve_model
+from engine.turn_model import SmartTurn
 from engine.vad import SileroVad
 from ipc.ring import RingReader
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Msg, ProcName, RunInfo, Transcript
@@ -40,6 +43,7 @@ class SpeechProc(SyncChild):
         self.transcripts = 0
         self.hearing: Hearing | None = None
         self.transcriber: Transcriber | None = None
+        self.turn_model: SmartTurn | None = None
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -54,31 +58,47 @@ class SpeechProc(SyncChild):
         model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
         self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads,
                                               pad_s=s.stt_pad_s, min_window_s=s.stt_min_window_s)
-        log.info("loaded VAD and Whisper %s (%s, %s) in %.1f s", s.stt_model, s.stt_device, s.stt_compute_type,
-                 time.monotonic() - t0)
+        if s.turn_model == "smart-turn":
+            self.turn_model = SmartTurn()
+            self.turn_model.complete([np.zeros(16000, np.float32)])  # warm it before the first caller pauses
+        log.info("loaded VAD, Whisper %s (%s, %s) and turn model %s in %.1f s", s.stt_model, s.stt_device,
+                 s.stt_compute_type, s.turn_model, time.monotonic() - t0)
         self._worker = threading.Thread(target=self._transcribe_loop, name="stt", daemon=True)
         self._worker.start()
 
     def _transcribe_loop(self) -> None:
-        """Worker thread: Whisper, one job at a time; wakes the main loop when one is done."""
-        assert self.pool is not None and self.transcriber is not None
+        """Worker thread: the turn model and Whisper, one job at a time; wakes the main loop when one is done."""
+        assert self.pool is not None
         bell = self.pool.doorbell_view("inbound")
         try:
             while (job := self._jobs.get()) is not None:
-                if job.cancelled:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    text = self.transcriber.transcribe(job.audio)
-                except Exception:  # a bad utterance must not kill every call's transcription
-                    log.exception("transcription failed (call %s turn %d)", job.call_id, job.turn)
-                    text = ""
-                job.stt_ms = int((time.perf_counter() - t0) * 1000)
-                job.text = text  # last: the main loop publishes as soon as it sees the text
-                self._done.put(job)
-                bell.ring()
+                if not job.cancelled and (self._judge(job) if job.judge else self._transcribe(job)):
+                    self._done.put(job)
+                    bell.ring()
         finally:
             bell.close()
+
+    def _transcribe(self, job: Job) -> bool:
+        assert self.transcriber is not None
+        t0 = time.perf_counter()
+        try:
+            text = self.transcriber.transcribe(job.audio)
+        except Exception:  # a bad utterance must not kill every call's transcription
+            log.exception("transcription failed (call %s turn %d)", job.call_id, job.turn)
+            text = ""
+        job.stt_ms = int((time.perf_counter() - t0) * 1000)
+        job.text = text  # last: the main loop publishes as soon as it sees the text
+        return True
+
+    def _judge(self, job: Job) -> bool:
+        """Score a pause with the turn model; False if it failed (then the end-of-turn silence decides)."""
+        assert self.turn_model is not None
+        try:
+            job.complete = self.turn_model.complete([job.audio])[0]
+        except Exception:
+            log.exception("turn model failed (call %s turn %d)", job.call_id, job.turn)
+            return False
+        return True
 
     def handle(self, msg: AnyMsg) -> None:
         assert self.pool is not None and self.hearing is not None
@@ -140,8 +160,9 @@ class SpeechProc(SyncChild):
 
     def stats(self) -> dict[str, int]:
         h = self.hearing
+        verdicts = {f"turns_{k}": v for k, v in h.verdicts.items()} if h else {}
         return {"calls": len(self.calls), "frames_in": self.frames_in, "transcripts": self.transcripts,
-                "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0}
+                "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0, **verdicts}
 
     def teardown(self) -> None:
         if self._worker is not None:

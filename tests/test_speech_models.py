@@ -99,3 +99,37 @@ def test_the_base_tier_is_assembled_verified_and_works(tier: str, tmp_path: Path
     assert resolve_model(tier, tmp_path) == model_dir  # second time: already there, not re-joined
     text = WhisperTranscriber(model_dir).transcribe(phone_path(spoken(SENTENCE)).astype(np.float32) / 32768)
     assert len({"table", "people", "friday", "evening"} & words(text)) >= 3, text
+
+
+@pytest.mark.parametrize(("model", "score", "text", "ends_at_ms"), [
+    ("smart-turn", 0.99, "What time do you open?", (150, 200)),  # sounds and reads finished: ends at the pause
+    ("smart-turn", 0.10, "What time do you open?", (1000, 1050)),  # sounds unfinished: may pause up to the cap
+    ("smart-turn", 0.99, "What time do you", (1000, 1050)),  # does not read finished: may pause up to the cap
+    ("off", 0.0, "I'd like a table for.", (1000, 1050)),  # with the model off the text still counts
+    ("off", 0.0, "What time do you open?", (500, 550)),  # and otherwise the usual silence ends the turn
+])
+def test_a_pause_judged_finished_ends_the_turn_and_one_judged_unfinished_waits(
+        vad: SileroVad, model: str, score: float, text: str, ends_at_ms: tuple[int, int]) -> None:
+    """The verdict logic, with the models' answers given (the turn model's score, the pause's transcript)."""
+    hearing = Hearing(vad, SpeechSection(turn_model=model, turn_incomplete_ms=1000), 16000)  # type: ignore[arg-type]
+    hearing.add_call("CA1")
+    audio = phone_path(np.concatenate([silence(0.5), spoken(SENTENCE), silence(2.0)]))
+    speech_end = None
+    for i in range(0, len(audio), 320):
+        hearing.add_audio("CA1", audio[i:i + 320].tobytes(), (i // 320 + 1) * 20_000_000)
+        msgs = []
+        while hearing.ears["CA1"].window_ready():
+            msgs += hearing.vad_round()
+        for job in hearing.take_jobs():  # answered at once, as a worker with no queue would
+            if job.judge:
+                job.complete = score
+            else:
+                job.text = text
+            msgs += hearing.finished(job)
+        ends = [m for m in msgs if isinstance(m, EndOfTurn)]
+        if ends:
+            speech_end = ends[0].speech_end_t_ns
+            now_ms = (i // 320 + 1) * 20 - speech_end / 1e6
+            assert ends_at_ms[0] <= now_ms <= ends_at_ms[1] + 32, now_ms
+            break
+    assert speech_end is not None

