@@ -1,0 +1,174 @@
+"""This engine against the Pipecat peer on the same models, box and caller, in one run: voice-to-voice and CPU.
+
+    python bench/peer.py [--turns 16] [--callers 1] [--peer-turn smart] [--out bench/results/peer.json]
+
+The peer is ../shared/peers/pipecat (Pipecat 1.14 with the same bundled models: Whisper tiny.en,
+SmolLM2-135M on a llama.cpp server, Piper en_US-joe-medium; its README says how it runs). Its venv
+is made by its setup.sh if missing. Both systems run side by side, idle between their turns; rounds
+alternate between them: a round is `--callers` synthetic Twilio callers at once (started 1.3 s apart),
+each asking `--turns-per-call` questions in Piper's voice, waiting for each answer to end before the
+next. Neither greets (the peer has no greeting; the engine's is turned off).
+
+Measured per system, during its own rounds only: voice-to-voice at the caller (the caller's last
+speech frame -> the first reply audio it receives), and CPU of all the system's processes (engine:
+supervisor and children; peer: bot and LLM server), in % of one core averaged over the rounds' wall
+time. Ratios are engine / peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine_info, wait_for_idle  # noqa: E402
+from bench.e2e import AUTH, PUBLIC, Engine  # noqa: E402
+from engine.trace_report import percentiles  # noqa: E402
+from tools.caller import SyntheticCaller, piper_speech  # noqa: E402
+from tools.engine_run import instance_pids  # noqa: E402
+from tools.soak_calls import QUESTIONS  # noqa: E402
+from tools.solo import free_port  # noqa: E402
+
+PEER_DIR = (ROOT.parent / "shared" / "peers" / "pipecat").resolve()
+PEER_VENV = Path(os.environ.get("PEER_VENV", "/tmp/peer-pipecat-venv"))
+CALLER_STAGGER_S = 1.3
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds the processes have used so far (those still alive)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+class Peer:
+    """The Pipecat bot and its llama.cpp server, started with the peer's own run.sh."""
+
+    def __init__(self, turn: str) -> None:
+        if not (PEER_VENV / "bin" / "python").is_file():
+            print(f"making the peer's venv ({PEER_VENV}) with its setup.sh ...", flush=True)
+            subprocess.run(["bash", str(PEER_DIR / "setup.sh")], check=True,
+                           env={**os.environ, "VENV": str(PEER_VENV)})
+        self.port = free_port()
+        self.state = Path(tempfile.mkdtemp(prefix="peer-state"))
+        env = {**os.environ, "STATE_DIR": str(self.state), "VENV": str(PEER_VENV)}
+        subprocess.run(["bash", str(PEER_DIR / "run.sh"), "start", str(self.port), "--", "--turn", turn], check=True,
+                       env=env, stdout=subprocess.DEVNULL)
+        self._env = env
+
+    def pids(self) -> list[int]:
+        return [int(line.split()[1]) for line in (self.state / "pids").read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(PEER_DIR / "run.sh"), "stop"], env=self._env, stdout=subprocess.DEVNULL,
+                       check=False)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+async def one_caller(url: str, questions: list[str], voices: dict[str, Any], delay: float) -> list[float]:
+    """A caller asking `questions` in turn; voice-to-voice (ms) of each answer."""
+    await asyncio.sleep(delay)
+    out: list[float] = []
+    async with SyntheticCaller(url, public_url=PUBLIC, auth_token=AUTH) as c:
+        await c.connect(await c.dial(), continuous=True)
+        await c.send_silence(1.0)
+        for question in questions:
+            pcm = voices[question]
+            sent_before = len(c.sent_media)
+            await c.send_audio(pcm)
+            _, speech_end = c.speech_bounds(sent_before, pcm)
+            reply_at = await c.first_media_after(speech_end, 30)
+            out.append(round((reply_at - speech_end) * 1000, 1))
+            await c.wait_quiet(1.5, 60)
+        await c.hangup()
+    return out
+
+
+async def round_of(url: str, callers: int, turns: int, first: int, voices: dict[str, Any]) -> list[float]:
+    plans = [[QUESTIONS[(first + i * turns + k) % len(QUESTIONS)] for k in range(turns)] for i in range(callers)]
+    results = await asyncio.gather(*(one_caller(url, plan, voices, i * CALLER_STAGGER_S)
+                                     for i, plan in enumerate(plans)))
+    return [v for r in results for v in r]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--turns", type=int, default=16, help="answers measured per system (at least)")
+    parser.add_argument("--turns-per-call", type=int, default=4)
+    parser.add_argument("--callers", type=int, default=1, help="callers at once in each round")
+    parser.add_argument("--peer-turn", choices=["smart", "vad"], default="smart",
+                        help="the peer's end of turn: Pipecat's default (Smart Turn v3) or Silero + 0.6 s")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config setting for the engine (repeatable)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
+    parser.add_argument("--no-wait", action="store_true")
+    args = parser.parse_args()
+    print("synthesising the caller's questions with Piper ...", flush=True)
+    voices = {q: piper_speech(q, rate=8000) for q in QUESTIONS}
+    work = Path(tempfile.mkdtemp(prefix="peer-bench"))
+    engine = Engine("engine", ROOT, work, ["conversation.greeting=", *args.set])
+    peer = Peer(args.peer_turn)
+    systems = {"engine": f"http://127.0.0.1:{engine.port}", "pipecat": f"http://127.0.0.1:{peer.port}"}
+    v2v: dict[str, list[float]] = {name: [] for name in systems}
+    cpu = {name: 0.0 for name in systems}
+    wall = {name: 0.0 for name in systems}
+    try:
+        engine.wait_healthy(180)
+        conditions = {} if args.no_wait else wait_for_idle(1.0, 900)
+        pids = {"engine": lambda: instance_pids(engine.instance), "pipecat": peer.pids}
+        while any(len(v) < args.turns for v in v2v.values()):
+            for name, url in systems.items():
+                if len(v2v[name]) >= args.turns:
+                    continue
+                procs = pids[name]()
+                c0, t0 = cpu_s(procs), time.monotonic()
+                got = asyncio.run(round_of(url, args.callers, args.turns_per_call, len(v2v[name]), voices))
+                cpu[name] += cpu_s(procs) - c0
+                wall[name] += time.monotonic() - t0
+                v2v[name] += got
+                print(f"{name}: {len(got)} answers, voice-to-voice p50 {percentiles(got)['p50']:.0f} ms", flush=True)
+    finally:
+        peer.stop()
+        engine.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    latency = {name: {**percentiles(v), "p90": float(sorted(v)[int(0.9 * (len(v) - 1))])} for name, v in v2v.items()}
+    load = {name: round(100 * cpu[name] / wall[name], 1) for name in systems}
+    figures = {name: {"voice_to_voice_ms": latency[name], "cpu_pct_of_one_core": load[name]} for name in systems}
+    ratios = {f"v2v_{q}": round(latency["engine"][q] / latency["pipecat"][q], 3) for q in ("p50", "p90", "p95")}
+    ratios["cpu"] = round(load["engine"] / load["pipecat"], 3)
+    print(f"\n{args.callers} caller(s) at once, peer end of turn: {args.peer_turn}")
+    print(f"{'system':<10} {'n':>4} {'v2v p50':>9} {'p90':>7} {'p95':>7} {'max':>7} {'CPU % of a core':>16}")
+    for name, v in latency.items():
+        print(f"{name:<10} {v['n']:>4} {v['p50']:>9.0f} {v['p90']:>7.0f} {v['p95']:>7.0f} {v['max']:>7.0f} "
+              f"{load[name]:>16.1f}")
+    print(f"{'ratio':<10} {'':>4} {ratios['v2v_p50']:>9.3f} {ratios['v2v_p90']:>7.3f} {ratios['v2v_p95']:>7.3f} "
+          f"{'':>7} {ratios['cpu']:>16.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "engine vs Pipecat peer", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(), "conditions": conditions, "callers": args.callers, "peer_turn": args.peer_turn,
+        "engine_settings": args.set, "systems": figures, "ratios_engine_over_pipecat": ratios, "v2v_ms": v2v,
+    }, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
