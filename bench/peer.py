@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine_info, wait_for_idle  # noqa: E402
 from bench.e2e import AUTH, PUBLIC, Engine  # noqa: E402
 from engine.trace_report import percentiles  # noqa: E402
-from tools.caller import SyntheticCaller, piper_speech  # noqa: E402
+from tools.caller import StreamTarget, SyntheticCaller, piper_speech  # noqa: E402
 from tools.engine_run import instance_pids  # noqa: E402
 from tools.soak_calls import QUESTIONS  # noqa: E402
 from tools.solo import free_port  # noqa: E402
@@ -83,12 +83,15 @@ class Peer:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-async def one_caller(url: str, questions: list[str], voices: dict[str, Any], delay: float) -> list[float]:
-    """A caller asking `questions` in turn; voice-to-voice (ms) of each answer."""
+async def one_caller(url: str, peer: bool, questions: list[str], voices: dict[str, Any],
+                     delay: float) -> list[float]:
+    """A caller asking `questions` in turn; voice-to-voice (ms) of each answer. The engine is dialled through its
+    signed webhook; the peer's TwiML names a plain ws:// stream (which Twilio would refuse), so its socket is
+    opened directly, at the path that TwiML gives."""
     await asyncio.sleep(delay)
     out: list[float] = []
     async with SyntheticCaller(url, public_url=PUBLIC, auth_token=AUTH) as c:
-        await c.connect(await c.dial(), continuous=True)
+        await c.connect(StreamTarget(url="wss://peer.local/ws") if peer else await c.dial(), continuous=True)
         await c.send_silence(1.0)
         for question in questions:
             pcm = voices[question]
@@ -102,9 +105,10 @@ async def one_caller(url: str, questions: list[str], voices: dict[str, Any], del
     return out
 
 
-async def round_of(url: str, callers: int, turns: int, first: int, voices: dict[str, Any]) -> list[float]:
+async def round_of(url: str, peer: bool, callers: int, turns: int, first: int,
+                   voices: dict[str, Any]) -> list[float]:
     plans = [[QUESTIONS[(first + i * turns + k) % len(QUESTIONS)] for k in range(turns)] for i in range(callers)]
-    results = await asyncio.gather(*(one_caller(url, plan, voices, i * CALLER_STAGGER_S)
+    results = await asyncio.gather(*(one_caller(url, peer, plan, voices, i * CALLER_STAGGER_S)
                                      for i, plan in enumerate(plans)))
     return [v for r in results for v in r]
 
@@ -140,7 +144,8 @@ def main() -> None:
                     continue
                 procs = pids[name]()
                 c0, t0 = cpu_s(procs), time.monotonic()
-                got = asyncio.run(round_of(url, args.callers, args.turns_per_call, len(v2v[name]), voices))
+                got = asyncio.run(round_of(url, name == "pipecat", args.callers, args.turns_per_call, len(v2v[name]),
+                                           voices))
                 cpu[name] += cpu_s(procs) - c0
                 wall[name] += time.monotonic() - t0
                 v2v[name] += got
