@@ -201,6 +201,12 @@ async def paused_sentences(port: int, voices: dict[str, Any]) -> list[dict[str, 
     return rows
 
 
+def trim(pcm: np.ndarray) -> np.ndarray:
+    """Speech without the synthesiser's silence before and after it."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > 600)
+    return pcm[loud[0]:loud[-1] + 1] if len(loud) else pcm
+
+
 def kept_one_turn(rows: list[dict[str, Any]], found: list[Reply]) -> list[dict[str, Any]]:
     """Caller and engine share CLOCK_MONOTONIC: a sentence was split if a reply the caller could hear answered
     speech that ended before its second half began."""
@@ -300,8 +306,9 @@ def main() -> None:
     conditions = {} if args.no_wait else wait_for_idle(0.5, 600)
     work = Path(tempfile.mkdtemp(prefix="e2e-bench"))
     print("synthesising the caller's questions with Piper ...", flush=True)
-    voices = {text: piper_speech(text, rate=8000)
-              for text in [*QUESTIONS, INTERRUPTION, *(half for pair in PAUSED for half in pair)]}
+    voices = {text: piper_speech(text, rate=8000) for text in [*QUESTIONS, INTERRUPTION]}
+    # Halves without Piper's own leading and trailing silence: the pause between them is the one asked for.
+    voices.update({half: trim(piper_speech(half, rate=8000)) for pair in PAUSED for half in pair})
     engines = [Engine("this", ROOT, work, args.set)]
     if args.vs:
         engines.append(Engine("vs", Path(args.vs).resolve(), work, args.vs_set))

@@ -180,8 +180,7 @@ class PhoneCall:
         elif isinstance(msg, EndOfTurn):
             self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
         elif isinstance(msg, Transcript):  # provisional (at a pause) or final: a reply asked for now answers it
-            self.turn.transcript = msg.t_ns
-            self.turn.speech_end = self.turn.speech_end or msg.speech_end_t_ns
+            self.turn.transcript, self.turn.speech_end = msg.t_ns, msg.speech_end_t_ns
         await self.feed(msg)
 
     async def feed(self, event: Event) -> None:
