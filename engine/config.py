@@ -170,6 +170,11 @@ class LlmSection(_Section):
     max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
+    call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
+    context_per_call: Annotated[int, msgspec.Meta(ge=512, le=131072)] = 2048
+    """llamacpp: tokens of context each slot holds (its KV memory: ~23 KB a token for SmolLM2-135M in f16)."""
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5
     """How much lower the llm process's CPU priority is than the others': its later tokens are not urgent, the
     TTS's first audio, the VAD and the transport's pacing are (on a CPU host where they share cores)."""

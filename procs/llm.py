@@ -1,8 +1,9 @@
 """The LLM process: a thin shell around `engine.thinking` (every call's dialogue, and the replies to make).
 
-Bus messages go to `Thinking` on the main thread; the reply jobs it answers go to a
-worker thread, which runs `generate` with the configured backend and sends each
-`Sentence` to the TTS the moment it is speakable. `Cancel` arrives on the urgent
+Bus messages go to `Thinking` on the main thread; the reply jobs it answers go to the
+worker thread of the call's slot (`llm.slots` of them, so that many calls' replies
+are made at once, each call's in order), which runs `generate` with the configured
+backend and sends each `Sentence` to the TTS the moment it is speakable. `Cancel` arrives on the urgent
 lane and is seen by the worker at the next delta. Trace stages go straight to this
 process's own trace sink.
 """
@@ -45,14 +46,14 @@ class LlmProc(SyncChild):
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
-        self.thinking = Thinking(cfg.llm.system_prompt)
+        self.thinking = Thinking(cfg.llm.system_prompt, slots=cfg.llm.slots)
         self.backend: LlmBackend | None = None
         self.trace = TraceSink.open(cfg.engine.trace_file)
         self.generations = 0
         self.prepared = 0
         self.failures = 0
-        self._jobs: queue.SimpleQueue[ReplyJob | None] = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
+        self._jobs: list[queue.SimpleQueue[ReplyJob | None]] = [queue.SimpleQueue() for _ in range(cfg.llm.slots)]
+        self._workers: list[threading.Thread] = []
 
     def setup(self) -> None:
         t0 = time.monotonic()
@@ -61,23 +62,26 @@ class LlmProc(SyncChild):
         self.backend.stream([{"role": "system", "content": self.cfg.llm.system_prompt},
                              {"role": "user", "content": "Hello"}], lambda d: True, 1)
         log.info("LLM %s/%s ready in %.1f s", self.cfg.llm.backend, self.cfg.llm.model, time.monotonic() - t0)
-        self._worker = threading.Thread(target=self._generate_loop, name="generate", daemon=True)
-        self._worker.start()
+        for slot, jobs in enumerate(self._jobs):
+            worker = threading.Thread(target=self._generate_loop, args=(jobs,), name=f"generate-{slot}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
 
     def handle(self, msg: AnyMsg) -> None:
         if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare):
             job = self.thinking.handle(msg)
             if job is not None:
-                self._jobs.put(job)
+                self._jobs[job.slot].put(job)
             elif isinstance(msg, Respond) and self.thinking.calls.find(msg.call_id) is None:
                 log.warning("reply %d asked for call %s, which this process does not know", msg.gen, msg.call_id)
 
-    def _generate_loop(self) -> None:
-        """Worker thread: one reply at a time, each sentence sent the moment it is speakable."""
+    def _generate_loop(self, jobs: queue.SimpleQueue[ReplyJob | None]) -> None:
+        """Worker thread of one slot: its calls' replies one at a time, each sentence sent the moment it is
+        speakable (one sender: a call's messages to the TTS stay in order)."""
         assert self.backend is not None
         sender = Sender(Path(self.run.runtime_dir))
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := jobs.get()) is not None:
                 try:
                     self._generate(job, sender)
                 except Exception:  # one bad reply must not leave every later caller unanswered
@@ -90,7 +94,7 @@ class LlmProc(SyncChild):
         assert self.backend is not None
         if job.prepare:
             if not job.prepare_void():
-                self.backend.prefill(job.messages)
+                self.backend.prefill(job.messages, job.slot)
                 self.prepared += 1
             return
         reply = Reply(job, first_clause_words=self.cfg.llm.first_clause_words, shutting_down=self.stop.is_set)
@@ -115,9 +119,10 @@ class LlmProc(SyncChild):
                 "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
 
     def teardown(self) -> None:
-        if self._worker is not None:
-            self._jobs.put(None)
-            self._worker.join(10)
+        for jobs in self._jobs:
+            jobs.put(None)
+        for worker in self._workers:
+            worker.join(10)
         if self.trace is not None:
             self.trace.close()
 

@@ -120,3 +120,26 @@ def test_what_was_heard_reaches_the_dialogue_before_the_next_reply_under_load(ec
     finally:
         for call_id, slot in (("CA-o", 0), ("CA-busy", 1)):
             echo.send(CallEnded(call_id=call_id, slot=slot, epoch=1, reason="test"), "transport")
+
+
+def test_two_calls_replies_are_made_at_once(llm: SoloChild) -> None:
+    """Each call has its own slot and worker: the second call's reply does not wait for the first's to end."""
+    llm.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 0)
+    for call_id, slot in (("CA-x", 0), ("CA-y", 1)):  # ring slots the earlier tests used: a later epoch
+        llm.send(CallStarted(call_id=call_id, slot=slot, epoch=2, inbound_rate=16000), "transport")
+    try:
+        ask = "Tell me a very long story about a brave knight, a dragon and a princess, with many details."
+        llm.send(respond("CA-x", ask), "transport")
+        llm.send(respond("CA-y", ask), "transport")
+        order: list[tuple[str, bool]] = []
+        deadline = time.monotonic() + 90
+        while sum(last for _, last in order) < 2 and time.monotonic() < deadline:
+            s = llm.wait_for("tts", Sentence, 60, lambda m: m.call_id in ("CA-x", "CA-y"))
+            order.append((s.call_id, s.last))
+        assert sum(last for _, last in order) == 2, order
+        first_done = next(i for i, (_, last) in enumerate(order) if last)
+        other = "CA-y" if order[first_done][0] == "CA-x" else "CA-x"
+        assert any(call == other for call, _ in order[:first_done]), order  # both were speaking before one ended
+    finally:
+        for call_id, slot in (("CA-x", 0), ("CA-y", 1)):
+            llm.send(CallEnded(call_id=call_id, slot=slot, epoch=2, reason="test"), "transport")

@@ -21,7 +21,7 @@ class ScriptedLlm:
         self.during = during  # called before each delta with its index (a cancel arriving mid-stream)
         self.prompts: list[Messages] = []
 
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int) -> None:
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         self.prompts.append(messages)
         for i, delta in enumerate(self.deltas[:max_tokens]):
             if self.fail_after is not None and i == self.fail_after:
@@ -213,3 +213,14 @@ def test_a_prepare_reads_the_dialogue_in_up_to_the_callers_turn_and_a_reply_void
     assert warm.messages[:-1] == warm.mind.dialogue.messages()
     ask(thinking, "What time is it?", gen=2)
     assert warm.prepare_void()  # the reply itself is asked for: reading the context in first only delays it
+
+
+def test_each_call_gets_its_own_slot_until_they_run_out_then_the_least_shared() -> None:
+    thinking = Thinking("sys", slots=2)
+    for i in range(5):
+        started(thinking, f"CA{i}", slot=i)
+    slots = [thinking.calls.find(f"CA{i}").state.slot for i in range(5)]  # type: ignore[union-attr]
+    assert slots[:2] == [0, 1] and sorted(slots) == [0, 0, 0, 1, 1]
+    thinking.handle(CallEnded(call_id="CA1", slot=1, epoch=1, reason="hung up"))
+    started(thinking, "CA5", slot=5)
+    assert thinking.calls.find("CA5").state.slot == 1  # type: ignore[union-attr]
