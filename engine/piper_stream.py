@@ -29,7 +29,7 @@ import numpy as np
 from engine.codec import Pcm16
 
 FIRST_FRAMES = 16  # 16 x 256 samples = 186 ms of 22.05 kHz audio in the first chunk
-NEXT_FRAMES = 48
+NEXT_FRAMES = 128  # then 1.5 s at a time: each chunk decodes 2 x CONTEXT frames more than it keeps
 CONTEXT = 16
 VOCODER_INPUT = "/dec/conv_pre/Conv"
 GAIN = 1.4  # the raw voice peaks at ~0.45-0.7 of full scale: about Piper's own loudness, seldom clipped

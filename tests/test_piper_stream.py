@@ -26,7 +26,7 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def test_the_chunks_cover_every_frame_once_the_first_small() -> None:
-    assert chunks(100) == [(0, 16), (16, 64), (64, 100)]
+    assert chunks(300) == [(0, 16), (16, 144), (144, 272), (272, 300)]
     assert chunks(10) == [(0, 10)]
     assert chunks(0) == []
 
