@@ -89,6 +89,13 @@ def test_a_call_left_hanging_by_a_fault_is_a_failure_not_an_ending() -> None:
     assert classify(record(outcome="unfinished"), []) == "failed"
 
 
+def test_a_stream_dropped_under_a_send_is_the_faults_ending_and_a_failure_without_one() -> None:
+    kills = [{"target": "transport", "at": 5.0, "restart_s": 1.0}]
+    dropped = record(t_dial=4.0, t_end=5.5, outcome="dropped", reason="StreamLost: Cannot write to closing transport")
+    assert classify(dropped, exposure(dropped, kills)) == "ended_by_fault"
+    assert classify(dropped, []) == "failed"
+
+
 def test_leaks_are_growth_after_the_calls_and_anything_left_after_the_stop() -> None:
     stopped = snap(shm_segments=[], processes=0, runtime_dirs=[], own_fds=10, own_fds_at_start=10)
     assert leaks(snap(), snap(fds={"transport": 49, "llm": 70}), stopped) == []

@@ -60,6 +60,10 @@ class CallerError(RuntimeError):
     """The engine did something a real Twilio call would fail on, or the caller was misused."""
 
 
+class StreamLost(CallerError):
+    """The Media Stream's connection went away under a send, with no close frame (the engine's end died)."""
+
+
 @dataclass(frozen=True)
 class StreamTarget:
     """Where the TwiML's `<Connect><Stream>` points, as the engine wrote it (public wss:// URL)."""
@@ -531,7 +535,7 @@ class SyntheticCaller:
             try:
                 await ws.send_str(json.dumps(message))
             except ConnectionError as exc:
-                raise CallerError(f"the Media Stream is gone: {exc}") from exc
+                raise StreamLost(f"the Media Stream is gone: {exc}") from exc
             self._log(t, "out", message)
             return t
 

@@ -28,7 +28,7 @@ import aiohttp
 import numpy as np
 
 from engine.codec import Pcm16
-from tools.caller import CallerError, SyntheticCaller, piper_speech
+from tools.caller import CallerError, StreamLost, SyntheticCaller, piper_speech
 
 SCRIPTS = ("question", "interrupt", "dtmf", "silent", "midword", "vanish", "listen")
 QUESTIONS = (
@@ -102,6 +102,8 @@ class ScriptedCall:
             return self._end("ok", ending)
         except ScriptFailed as exc:
             return self._end(exc.outcome, str(exc))
+        except StreamLost as exc:  # the connection dropped before the receive side saw it close
+            return self._end("dropped", f"{type(exc).__name__}: {exc}")
         except (CallerError, ConnectionError, OSError, aiohttp.ClientError) as exc:
             return self._end("engine_closed" if c.closed else "error", f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug in a script must cost one call's record, not the caller process

@@ -79,8 +79,8 @@ def classify(record: dict[str, Any], hit: list[str]) -> str:
     if outcome in ("timed_out", "error", "unfinished"):
         return "failed"  # a fault may end a call, never leave it hanging
     if hit:
-        return "ended_by_fault"
-    return "ended_by_engine" if outcome == "engine_closed" else "failed"
+        return "ended_by_fault"  # closed by the engine or dropped with its transport: the fault's doing
+    return "ended_by_engine" if outcome == "engine_closed" else "failed"  # a drop with no fault is a failure
 
 
 def _sum(rows: list[dict[str, Any]], key: str) -> int | None:
