@@ -6,13 +6,15 @@ audio, as the backend makes it, into 20 ms frames stamped with the reply's
 generation; its last frame carries FLAG_MARK (the transport sends a Twilio mark
 after it) and, for a reply's last sentence, FLAG_END. Once written, the frames'
 ring sequence numbers make the `Spoken` span that tells the transport which frames
-carry which text: that is how it knows what the caller heard. `speak` drives one
-sentence from any `TtsBackend` into a frame writer the process provides (the
-call's outbound ring, waiting for room); tests give it a list.
+carry which text: that is how it knows what the caller heard. `SentenceRun` speaks
+one sentence a piece at a time into a frame writer the process provides (the call's
+outbound ring), so the process can turn to another call between pieces (see
+`engine.tts_schedule`); `speak` runs one to the end, as tests do with a list.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,8 +38,6 @@ class Stage:
 
 
 Outcome = Literal["spoken", "stopped"]
-WriteFrame = Callable[[Pcm16, int], "int | None"]
-"""Writes one frame with its flags; the frame's ring seq, or None if the sentence was stopped while waiting."""
 
 
 @dataclass
@@ -139,45 +139,59 @@ class SentenceFrames:
                       text=s.text, last=s.last)
 
 
-def speak(job: SentenceJob, backend: TtsBackend, write: WriteFrame, emit: Callable[[Spoken | Stage], None],
-          shutting_down: Callable[[], bool] = lambda: False) -> Outcome:
-    """Synthesise `job`'s sentence with `backend` and write its frames as the audio comes, handing the trace
-    stages and, once all its frames are written, its `Spoken` span to `emit`. Stops within a frame of a cancel.
-    Blocks: run it on a worker thread."""
-    voice, sentence = job.voice, job.sentence
+class SentenceRun:
+    """One sentence being spoken a piece at a time, so the process can turn to a more urgent call between
+    pieces: `step` writes the frames there is room for, making the next piece of audio when none is ready."""
 
-    def stopped() -> bool:
-        return job.void() or shutting_down()
+    def __init__(self, job: SentenceJob, backend: TtsBackend, emit: Callable[[Spoken | Stage], None]) -> None:
+        self.job, self.emit = job, emit
+        self.framer = SentenceFrames(job.sentence, backend.sample_rate)
+        text = job.sentence.text
+        self._chunks: Iterator[Pcm16] = backend.synthesize(text) if text.strip() else iter(())
+        self._ready: deque[tuple[Pcm16, int]] = deque()
+        self._started = False
+        self._made_all = False
 
-    if stopped():
-        return "stopped"
-    if sentence.index == 0:
-        emit(Stage("tts_start"))
-    framer = SentenceFrames(sentence, backend.sample_rate)
-    chunks: Iterator[Pcm16] = backend.synthesize(sentence.text) if sentence.text.strip() else iter(())
-    try:
-        for chunk in chunks:
-            for frame in framer.add(chunk):
-                if not _write(framer, voice, write, frame, framer.stamp, stopped, emit):
-                    return "stopped"
-    finally:
-        close = getattr(chunks, "close", None)
+    def step(self, room: int, write: Callable[[Pcm16, int], int]) -> Outcome | None:
+        """Write up to `room` frames with `write` (which takes a frame and its flags and answers its seq):
+        "spoken" once the last frame and the span are out, "stopped" once the reply is void (checked before
+        every frame), None while more remains. Blocks for the synthesis of one piece at most."""
+        if self.job.void():
+            return self.close("stopped")
+        if not self._started:
+            self._started = True
+            if self.job.sentence.index == 0:
+                self.emit(Stage("tts_start"))
+        if not self._ready and not self._made_all:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._made_all = True
+                self._ready.append(self.framer.tail())
+            else:
+                self._ready.extend((frame, self.framer.stamp) for frame in self.framer.add(chunk))
+        for _ in range(min(room, len(self._ready))):
+            if self.job.void():
+                return self.close("stopped")
+            seq = write(*self._ready.popleft())
+            for stage in self.framer.wrote(seq, self.job.voice):
+                self.emit(stage)
+        if self._made_all and not self._ready:
+            self.emit(self.framer.spoken())
+            return self.close("spoken")
+        return None
+
+    def close(self, outcome: Outcome = "stopped") -> Outcome:
+        """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""
+        close = getattr(self._chunks, "close", None)
         if close is not None:
-            close()  # leaving the generator early cancels the synthesis
-    frame, flags = framer.tail()
-    if not _write(framer, voice, write, frame, flags, stopped, emit):
-        return "stopped"
-    emit(framer.spoken())
-    return "spoken"
+            close()
+        return outcome
 
 
-def _write(framer: SentenceFrames, voice: Voice, write: WriteFrame, frame: Pcm16, flags: int,
-           stopped: Callable[[], bool], emit: Callable[[Spoken | Stage], None]) -> bool:
-    if stopped():
-        return False
-    seq = write(frame, flags)
-    if seq is None:
-        return False
-    for stage in framer.wrote(seq, voice):
-        emit(stage)
-    return True
+def speak(job: SentenceJob, backend: TtsBackend, write: Callable[[Pcm16, int], int],
+          emit: Callable[[Spoken | Stage], None]) -> Outcome:
+    """Speak `job`'s whole sentence into `write`, as fast as the backend makes it (there is always room)."""
+    run = SentenceRun(job, backend, emit)
+    while (outcome := run.step(1 << 30, write)) is None:
+        pass
+    return outcome

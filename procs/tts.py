@@ -1,11 +1,12 @@
 """The TTS process: a thin shell around `engine.speaking` (which sentences to speak, cut into ring frames).
 
 Bus messages go to `Speaking` on the main thread; the sentences it answers go to a
-worker thread, which runs `speak` with the configured backend and writes each 20 ms
-frame into the call's outbound ring as the audio is produced. The ring never
-blocks, so the TTS paces itself: when a call's ring is nearly full (Twilio plays in
-real time), it waits, checking for cancellation meanwhile. Each sentence's `Spoken`
-span goes to the transport; trace stages go to this process's own trace sink.
+worker thread's `Schedule` (engine.tts_schedule). The worker speaks a piece of
+audio at a time for the call whose caller runs out of audio first, writing each
+20 ms frame into that call's outbound ring. The ring never blocks: a call whose
+ring is full (Twilio plays in real time) waits its turn while other calls speak.
+Each sentence's `Spoken` span goes to the transport; trace stages go to this
+process's own trace sink.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 
 from engine.codec import Pcm16
 from engine.config import Config
-from engine.speaking import SentenceJob, Speaking, Stage, speak
+from engine.speaking import SentenceJob, SentenceRun, Speaking, Stage, Voice
 from engine.trace import TraceSink
 from engine.tts import TtsBackend, make_tts
+from engine.tts_schedule import Queued, Schedule
 from ipc.bus import Sender
 from ipc.ring import RingWriter
 from ipc.schema import AnyMsg, CallEnded, CallStarted, Cancel, ProcName, RunInfo, Sentence, Spoken
@@ -47,6 +49,8 @@ class TtsProc(SyncChild):
         self.frames_out = 0
         self.failures = 0
         self._jobs: queue.SimpleQueue[SentenceJob | None] = queue.SimpleQueue()
+        self.schedule = Schedule()  # the worker's own
+        self._stalled_since: dict[int, float] = {}  # id(voice) -> when its full ring first held it back
         self._worker: threading.Thread | None = None
 
     def setup(self) -> None:
@@ -68,57 +72,90 @@ class TtsProc(SyncChild):
     def _speak_loop(self) -> None:
         sender = Sender(Path(self.run.runtime_dir))
         try:
-            while (job := self._jobs.get()) is not None:
-                try:
-                    self._speak(job, sender)
-                except Exception:  # one bad sentence must not silence every later call
-                    self.failures += 1
-                    log.exception("speaking %r for call %s failed", job.sentence.text[:60], job.sentence.call_id)
+            idle = False
+            while not self.stop.is_set() and self._take_jobs(idle):
+                item = self.schedule.pick(self._queued_frames, self._room)
+                idle = item is None
+                if item is None:
+                    self._give_up_on_stalled()
+                else:
+                    self._step(item, sender)
         finally:
+            self.schedule.clear()
             sender.close()
 
-    def _speak(self, job: SentenceJob, sender: Sender) -> None:
+    def _take_jobs(self, idle: bool) -> bool:
+        """Move the sentences that came in to the schedule; when it was `idle`, wait for one first (for ever
+        if it is empty, a short poll if its calls' rings are full). False once told to stop."""
+        wait: float | None = 0
+        if idle:
+            wait = WAIT_S if len(self.schedule) else None
+        while True:
+            try:
+                job = self._jobs.get(timeout=wait) if wait != 0 else self._jobs.get_nowait()
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            self.schedule.add(job)
+            wait = 0
+
+    def _step(self, item: Queued, sender: Sender) -> None:
+        """One piece of `item`'s sentence: the frames its ring has room for, making audio if none is ready."""
         assert self.tts is not None
-        sentence = job.sentence
-        rate = self.tts.sample_rate
+        job = item.job
+        self._stalled_since.pop(id(job.voice), None)
+        try:
+            if item.run is None:
+                item.run = SentenceRun(job, self.tts, lambda out: self._emit(job, out, sender))
+            outcome = item.run.step(self._room(job.voice), lambda frame, flags: self._write(job, frame, flags))
+        except Exception:  # one bad sentence must not silence every later call
+            self.failures += 1
+            log.exception("speaking %r for call %s failed", job.sentence.text[:60], job.sentence.call_id)
+            outcome = "stopped"
+        if outcome is not None:
+            self.sentences += outcome == "spoken"
+            self.schedule.done(item)
 
-        def write(frame: Pcm16, flags: int) -> int | None:
-            return self._write(job, frame, rate, flags)
+    def _emit(self, job: SentenceJob, out: Spoken | Stage, sender: Sender) -> None:
+        if isinstance(out, Spoken):
+            sender.send("transport", out)
+        elif self.trace is not None:
+            self.trace.add(job.sentence.call_id, job.sentence.gen, out.name, time.monotonic_ns())
 
-        def emit(out: Spoken | Stage) -> None:
-            if isinstance(out, Spoken):
-                sender.send("transport", out)
-            elif self.trace is not None:
-                self.trace.add(sentence.call_id, sentence.gen, out.name, time.monotonic_ns())
-
-        if speak(job, self.tts, write, emit, self.stop.is_set) == "spoken":
-            self.sentences += 1
-
-    def _write(self, job: SentenceJob, samples: Pcm16, rate: int, flags: int) -> int | None:
-        """Write one frame, waiting for ring space; its seq, or None if the sentence was stopped meanwhile."""
+    def _writer(self, voice: Voice) -> RingWriter:
         assert self.pool is not None
-        voice = job.voice
         if voice.writer is None:  # made here, by the worker: a ring's atomic-word objects are per thread
             voice.writer = RingWriter(self.pool.outbound[voice.slot], voice.epoch)
         writer: RingWriter = voice.writer
-        ring = writer.ring
-        deadline = time.monotonic() + STALL_S
-        while ring.slots - ring.available() <= HEADROOM:
-            if job.void() or self.stop.is_set():
-                return None
-            if time.monotonic() > deadline:
-                # Nobody drains this call's ring (its transport side is stuck or gone without a CallEnded):
-                # give up on the call rather than hold up every other call's speech.
-                log.error("call ring %d not drained for %.0f s: no more speech for it", voice.slot, STALL_S)
-                voice.ended = True
-                return None
-            time.sleep(WAIT_S)
-        if job.void() or self.stop.is_set():
-            return None
-        seq = writer.next_seq
-        writer.write(samples.tobytes(), rate, flags=flags)
+        return writer
+
+    def _queued_frames(self, voice: Voice) -> int:
+        return int(self._writer(voice).ring.available())
+
+    def _room(self, voice: Voice) -> int:
+        """Frames the call's ring takes now, keeping HEADROOM free (a full ring would refuse and count them)."""
+        ring = self._writer(voice).ring
+        return int(ring.slots - ring.available()) - HEADROOM
+
+    def _write(self, job: SentenceJob, samples: Pcm16, flags: int) -> int:
+        writer = self._writer(job.voice)
+        seq: int = writer.next_seq
+        assert self.tts is not None
+        writer.write(samples.tobytes(), self.tts.sample_rate, flags=flags)
         self.frames_out += 1
         return seq
+
+    def _give_up_on_stalled(self) -> None:
+        """A call whose ring nobody drains (its transport side stuck or gone without a CallEnded) gets no more
+        speech after STALL_S; it never holds up another call's meanwhile."""
+        now = time.monotonic()
+        for voice in self.schedule.blocked(self._room):
+            since = self._stalled_since.setdefault(id(voice), now)
+            if now - since > STALL_S:
+                log.error("call ring %d not drained for %.0f s: no more speech for it", voice.slot, STALL_S)
+                voice.ended = True
+                self._stalled_since.pop(id(voice), None)
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.speaking.calls), "cancels": self.speaking.cancels, "sentences": self.sentences,
