@@ -150,6 +150,8 @@ class SpeechSection(_Section):
     """Silence after the utterance in the window Whisper encodes (without it the decoder does not stop)."""
     stt_min_window_s: Annotated[float, msgspec.Meta(ge=1, le=30)] = 8.0
     """The shortest window Whisper encodes; 30 = every utterance padded to 30 s, as faster-whisper does (slow)."""
+    stt_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    """Most utterances (different calls' turns ready together) transcribed in one Whisper batch."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where models assembled at first use (Whisper base) are kept."""
 

@@ -37,6 +37,10 @@ class Transcriber(Protocol):
         """16 kHz mono float32 in [-1, 1] -> text."""
         ...
 
+    def transcribe_many(self, audios: list[npt.NDArray[np.float32]]) -> list[str]:
+        """Several utterances at once (a batch where the model takes one), their texts in order."""
+        ...
+
 
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
@@ -123,20 +127,39 @@ class WhisperTranscriber:
         self._max_length = int(self.model.max_length)
 
     def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+        return self.transcribe_many([audio])[0]
+
+    def transcribe_many(self, audios: list[npt.NDArray[np.float32]]) -> list[str]:
+        """Several utterances (different calls' turns, ready together) in one batch: one encoder pass over
+        windows of the longest one's size and one batched greedy decode. Each text is cut where its own audio
+        ends, so the extra silence a short one gets changes nothing. Utterances too long for a short window take
+        faster-whisper's own path, one by one."""
         full = int(FULL_WINDOW_S * SAMPLE_RATE)
-        window = max(len(audio) + self.pad, self.min_window)
-        if window >= full:
-            return self._transcribe_full(audio)
+        texts = [""] * len(audios)
+        short = [i for i, a in enumerate(audios) if max(len(a) + self.pad, self.min_window) < full]
+        for i in sorted(set(range(len(audios))) - set(short)):
+            texts[i] = self._transcribe_full(audios[i])
+        if not short:
+            return texts
+        window = max(max(len(audios[i]) + self.pad, self.min_window) for i in short)
+        extractor = self.model.feature_extractor
+        features = np.stack([extractor(self._padded(audios[i], window), padding=0)[:, :window // extractor.hop_length]
+                             for i in short])
+        encoded = self.model.encode(features)
+        longest = max(len(audios[i]) for i in short)
+        max_length = min(self._max_length, len(self._prompt) + 24 + int(TOKENS_PER_S * longest / SAMPLE_RATE))
+        results = self.model.model.generate(encoded, [self._prompt] * len(short), beam_size=1,
+                                            max_length=max_length, suppress_blank=True,
+                                            suppress_tokens=self._suppress, max_initial_timestamp_index=50)
+        for i, result in zip(short, results, strict=True):
+            texts[i] = self._text_before(result.sequences_ids[0], len(audios[i]) / SAMPLE_RATE + TAIL_S)
+        return texts
+
+    @staticmethod
+    def _padded(audio: npt.NDArray[np.float32], window: int) -> npt.NDArray[np.float32]:
         padded = np.zeros(window, np.float32)
         padded[:len(audio)] = audio
-        extractor = self.model.feature_extractor
-        features = extractor(padded, padding=0)[:, :window // extractor.hop_length]
-        encoded = self.model.encode(features)
-        max_length = min(self._max_length, len(self._prompt) + 24 + int(TOKENS_PER_S * len(audio) / SAMPLE_RATE))
-        result = self.model.model.generate(encoded, [self._prompt], beam_size=1, max_length=max_length,
-                                           suppress_blank=True, suppress_tokens=self._suppress,
-                                           max_initial_timestamp_index=50)[0]
-        return self._text_before(result.sequences_ids[0], len(audio) / SAMPLE_RATE + TAIL_S)
+        return padded
 
     def _text_before(self, tokens: list[int], end_s: float) -> str:
         """The text of `tokens` up to the first timestamp past `end_s`."""

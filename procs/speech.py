@@ -3,7 +3,9 @@
 The main loop sleeps on the pool's inbound doorbell, drains every call's ring,
 runs batched VAD rounds (`engine.hearing`), and publishes what they mean. A
 transcription worker thread takes jobs off a queue, so VAD never waits for
-Whisper; when a job is done it rings the same doorbell to wake the main loop.
+Whisper; it takes every job ready at once as one batch (several calls' turns
+ending together cost one encoder pass), and when a batch is done it rings the
+same doorbell to wake the main loop.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ BUS_POLL_S = 0.02  # longest a bus message waits while audio is flowing
 
 
 class SpeechProc(SyncChild):
-    """The speech process: rings drained and VAD run on the main loop, Whisper on one worker thread."""
+    """The speech process: rings drained and VAD run on the main loop, Whisper (batched) on one worker thread."""
 
     proc: ProcName = "speech"
 
@@ -67,38 +69,67 @@ class SpeechProc(SyncChild):
         self._worker.start()
 
     def _transcribe_loop(self) -> None:
-        """Worker thread: the turn model and Whisper, one job at a time; wakes the main loop when one is done."""
+        """Worker thread: the turn model and Whisper, on every job ready at once (one batch each, up to
+        `speech.stt_batch`); wakes the main loop when a batch is done."""
         assert self.pool is not None
         bell = self.pool.doorbell_view("inbound")
         try:
-            while (job := self._jobs.get()) is not None:
-                if not job.cancelled and (self._judge(job) if job.judge else self._transcribe(job)):
+            while (batch := self._take_batch()) is not None:
+                jobs = [job for job in batch if not job.cancelled]
+                done = self._judge([j for j in jobs if j.judge]) + self._transcribe([j for j in jobs if not j.judge])
+                for job in done:
                     self._done.put(job)
+                if done:
                     bell.ring()
         finally:
             bell.close()
 
-    def _transcribe(self, job: Job) -> bool:
+    def _take_batch(self) -> list[Job] | None:
+        """The next job and every other one queued behind it (a batch's worth); None once told to stop."""
+        first = self._jobs.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < self.cfg.speech.stt_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # stop after this batch
+                break
+            batch.append(job)
+        return batch
+
+    def _transcribe(self, jobs: list[Job]) -> list[Job]:
         assert self.transcriber is not None
+        if not jobs:
+            return []
         t0 = time.perf_counter()
         try:
-            text = self.transcriber.transcribe(job.audio)
+            texts = self.transcriber.transcribe_many([job.audio for job in jobs])
         except Exception:  # a bad utterance must not kill every call's transcription
-            log.exception("transcription failed (call %s turn %d)", job.call_id, job.turn)
-            text = ""
-        job.stt_ms = int((time.perf_counter() - t0) * 1000)
-        job.text = text  # last: the main loop publishes as soon as it sees the text
-        return True
+            log.exception("transcription failed (calls %s)", ", ".join(f"{j.call_id} turn {j.turn}" for j in jobs))
+            texts = [""] * len(jobs)
+        stt_ms = int((time.perf_counter() - t0) * 1000)
+        for job, text in zip(jobs, texts, strict=True):
+            job.stt_ms = stt_ms
+            job.text = text  # last: the main loop publishes as soon as it sees the text
+        return jobs
 
-    def _judge(self, job: Job) -> bool:
-        """Score a pause with the turn model; False if it failed (then the end-of-turn silence decides)."""
+    def _judge(self, jobs: list[Job]) -> list[Job]:
+        """Score pauses with the turn model; none if it failed (then the end-of-turn silence decides)."""
+        if not jobs:
+            return []
         assert self.turn_model is not None
         try:
-            job.complete = self.turn_model.complete([job.audio])[0]
+            scores = self.turn_model.complete([job.audio for job in jobs])
         except Exception:
-            log.exception("turn model failed (call %s turn %d)", job.call_id, job.turn)
-            return False
-        return True
+            log.exception("turn model failed (calls %s)", ", ".join(f"{j.call_id} turn {j.turn}" for j in jobs))
+            return []
+        for job, score in zip(jobs, scores, strict=True):
+            job.complete = score
+        return jobs
 
     def handle(self, msg: AnyMsg) -> None:
         assert self.pool is not None and self.hearing is not None
