@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from engine.admission import Admission
 from engine.call_audio import CallAudio
 from engine.conductor import Conductor
 from engine.conductor_io import (
@@ -98,6 +99,8 @@ class TransportShared:
     inbound_us: Recent = field(default_factory=Recent)
     outbound_us: Recent = field(default_factory=Recent)
     ended: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
+    admission: Admission = field(default_factory=lambda: Admission(0, 0))
+    """The measured load that decides whether a new caller is let in (engine.admission)."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ class PhoneCall:
                                lead_s=cfg.transport.outbound_lead_ms / 1000, record=record)
         self.conductor = Conductor(cfg.conversation, time.monotonic())
         self.turn = TurnTimes()
+        self._answering: dict[int, int] = {}  # reply gen -> when the caller stopped speaking, until it sounds
         self.hangup_reason: str | None = None
         self._waiter = shared.doorbell.waiter(shared.pool.outbound[lease.slot])
         self._sender: asyncio.Task[None] | None = None
@@ -253,6 +257,8 @@ class PhoneCall:
 
     def _stamp_request(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
         turn = self.turn
+        if answers_caller and turn.speech_end:
+            self._answering[gen] = turn.speech_end
         if answers_caller:
             for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
                                 ("transcript", turn.transcript)):
@@ -288,7 +294,11 @@ class PhoneCall:
                 self.shared.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
             while audio.gens_started:
                 gen = audio.gens_started.pop(0)
-                self.stamp(gen, "first_audio_out", time.monotonic_ns())
+                now_ns = time.monotonic_ns()
+                self.stamp(gen, "first_audio_out", now_ns)
+                if (speech_end := self._answering.pop(gen, None)) is not None:
+                    self.shared.admission.reply((now_ns - speech_end) / 1e6, now_ns / 1e9)
+                self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
                 await self.feed(AudioStarted(gen))
             due = audio.next_due_at()
             if due is not None:

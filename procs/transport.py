@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
+from engine.admission import Admission, HostCpu
 from engine.conductor_io import PeerRestarted, Tick
 from engine.config import Config
 from engine.health import build_health
@@ -71,9 +72,13 @@ class TransportProc:
         self.bus = AsyncBus(Path(run.runtime_dir), "transport")
         doorbell = OutboundDoorbell(self.pool.doorbells["outbound"], cfg.ring.spin_us * 1e-6)
         self.shared = TransportShared(cfg, self.bus, self.pool, doorbell, recordings_of(cfg),
-                                      TraceSink.open(cfg.engine.trace_file))
+                                      TraceSink.open(cfg.engine.trace_file),
+                                      admission=Admission(cfg.engine.admit_max_response_ms,
+                                                          cfg.engine.admit_max_cpu_pct))
+        self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
-        self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared.counters, self.shared.recorder)
+        self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared.counters, self.shared.recorder,
+                                 self.shared.admission)
         self.status: Status | None = None
         self.status_at = 0.0
         self.stopping = asyncio.Event()
@@ -88,6 +93,7 @@ class TransportProc:
             [r.stats() for r in self.pool.inbound], [r.stats() for r in self.pool.outbound],
             {"dropped_sends": self.bus.dropped_sends, "bad_messages": self.bus.bad_messages},
         )
+        body["admission"] = shared.admission.health(len(self.pool.leases()), time.monotonic())
         body["transport"] = {
             "counters": dict(shared.counters),
             "inbound_frame_us": shared.inbound_us.summary(),
@@ -191,6 +197,8 @@ class TransportProc:
 
     async def heartbeat_loop(self) -> None:
         while True:
+            if (busy := self.host_cpu.sample()) is not None:  # a CPU sample per heartbeat, for admission
+                self.shared.admission.cpu(busy, time.monotonic())
             self.bus.send("supervisor", Heartbeat(proc="transport", pid=os.getpid(), incarnation=self.run.incarnation,
                                                   stats={"calls": len(self.shared.calls)}))
             await asyncio.sleep(self.cfg.supervisor.heartbeat_interval_s)

@@ -4,7 +4,8 @@ Every request must carry a valid `X-Twilio-Signature`, computed over the public 
 Twilio used (`transport.public_url`, else the request's own, honouring a proxy's
 X-Forwarded-* headers). The voice webhook answers TwiML that connects the call to
 the Media Streams socket with a stream token bound to the CallSid, or, when every
-ring pair is taken, a spoken "busy" and a hang-up. The Media Streams upgrade is
+ring pair is taken or the box is saturated (`engine.admission`), a spoken "busy"
+and a hang-up. The Media Streams upgrade is
 signed too; `upgrade_signed` checks it.
 """
 
@@ -16,6 +17,7 @@ from collections import Counter
 
 from aiohttp import web
 
+from engine.admission import Admission
 from engine.config import Config
 from engine.recorder import Recorder
 from engine.telephony import (
@@ -39,8 +41,9 @@ class Webhooks:
     """The voice webhook and the status callback, and the signature checks every Twilio request goes through."""
 
     def __init__(self, cfg: Config, pool: RingPool, tokens: StreamTokens, counters: Counter[str],
-                 recorder: Recorder | None) -> None:
+                 recorder: Recorder | None, admission: Admission) -> None:
         self.cfg = cfg
+        self.admission = admission
         self.pool = pool
         self.tokens = tokens
         self.counters = counters
@@ -84,9 +87,16 @@ class Webhooks:
         call_sid = params.get("CallSid", "")
         if not call_sid:
             return web.Response(status=400, text="CallSid missing\n")
-        if len(self.pool.leases()) >= self.pool.max_calls:
+        active = len(self.pool.leases())
+        verdict = self.admission.verdict(active, time.monotonic())
+        if active >= self.pool.max_calls:
             self.counters["calls_refused_capacity"] += 1
             log.warning("call %s refused: all %d lines busy", call_sid, self.pool.max_calls)
+            twiml = reject_twiml(BUSY_LINE)
+        elif not verdict.admit:
+            self.counters["calls_refused_load"] += 1
+            self.admission.turned_away += 1
+            log.warning("call %s refused with %d calls up: %s", call_sid, active, verdict.why)
             twiml = reject_twiml(BUSY_LINE)
         else:
             self.counters["webhooks_answered"] += 1

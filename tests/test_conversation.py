@@ -258,3 +258,17 @@ def test_the_trace_has_every_stage_of_an_answer(engine: EngineRun) -> None:
                          capture_output=True, text=True, check=True).stdout
     assert "voice-to-voice" in out and "llm_first_token" in out, out
     assert json.loads(Path(str(trace) + ".pf.json").read_text())["traceEvents"]
+
+
+def test_health_reports_the_load_admission_decides_on(engine: EngineRun) -> None:
+    # Every reply that answered the caller and sounded is one response time (speech end -> first audio out).
+    sounded = {(e.call, e.gen) for e in read_events(engine.log_path.parent / "trace.jsonl")
+               if e.stage == "first_audio_out"}
+    answering = {(e.call, e.gen) for e in read_events(engine.log_path.parent / "trace.jsonl")
+                 if e.stage == "speech_end"}
+    health = engine.health()
+    assert health is not None
+    admission = health[1]["admission"]
+    assert admission["replies_total"] == len(sounded & answering) > 0, admission
+    assert admission["admitting"] and admission["why"] in ("ok", "no call up"), admission
+    assert admission["host_cpu_pct"] is not None and 0 <= admission["host_cpu_pct"] <= 100

@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from engine.telephony import reject_twiml
+from procs.webhooks import BUSY_LINE
+from tools.caller import TurnedAway, parse_twiml
 from tools.soak import parse_mix, plan_lines
 from tools.soak_calls import frames_expected
 from tools.soak_report import classify, exposure, leaks, ledger, summarize, table
@@ -87,6 +90,19 @@ def test_a_call_left_hanging_by_a_fault_is_a_failure_not_an_ending() -> None:
     dropped = record(t_dial=4.0, t_end=6.0, outcome="engine_closed", reason="connection lost")
     assert classify(dropped, exposure(dropped, kills)) == "ended_by_fault"
     assert classify(record(outcome="unfinished"), []) == "failed"
+
+
+def test_a_caller_turned_away_busy_is_an_outcome_and_the_load_not_sustained() -> None:
+    with pytest.raises(TurnedAway, match="busy"):
+        parse_twiml(reject_twiml(BUSY_LINE))  # what the engine answers when it is full
+    busy = record(call_sid="CA2", t_dial=1.0, t_end=1.1, outcome="busy", reason="turned away")
+    assert classify(busy, []) == "turned_away"
+    stopped = snap(shm_segments=[], processes=0, runtime_dirs=[], own_fds_at_start=10)
+    run = {"callers": 2, "profile": "steady", "duration_s": 60.0, "mix": "question=1", "kill": [], "kill_every_s": 0}
+    report = summarize([record(call_sid="CA1"), busy], {"CA1": summary(call_id="CA1")}, [], [], snap(), snap(),
+                       stopped, 0.0, run)
+    assert report["calls"]["turned_away"] == 1 and report["checks"]["every_call_reached_an_outcome"]
+    assert "1 callers turned away busy" in report["sustained"]["why_not"]
 
 
 def test_a_stream_dropped_under_a_send_is_the_faults_ending_and_a_failure_without_one() -> None:

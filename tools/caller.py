@@ -60,6 +60,10 @@ class CallerError(RuntimeError):
     """The engine did something a real Twilio call would fail on, or the caller was misused."""
 
 
+class TurnedAway(CallerError):
+    """The engine answered the call with a spoken line and a hang-up (its busy line), not a stream."""
+
+
 class StreamLost(CallerError):
     """The Media Stream's connection went away under a send, with no close frame (the engine's end died)."""
 
@@ -96,6 +100,9 @@ def parse_twiml(body: str) -> StreamTarget:
     except ET.ParseError as exc:
         raise CallerError(f"voice webhook answer is not XML ({exc}): {body[:500]!r}") from exc
     stream = root.find("Connect/Stream") if root.tag == "Response" else None
+    if stream is None and root.tag == "Response" and root.find("Hangup") is not None:
+        said = " ".join((say.text or "").strip() for say in root.findall("Say"))
+        raise TurnedAway(f"the engine turned the call away: {said!r}")
     if stream is None:
         raise CallerError(f"TwiML has no <Response><Connect><Stream>: {body[:500]!r}")
     url = stream.get("url", "")

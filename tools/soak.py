@@ -144,7 +144,7 @@ class Progress:
             return
         self.last_line = now
         ok = sum(1 for r in records if r["outcome"] == "ok")
-        refused = sum(1 for r in records if r["outcome"] == "refused")
+        refused = sum(1 for r in records if r["outcome"] in ("refused", "busy"))
         v2v = percentiles([ms for r in records[-200:] for ms in r["voice_to_voice_ms"]])
         with watch.lock:
             sample = watch.samples[-1]["procs"] if watch.samples else {}

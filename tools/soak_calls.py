@@ -28,7 +28,7 @@ import aiohttp
 import numpy as np
 
 from engine.codec import Pcm16
-from tools.caller import CallerError, StreamLost, SyntheticCaller, piper_speech
+from tools.caller import CallerError, StreamLost, SyntheticCaller, TurnedAway, piper_speech
 
 SCRIPTS = ("question", "interrupt", "dtmf", "silent", "midword", "vanish", "listen")
 QUESTIONS = (
@@ -90,6 +90,8 @@ class ScriptedCall:
         try:
             try:
                 target = await c.dial()
+            except TurnedAway as exc:  # the engine judged itself full: an outcome, not a failure
+                return self._end("busy", str(exc))
             except (OSError, CallerError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 return self._end("refused", f"dial failed: {type(exc).__name__}: {exc}")
             await c.connect(target, continuous=True)
@@ -262,8 +264,9 @@ async def run_slot(base_url: str, public_url: str, auth_token: str, slot: int, s
         record = await ScriptedCall(c, script, rng, voices, timeouts, expect_greeting).run()
         record["slot"] = slot
         report({"event": "call", **record})
-        # A refused dial (transport restarting) waits a little longer before trying again.
-        await asyncio.sleep(rng.uniform(1.0, 2.0) if record["outcome"] == "refused" else rng.uniform(0.2, 1.0))
+        # A refused dial (transport restarting) or a busy line waits a little longer before trying again.
+        again = record["outcome"] in ("refused", "busy")
+        await asyncio.sleep(rng.uniform(1.0, 2.0) if again else rng.uniform(0.2, 1.0))
 
 
 async def run_slots(slots: list[dict[str, Any]], common: dict[str, Any], report: Any, stopping: Any) -> None:

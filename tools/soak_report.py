@@ -70,10 +70,13 @@ def ledger(record: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, 
 
 
 def classify(record: dict[str, Any], hit: list[str]) -> str:
-    """completed, recovered (after a fault), ended_by_fault, ended_by_engine (it closed the call first, with a
-    code and reason: an outcome, though not the scripted one), or failed (the engine stopped answering, or a
-    dial was refused with no fault to explain it, or the caller timed out, fault or not: no outcome)."""
+    """completed, recovered (after a fault), turned_away (the busy line), ended_by_fault, ended_by_engine (it
+    closed the call first, with a code and reason: an outcome, though not the scripted one), or failed (the
+    engine stopped answering, or a dial was refused with no fault to explain it, or the caller timed out, fault
+    or not: no outcome)."""
     outcome = record["outcome"]
+    if outcome == "busy":
+        return "turned_away"  # the busy line: the engine judged it had no room (max_calls or measured load)
     if outcome == "ok":
         return "recovered" if hit else "completed"
     if outcome in ("timed_out", "error", "unfinished"):
@@ -168,6 +171,8 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
     sustained_why = []
     if not checks["every_call_reached_an_outcome"]:
         sustained_why.append(f"{classes['failed']} calls failed")
+    if classes.get("turned_away"):
+        sustained_why.append(f"{classes['turned_away']} callers turned away busy")
     if classes.get("ended_by_engine"):
         sustained_why.append(f"{classes['ended_by_engine']} calls ended by the engine before their script did")
     missed = sum(c.get("barge_in_missed", 0) for c in calls)
@@ -194,8 +199,8 @@ def summarize(records: list[dict[str, Any]], ended: dict[str, dict[str, Any]], k
     return {
         "run": run,
         "calls": {"total": len(calls), **{k: classes.get(k, 0) for k in
-                                          ("completed", "recovered", "ended_by_fault", "ended_by_engine",
-                                           "failed")},
+                                          ("completed", "recovered", "turned_away", "ended_by_fault",
+                                           "ended_by_engine", "failed")},
                   "by_script": dict(Counter(c["script"] for c in calls)),
                   "failures": [{"call_sid": c["call_sid"], "script": c["script"], "class": c["class"],
                                 "reason": c["reason"]}
@@ -232,7 +237,7 @@ def table(report: dict[str, Any]) -> str:
              "",
              f"calls: {calls['total']} total, {calls['completed']} completed, {calls['recovered']} recovered "
              f"after a fault, {calls['ended_by_fault']} ended by a fault, {calls['ended_by_engine']} ended early by "
-             f"the engine, {calls['failed']} failed",
+             f"the engine, {calls['turned_away']} turned away busy, {calls['failed']} failed",
              "", f"{'latency (ms)':<34} {'n':>5} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"]
     for name, key in (("voice-to-voice", "voice_to_voice"), ("voice-to-voice, no fault", "voice_to_voice_no_fault"),
                       ("barge-in (speech -> clear)", "barge_in"), ("keys -> reply", "dtmf_reply"),
