@@ -1,19 +1,24 @@
-"""Whether the host can take another call, decided from what it measures, not only from `max_calls`.
+"""How many calls the host takes, learned from what it measures, not only set by `max_calls`.
 
 Every call on a box shares its models. Past the point where they keep up, one more
-call makes every call slower: replies come seconds late for everyone. So a new
-caller is turned away with the busy line while the box is saturated, which is
-judged two ways:
+call makes every call slower: replies come seconds late for everyone. So the
+transport keeps a call limit, as a concurrency limiter does, and a caller beyond it
+hears the busy line:
 
-- **Replies:** the p90 of the response times (the caller stopped speaking -> the
-  reply's first audio went out) of the replies of the last `WINDOW_S` is above
-  `engine.admit_max_response_ms`.
-- **CPU:** the host's CPU was busier than `engine.admit_max_cpu_pct` over the last
-  `CPU_WINDOW_S`.
+- **Replies slow: the limit falls.** Once `MIN_REPLIES` replies have been measured
+  since the limit last changed, and their p90 response time (the caller stopped
+  speaking -> the reply's first audio went out) is above
+  `engine.admit_max_response_ms`, the limit becomes one below the calls that were
+  up when the latest of them sounded.
+- **CPU pegged: no more calls for now.** Once the host's CPU over the last
+  `CPU_WINDOW_S` is busier than `engine.admit_max_cpu_pct`, no call is let in
+  while one is up, until it falls under `RESUME` of that (the learned limit stays).
+- **Replies fast: the limit rises** by one once `MIN_REPLIES` replies since the
+  last change have a p90 under `RESUME` of the limit, up to `max_calls`.
 
-Once saturated, it admits again only below `RESUME` of the limit (no flapping at
-the edge). With no call up it always admits: nothing of ours is there to protect.
-Pure but for `HostCpu`, which reads /proc/stat.
+Each change starts a new measurement, so replies made at the old load never judge
+the new one. The limit never falls below one: a call is always let in when none
+is up. Pure but for `HostCpu`, which reads /proc/stat.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-WINDOW_S = 60.0
-MIN_REPLIES = 3  # fewer replies in the window say nothing about saturation
+MIN_REPLIES = 5  # fewer replies at one load say nothing about it
+RECENT = 20  # the replies that judge the load: the latest ones at this limit
 CPU_WINDOW_S = 10.0
 RESUME = 0.8
 
@@ -39,54 +44,69 @@ class Verdict:
 
 
 class Admission:
-    """The transport's measure of load: `reply` and `cpu` samples in, a `verdict` for the next caller out."""
+    """The transport's call limit: `reply` and `cpu` samples in, a `verdict` for the next caller out."""
 
-    def __init__(self, max_response_ms: int, max_cpu_pct: int) -> None:
-        self.max_response_ms, self.max_cpu_pct = max_response_ms, max_cpu_pct
-        self._replies: deque[tuple[float, float]] = deque()  # (when, response ms)
+    def __init__(self, max_calls: int, max_response_ms: int, max_cpu_pct: int) -> None:
+        self.max_calls, self.max_response_ms, self.max_cpu_pct = max_calls, max_response_ms, max_cpu_pct
+        self.limit = max_calls
+        self.why = "no load measured yet"
+        # (response ms, calls up when it sounded): the latest replies since the limit last changed
+        self._replies: deque[tuple[float, int]] = deque(maxlen=RECENT)
         self._cpu: deque[tuple[float, float]] = deque()  # (when, busy % of the host since the previous sample)
-        self.saturated = False
+        self.cpu_pegged = False
         self.turned_away = 0
         self.replies_total = 0
 
-    def reply(self, response_ms: float, now: float) -> None:
-        self._replies.append((now, response_ms))
+    def reply(self, response_ms: float, calls_up: int) -> None:
+        """A reply answered the caller `response_ms` after they stopped speaking, with `calls_up` calls up."""
         self.replies_total += 1
+        self._replies.append((response_ms, calls_up))
+        if len(self._replies) < MIN_REPLIES or not self.max_response_ms:
+            return
+        p90 = _p90([ms for ms, _ in self._replies])
+        if p90 > self.max_response_ms:
+            self._change(max(1, self._replies[-1][1] - 1),
+                         f"replies' p90 response time {p90:.0f} ms > {self.max_response_ms} with {calls_up} calls up")
+        elif p90 < RESUME * self.max_response_ms and self.limit < self.max_calls:
+            self._change(self.limit + 1, f"replies' p90 response time {p90:.0f} ms with {calls_up} calls up")
 
     def cpu(self, busy_pct: float, now: float) -> None:
+        """The host was `busy_pct` busy since the previous sample."""
         self._cpu.append((now, busy_pct))
-
-    def figures(self, now: float) -> dict[str, Any]:
-        """The measured load: replies' p90 response time and the host's CPU, over their windows."""
-        while self._replies and self._replies[0][0] < now - WINDOW_S:
-            self._replies.popleft()
-        while self._cpu and self._cpu[0][0] < now - CPU_WINDOW_S:
+        while self._cpu[0][0] < now - CPU_WINDOW_S:
             self._cpu.popleft()
-        times = sorted(ms for _, ms in self._replies)
-        p90 = times[min(len(times) - 1, math.ceil(0.9 * len(times)) - 1)] if len(times) >= MIN_REPLIES else None
-        cpu = sum(pct for _, pct in self._cpu) / len(self._cpu) if self._cpu else None
-        return {"replies": len(times), "response_p90_ms": None if p90 is None else round(p90),
-                "host_cpu_pct": None if cpu is None else round(cpu, 1)}
+        mean = self.host_cpu_pct()
+        if self.max_cpu_pct and mean is not None:
+            self.cpu_pegged = mean > (RESUME if self.cpu_pegged else 1.0) * self.max_cpu_pct
 
-    def verdict(self, calls_active: int, now: float) -> Verdict:
-        f = self.figures(now)
-        scale = RESUME if self.saturated else 1.0
-        over = []
-        if self.max_response_ms and f["response_p90_ms"] is not None \
-                and f["response_p90_ms"] > scale * self.max_response_ms:
-            over.append(f"replies' p90 response time {f['response_p90_ms']} ms > {scale * self.max_response_ms:.0f}")
-        if self.max_cpu_pct and f["host_cpu_pct"] is not None and f["host_cpu_pct"] > scale * self.max_cpu_pct:
-            over.append(f"host CPU {f['host_cpu_pct']}% > {scale * self.max_cpu_pct:.0f}%")
-        self.saturated = bool(over) and calls_active > 0
-        if self.saturated:
-            return Verdict(False, "saturated: " + "; ".join(over))
-        return Verdict(True, "no call up" if over else "ok")
+    def host_cpu_pct(self) -> float | None:
+        return sum(pct for _, pct in self._cpu) / len(self._cpu) if self._cpu else None
 
-    def health(self, calls_active: int, now: float) -> dict[str, Any]:
-        v = self.verdict(calls_active, now)
-        return {"admitting": v.admit, "why": v.why, "turned_away": self.turned_away,
-                "replies_total": self.replies_total, **self.figures(now),
+    def verdict(self, calls_up: int) -> Verdict:
+        if calls_up >= self.limit:
+            return Verdict(False, f"{calls_up} calls up, limit {self.limit}: {self.why}")
+        if self.cpu_pegged and calls_up:
+            return Verdict(False, f"{calls_up} calls up, host CPU {self.host_cpu_pct():.1f}% > {self.max_cpu_pct}%")
+        return Verdict(True, f"{calls_up} calls up, limit {self.limit}")
+
+    def _change(self, limit: int, why: str) -> None:
+        self.limit, self.why = limit, why
+        self._replies.clear()  # the new load is judged by its own replies
+
+    def health(self, calls_up: int) -> dict[str, Any]:
+        v = self.verdict(calls_up)
+        cpu = self.host_cpu_pct()
+        return {"admitting": v.admit, "why": v.why, "limit": self.limit, "max_calls": self.max_calls,
+                "why_limit": self.why, "cpu_pegged": self.cpu_pegged,
+                "turned_away": self.turned_away, "replies_total": self.replies_total,
+                "replies_at_this_limit": len(self._replies),
+                "host_cpu_pct": None if cpu is None else round(cpu, 1),
                 "max_response_ms": self.max_response_ms, "max_cpu_pct": self.max_cpu_pct}
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
 
 
 class HostCpu:

@@ -45,10 +45,10 @@ class EngineSection(_Section):
     instance: Name = "engine"
     """Prefix of shared-memory segments and socket directories (two engines on one host need two names)."""
     max_calls: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
-    admit_max_response_ms: Annotated[int, msgspec.Meta(ge=0, le=60000)] = 1500
-    """New callers hear the busy line while replies' p90 response time (last minute) is above this; 0: off."""
+    admit_max_response_ms: Annotated[int, msgspec.Meta(ge=0, le=60000)] = 2000
+    """Replies' p90 response time above this lowers the call limit (callers past it hear the busy line); 0: off."""
     admit_max_cpu_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] = 95
-    """... or while the host's CPU (all cores, last 10 s) is busier than this; 0: off. See engine/admission.py."""
+    """Host CPU (all cores, last 10 s) above this holds the limit at the calls up; 0: off. See engine/admission.py."""
     runtime_dir: str = ""
     """Where bus sockets live; empty means the system temp dir."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

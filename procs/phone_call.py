@@ -99,7 +99,7 @@ class TransportShared:
     inbound_us: Recent = field(default_factory=Recent)
     outbound_us: Recent = field(default_factory=Recent)
     ended: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
-    admission: Admission = field(default_factory=lambda: Admission(0, 0))
+    admission: Admission = field(default_factory=lambda: Admission(1024, 0, 0))
     """The measured load that decides whether a new caller is let in (engine.admission)."""
 
 
@@ -297,7 +297,7 @@ class PhoneCall:
                 now_ns = time.monotonic_ns()
                 self.stamp(gen, "first_audio_out", now_ns)
                 if (speech_end := self._answering.pop(gen, None)) is not None:
-                    self.shared.admission.reply((now_ns - speech_end) / 1e6, now_ns / 1e9)
+                    self.shared.admission.reply((now_ns - speech_end) / 1e6, len(self.shared.calls))
                 self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
                 await self.feed(AudioStarted(gen))
             due = audio.next_due_at()

@@ -73,7 +73,7 @@ class TransportProc:
         doorbell = OutboundDoorbell(self.pool.doorbells["outbound"], cfg.ring.spin_us * 1e-6)
         self.shared = TransportShared(cfg, self.bus, self.pool, doorbell, recordings_of(cfg),
                                       TraceSink.open(cfg.engine.trace_file),
-                                      admission=Admission(cfg.engine.admit_max_response_ms,
+                                      admission=Admission(cfg.engine.max_calls, cfg.engine.admit_max_response_ms,
                                                           cfg.engine.admit_max_cpu_pct))
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
@@ -93,7 +93,7 @@ class TransportProc:
             [r.stats() for r in self.pool.inbound], [r.stats() for r in self.pool.outbound],
             {"dropped_sends": self.bus.dropped_sends, "bad_messages": self.bus.bad_messages},
         )
-        body["admission"] = shared.admission.health(len(self.pool.leases()), time.monotonic())
+        body["admission"] = shared.admission.health(len(self.pool.leases()))
         body["transport"] = {
             "counters": dict(shared.counters),
             "inbound_frame_us": shared.inbound_us.summary(),

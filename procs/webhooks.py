@@ -88,7 +88,7 @@ class Webhooks:
         if not call_sid:
             return web.Response(status=400, text="CallSid missing\n")
         active = len(self.pool.leases())
-        verdict = self.admission.verdict(active, time.monotonic())
+        verdict = self.admission.verdict(active)
         if active >= self.pool.max_calls:
             self.counters["calls_refused_capacity"] += 1
             log.warning("call %s refused: all %d lines busy", call_sid, self.pool.max_calls)
@@ -96,7 +96,7 @@ class Webhooks:
         elif not verdict.admit:
             self.counters["calls_refused_load"] += 1
             self.admission.turned_away += 1
-            log.warning("call %s refused with %d calls up: %s", call_sid, active, verdict.why)
+            log.warning("call %s refused: %s", call_sid, verdict.why)
             twiml = reject_twiml(BUSY_LINE)
         else:
             self.counters["webhooks_answered"] += 1

@@ -1,50 +1,62 @@
-"""Admission from measured load: replies' response times and host CPU, with hysteresis; /proc/stat read right."""
+"""The call limit learned from measured load: replies' response times and host CPU; /proc/stat read right."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from engine.admission import Admission, HostCpu
+from engine.admission import MIN_REPLIES, RECENT, Admission, HostCpu
 
 
-def test_a_new_caller_is_turned_away_while_replies_are_slow_and_let_in_once_they_recover() -> None:
-    a = Admission(max_response_ms=1500, max_cpu_pct=0)
-    for t, ms in enumerate((700, 800, 900)):
-        a.reply(ms, float(t))
-    assert a.verdict(calls_active=3, now=3.0).admit
-    for t, ms in enumerate((2500, 2600, 2400, 2700), start=4):
-        a.reply(ms, float(t))
-    v = a.verdict(calls_active=3, now=8.0)
-    assert not v.admit and "p90 response time 2700 ms > 1500" in v.why
-    # A minute on, the slow replies have left the window. Replies of 1300 ms are under the limit, but a box that
-    # was saturated opens again only under 80 % of it (1200 ms) ...
-    for t in range(60, 70):
-        a.reply(1300, float(t))
-    assert not a.verdict(calls_active=3, now=70.0).admit
-    for t in range(70, 135):
-        a.reply(900, float(t))
-    assert a.verdict(calls_active=3, now=135.0).admit  # ... and does once they are well under
-    assert a.health(3, 135.0)["response_p90_ms"] == 900
+def test_slow_replies_lower_the_limit_below_the_load_that_made_them_and_fast_ones_raise_it_again() -> None:
+    a = Admission(max_calls=16, max_response_ms=1500, max_cpu_pct=0)
+    for _ in range(10 * MIN_REPLIES):
+        a.reply(900, calls_up=4)
+    assert a.limit == 16 and a.verdict(calls_up=15).admit and a.health(4)["replies_at_this_limit"] <= RECENT
+    a = Admission(max_calls=16, max_response_ms=1500, max_cpu_pct=0)
+    for _ in range(MIN_REPLIES):
+        a.reply(2600, calls_up=6)
+    v = a.verdict(calls_up=5)
+    assert a.limit == 5 and not v.admit and "p90 response time 2600 ms > 1500 with 6 calls up" in v.why
+    assert a.verdict(calls_up=4).admit
+    # Replies from before the change never judge the new load: it takes MIN_REPLIES new ones.
+    for _ in range(MIN_REPLIES - 1):
+        a.reply(1000, calls_up=5)
+    assert a.limit == 5
+    a.reply(1000, calls_up=5)
+    assert a.limit == 6
+    for _ in range(MIN_REPLIES):
+        a.reply(1300, calls_up=6)  # under the limit, not well under it: it holds
+    assert a.limit == 6
 
 
-def test_with_no_call_up_a_caller_is_always_let_in() -> None:
-    a = Admission(max_response_ms=1500, max_cpu_pct=0)
+def test_the_limit_never_falls_below_one_call() -> None:
+    a = Admission(max_calls=4, max_response_ms=1500, max_cpu_pct=0)
+    for _ in range(3 * MIN_REPLIES):
+        a.reply(5000, calls_up=1)
+    assert a.limit == 1 and a.verdict(calls_up=0).admit and not a.verdict(calls_up=1).admit
+
+
+def test_a_pegged_cpu_lets_no_call_in_while_one_is_up_until_it_eases() -> None:
+    a = Admission(max_calls=16, max_response_ms=0, max_cpu_pct=90)
     for t in range(5):
-        a.reply(4000, float(t))
-    assert not a.verdict(calls_active=1, now=5.0).admit
-    assert a.verdict(calls_active=0, now=5.0).admit  # nothing of ours left to protect
-
-
-def test_too_few_replies_say_nothing_and_cpu_decides_alone() -> None:
-    a = Admission(max_response_ms=1500, max_cpu_pct=90)
-    a.reply(5000, 0.0)
-    a.reply(5000, 0.5)
-    assert a.verdict(calls_active=1, now=1.0).admit
-    for t in range(10):
-        a.cpu(97.0, 1.0 + t)
-    v = a.verdict(calls_active=1, now=11.0)
-    assert not v.admit and "host CPU 97.0% > 90%" in v.why
-    assert Admission(0, 0).verdict(5, 0.0).admit  # both off: only max_calls limits
+        a.cpu(50.0, float(t))
+    assert a.verdict(calls_up=3).admit
+    for t in range(5, 20):
+        a.cpu(99.0, float(t))
+    v = a.verdict(calls_up=3)
+    assert not v.admit and "host CPU 99.0% > 90%" in v.why and a.health(3)["host_cpu_pct"] == 99.0
+    assert a.verdict(calls_up=0).admit and a.limit == 16  # the learned limit stays
+    for t in range(20, 40):
+        a.cpu(80.0, float(t))
+    assert not a.verdict(calls_up=3).admit  # under the limit, not well under it (72 %)
+    for t in range(40, 60):
+        a.cpu(60.0, float(t))
+    assert a.verdict(calls_up=3).admit
+    off = Admission(max_calls=16, max_response_ms=0, max_cpu_pct=0)
+    for t in range(20):
+        off.cpu(100.0, float(t))
+        off.reply(9000, calls_up=8)
+    assert off.limit == 16 and off.verdict(calls_up=15).admit  # both off: only max_calls limits
 
 
 def test_host_cpu_is_the_busy_share_between_samples(tmp_path: Path) -> None:
