@@ -9,6 +9,7 @@ checked is our side: streaming deltas, the token limit, and that stopping aborts
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,31 @@ def test_stopping_aborts_the_request_and_nothing_more_arrives(backend: VllmBacke
     after: list[str] = []
     backend.stream(CHAT, lambda d: after.append(d) is not None, 4)
     assert after
+
+
+def test_eight_calls_replies_are_in_flight_together(backend: VllmBackend) -> None:
+    """The llm process streams each call's reply on its slot's thread: vLLM must batch them, not queue them."""
+    calls = 8
+    start = threading.Barrier(calls)
+    in_flight: list[int] = []  # vLLM's unfinished requests, seen as each reply's first delta arrives
+    texts: list[list[str]] = [[] for _ in range(calls)]
+
+    def one(i: int) -> None:
+        def on_delta(d: str) -> bool:
+            if not texts[i]:
+                in_flight.append(backend._engine.output_processor.get_num_unfinished_requests())
+            texts[i].append(d)
+            return False
+
+        chat = [{"role": "user", "content": f"Tell me story number {i} about a lighthouse keeper."}]
+        start.wait()
+        backend.stream(chat, on_delta, 32)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(texts), [len(t) for t in texts]
+    assert max(in_flight) == calls, in_flight  # every call's request was being generated at once
+    assert backend._engine.output_processor.get_num_unfinished_requests() == 0
