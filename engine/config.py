@@ -193,6 +193,9 @@ class LlmSection(_Section):
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     """The first speakable piece may end at a comma once it has this many words, or with no comma, before a
     conjunction or preposition after this many words (up to five): the voice starts that much sooner."""
+    max_sentences: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    """A reply ends after this many sentences (the model is stopped; what it had begun of the next is dropped): a
+    phone answer is short, and a small model sometimes rambles into lists. 0: no limit but `max_tokens`."""
 
 
 class TtsSection(_Section):

@@ -182,13 +182,18 @@ class Thinking:
 class Reply:
     """One reply in the making: deltas in, `Sentence`s and `Stage`s out, in the order to send them."""
 
-    def __init__(self, job: ReplyJob, *, first_clause_words: int = 4,
+    def __init__(self, job: ReplyJob, *, first_clause_words: int = 4, max_sentences: int = 0,
                  shutting_down: Callable[[], bool] = lambda: False) -> None:
         self.job = job
         self._chunker = SentenceChunker(first_min_words=first_clause_words)
         self._shutting_down = shutting_down
         self._produced: list[str] = []
         self._index = 0
+        self._max_sentences = 0 if job.say else max_sentences  # a line to say verbatim is said whole
+        self._sentence_ends = 0
+        self._said: list[str] = []  # the pieces sent to be spoken
+        self.enough = False
+        """It has said `max_sentences` sentences: the model should stop, and what it makes after is dropped."""
         self.error: Exception | None = None
         """What made the backend fail mid-reply, if it did."""
 
@@ -202,7 +207,7 @@ class Reply:
 
     def feed(self, delta: str) -> list[Out]:
         """A piece of the reply's text as the model made it."""
-        if self.stopped():
+        if self.stopped() or self.enough:
             return []
         out: list[Out] = [] if self._produced else [Stage("llm_first_token")]
         self._produced.append(delta)
@@ -213,10 +218,11 @@ class Reply:
         TTS still learns the reply is over), and the reply joins the dialogue. Nothing if it was stopped."""
         if self.stopped():
             return []
-        out = self._sentences(self._chunker.flush(), last=True)
+        out = [] if self.enough else self._sentences(self._chunker.flush(), last=True)
         if not any(isinstance(o, Sentence) and o.last for o in out):
             out.append(self._sentence("", last=True))
-        self.job.mind.write_reply(self.job.gen, "".join(self._produced).strip())
+        said = " ".join(self._said) if self.enough else "".join(self._produced).strip()
+        self.job.mind.write_reply(self.job.gen, said)
         return out
 
     @property
@@ -226,9 +232,15 @@ class Reply:
     def _sentences(self, pieces: list[str], last: bool = False) -> list[Out]:
         out: list[Out] = []
         for i, piece in enumerate(pieces):
+            if self.enough:
+                break
             if self._index == 0:
                 out.append(Stage("llm_first_sentence"))
             out.append(self._sentence(piece, last=last and i == len(pieces) - 1))
+            self._said.append(piece)
+            if piece.rstrip("\"')]").endswith((".", "!", "?", "…")):
+                self._sentence_ends += 1
+                self.enough = bool(self._max_sentences) and self._sentence_ends >= self._max_sentences
         return out
 
     def _sentence(self, text: str, last: bool) -> Sentence:
@@ -249,7 +261,7 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
     def on_delta(delta: str) -> bool:
         for out in reply.feed(delta):
             emit(out)
-        return reply.stopped()
+        return reply.stopped() or reply.enough
 
     for out in reply.start():
         emit(out)

@@ -97,7 +97,8 @@ class LlmProc(SyncChild):
                 self.backend.prefill(job.messages, job.slot)
                 self.prepared += 1
             return
-        reply = Reply(job, first_clause_words=self.cfg.llm.first_clause_words, shutting_down=self.stop.is_set)
+        reply = Reply(job, first_clause_words=self.cfg.llm.first_clause_words,
+                      max_sentences=self.cfg.llm.max_sentences, shutting_down=self.stop.is_set)
 
         def emit(out: Out) -> None:
             if isinstance(out, Sentence):

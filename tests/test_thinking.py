@@ -52,6 +52,26 @@ def sentences(outs: list[Out]) -> list[tuple[int, str, bool]]:
     return [(o.index, o.text, o.last) for o in outs if isinstance(o, Sentence)]
 
 
+def test_a_reply_stops_after_max_sentences_and_only_what_was_said_joins_the_dialogue() -> None:
+    thinking = Thinking("Be brief.")
+    started(thinking)
+    job = ask(thinking, "Any ideas for breakfast?")
+    seen: list[int] = []
+    llm = ScriptedLlm(["Try oats,", " with fruit.", " Or eggs.", " 1. Toast", " is quick.", " 2. Tea", " too."],
+                      during=seen.append)
+    outs: list[Out] = []
+    assert generate(Reply(job, max_sentences=2), llm, 100, outs.append) == "done"
+    assert sentences(outs) == [(0, "Try oats, with fruit.", False), (1, "Or eggs.", False), (2, "", True)]
+    assert max(seen) < 5  # the model was stopped, not run to its end
+    assert job.mind.dialogue.messages()[-1] == {"role": "assistant", "content": "Try oats, with fruit. Or eggs."}
+    # A line to say verbatim is said whole.
+    say = thinking.handle(Respond(call_id="CA1", gen=2, say="One. Two. Three."))
+    assert say is not None
+    outs = []
+    generate(Reply(say, max_sentences=1), llm, 100, outs.append)
+    assert [t for _, t, _ in sentences(outs)] == ["One.", "Two.", "Three."]
+
+
 def test_deltas_become_sentences_as_soon_as_each_is_speakable() -> None:
     thinking = Thinking("Be brief.")
     started(thinking)
