@@ -12,7 +12,9 @@ next. Neither greets (the peer has no greeting; the engine's is turned off).
 Measured per system, during its own rounds only: voice-to-voice at the caller (the caller's last
 speech frame -> the first reply audio it receives), and CPU of all the system's processes (engine:
 supervisor and children; peer: bot and LLM server), in % of one core averaged over the rounds' wall
-time. Ratios are engine / peer.
+time, and in CPU seconds per answer. The second is the fairer measure of calls per box: a system whose
+answers come later or last longer spends more wall time per round, which lowers its % without saving
+any work. Ratios are engine / peer.
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ def main() -> None:
     print("synthesising the caller's questions with Piper ...", flush=True)
     voices = {q: piper_speech(q, rate=8000) for q in QUESTIONS}
     work = Path(tempfile.mkdtemp(prefix="peer-bench"))
-    engine = Engine("engine", ROOT, work, ["conversation.greeting=", *args.set])
+    # Admission off: the peer has none, and a turned-away caller would end the round.
+    engine = Engine("engine", ROOT, work, ["conversation.greeting=", "engine.admit_max_response_ms=0",
+                                           "engine.admit_max_cpu_pct=0", *args.set])
     peer = Peer(args.peer_turn)
     systems = {"engine": f"http://127.0.0.1:{engine.port}", "pipecat": f"http://127.0.0.1:{peer.port}"}
     v2v: dict[str, list[float]] = {name: [] for name in systems}
@@ -156,16 +160,21 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     latency = {name: {**percentiles(v), "p90": float(sorted(v)[int(0.9 * (len(v) - 1))])} for name, v in v2v.items()}
     load = {name: round(100 * cpu[name] / wall[name], 1) for name in systems}
-    figures = {name: {"voice_to_voice_ms": latency[name], "cpu_pct_of_one_core": load[name]} for name in systems}
+    per_answer = {name: round(cpu[name] / len(v2v[name]), 3) for name in systems}
+    figures = {name: {"voice_to_voice_ms": latency[name], "cpu_pct_of_one_core": load[name],
+                      "cpu_s_per_answer": per_answer[name], "cpu_s": round(cpu[name], 2),
+                      "wall_s": round(wall[name], 2)} for name in systems}
     ratios = {f"v2v_{q}": round(latency["engine"][q] / latency["pipecat"][q], 3) for q in ("p50", "p90", "p95")}
     ratios["cpu"] = round(load["engine"] / load["pipecat"], 3)
+    ratios["cpu_s_per_answer"] = round(per_answer["engine"] / per_answer["pipecat"], 3)
     print(f"\n{args.callers} caller(s) at once, peer end of turn: {args.peer_turn}")
-    print(f"{'system':<10} {'n':>4} {'v2v p50':>9} {'p90':>7} {'p95':>7} {'max':>7} {'CPU % of a core':>16}")
+    print(f"{'system':<10} {'n':>4} {'v2v p50':>9} {'p90':>7} {'p95':>7} {'max':>7} {'CPU % of a core':>16} "
+          f"{'CPU s/answer':>13}")
     for name, v in latency.items():
         print(f"{name:<10} {v['n']:>4} {v['p50']:>9.0f} {v['p90']:>7.0f} {v['p95']:>7.0f} {v['max']:>7.0f} "
-              f"{load[name]:>16.1f}")
+              f"{load[name]:>16.1f} {per_answer[name]:>13.2f}")
     print(f"{'ratio':<10} {'':>4} {ratios['v2v_p50']:>9.3f} {ratios['v2v_p90']:>7.3f} {ratios['v2v_p95']:>7.3f} "
-          f"{'':>7} {ratios['cpu']:>16.3f}")
+          f"{'':>7} {ratios['cpu']:>16.3f} {ratios['cpu_s_per_answer']:>13.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "engine vs Pipecat peer", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

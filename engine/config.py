@@ -175,7 +175,9 @@ class LlmSection(_Section):
                           "short spoken sentences. No lists, no markdown, no emojis.")
     max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
-    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """llamacpp: compute threads. 1 on a small box: with 2, ggml's threads spin-wait for each other while speech and
+    TTS hold the cores (3 callers: 4.2-5.0 CPU s an answer with 2 threads, 3.1 with 1; one caller as fast)."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
