@@ -198,18 +198,14 @@ class Hearing:
             ear.speculative = self._job(ear, event.start, event.end, speculative=True)
             return []
         if isinstance(event, Resumed):
-            if ear.judging is not None:
-                ear.judging.cancelled = True
-                ear.judging = None
+            self._drop_judging(ear)
             spec, ear.speculative = ear.speculative, None
             if spec is None:
                 return []
             spec.cancelled = True
             return [SpeechResumed(call_id=ear.call_id, turn=ear.turn)] if spec.provisional_sent else []
         if isinstance(event, Endpoint):
-            if ear.judging is not None:
-                ear.judging.cancelled = True
-                ear.judging = None
+            self._drop_judging(ear)
             spec, ear.speculative = ear.speculative, None
             end_t_ns = ear.t_ns_of(event.end)
             msgs: list[Msg] = [EndOfTurn(call_id=ear.call_id, turn=ear.turn, speech_end_t_ns=end_t_ns)]
@@ -222,6 +218,13 @@ class Hearing:
                 self._job(ear, event.start, event.end, speculative=False).final = True
             return msgs
         return []
+
+    @staticmethod
+    def _drop_judging(ear: CallEar) -> None:
+        """The pause is over (speech came back, or the turn ended): its turn job's verdict is moot."""
+        if ear.judging is not None:
+            ear.judging.cancelled = True
+            ear.judging = None
 
     def _job(self, ear: CallEar, start: int, end: int, *, speculative: bool, judge: bool = False) -> Job:
         job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, end), ear.t_ns_of(end), speculative,

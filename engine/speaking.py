@@ -42,8 +42,8 @@ Outcome = Literal["spoken", "stopped"]
 
 @dataclass
 class Voice:
-    """One call's speaking state. `writer` belongs to the process (its ring writer, made by the thread that
-    writes)."""
+    """One call's speaking state. `writer` and `stalled_since` belong to the process (its ring writer, made by
+    the thread that writes, and how long that ring has been full)."""
 
     slot: int
     epoch: int
@@ -51,6 +51,7 @@ class Voice:
     ended: bool = False
     sounded_gen: int = 0  # the latest reply whose first audio has been written
     writer: Any = None
+    stalled_since: float | None = None  # when its full ring first held back a sentence, until it takes a frame
 
 
 @dataclass

@@ -135,13 +135,12 @@ class WhisperTranscriber:
         ends, so the extra silence a short one gets changes nothing. Utterances too long for a short window take
         faster-whisper's own path, one by one."""
         full = int(FULL_WINDOW_S * SAMPLE_RATE)
-        texts = [""] * len(audios)
-        short = [i for i, a in enumerate(audios) if max(len(a) + self.pad, self.min_window) < full]
-        for i in sorted(set(range(len(audios))) - set(short)):
-            texts[i] = self._transcribe_full(audios[i])
+        windows = [max(len(a) + self.pad, self.min_window) for a in audios]
+        texts = [self._transcribe_full(a) if w >= full else "" for a, w in zip(audios, windows, strict=True)]
+        short = [i for i, w in enumerate(windows) if w < full]
         if not short:
             return texts
-        window = max(max(len(audios[i]) + self.pad, self.min_window) for i in short)
+        window = max(windows[i] for i in short)
         extractor = self.model.feature_extractor
         features = np.stack([extractor(self._padded(audios[i], window), padding=0)[:, :window // extractor.hop_length]
                              for i in short])

@@ -257,9 +257,9 @@ class PhoneCall:
 
     def _stamp_request(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
         turn = self.turn
-        if answers_caller and turn.speech_end:
-            self._answering[gen] = turn.speech_end
         if answers_caller:
+            if turn.speech_end:
+                self._answering[gen] = turn.speech_end
             for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
                                 ("transcript", turn.transcript)):
                 if t_ns and not (provisional and stage == "end_of_turn"):

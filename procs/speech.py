@@ -109,7 +109,7 @@ class SpeechProc(SyncChild):
         try:
             texts = self.transcriber.transcribe_many([job.audio for job in jobs])
         except Exception:  # a bad utterance must not kill every call's transcription
-            log.exception("transcription failed (calls %s)", ", ".join(f"{j.call_id} turn {j.turn}" for j in jobs))
+            log.exception("transcription failed (calls %s)", _which(jobs))
             texts = [""] * len(jobs)
         stt_ms = int((time.perf_counter() - t0) * 1000)
         for job, text in zip(jobs, texts, strict=True):
@@ -125,7 +125,7 @@ class SpeechProc(SyncChild):
         try:
             scores = self.turn_model.complete([job.audio for job in jobs])
         except Exception:
-            log.exception("turn model failed (calls %s)", ", ".join(f"{j.call_id} turn {j.turn}" for j in jobs))
+            log.exception("turn model failed (calls %s)", _which(jobs))
             return []
         for job, score in zip(jobs, scores, strict=True):
             job.complete = score
@@ -199,6 +199,10 @@ class SpeechProc(SyncChild):
         if self._worker is not None:
             self._jobs.put(None)
             self._worker.join(10)
+
+
+def _which(jobs: list[Job]) -> str:
+    return ", ".join(f"{j.call_id} turn {j.turn}" for j in jobs)
 
 
 def main(cfg_bytes: bytes, run_bytes: bytes) -> None:

@@ -50,7 +50,6 @@ class TtsProc(SyncChild):
         self.failures = 0
         self._jobs: queue.SimpleQueue[SentenceJob | None] = queue.SimpleQueue()
         self.schedule = Schedule()  # the worker's own
-        self._stalled_since: dict[int, float] = {}  # id(voice) -> when its full ring first held it back
         self._worker: threading.Thread | None = None
 
     def setup(self) -> None:
@@ -104,7 +103,7 @@ class TtsProc(SyncChild):
         """One piece of `item`'s sentence: the frames its ring has room for, making audio if none is ready."""
         assert self.tts is not None
         job = item.job
-        self._stalled_since.pop(id(job.voice), None)
+        job.voice.stalled_since = None
         try:
             if item.run is None:
                 item.run = SentenceRun(job, self.tts, lambda out: self._emit(job, out, sender))
@@ -151,11 +150,11 @@ class TtsProc(SyncChild):
         speech after STALL_S; it never holds up another call's meanwhile."""
         now = time.monotonic()
         for voice in self.schedule.blocked(self._room):
-            since = self._stalled_since.setdefault(id(voice), now)
-            if now - since > STALL_S:
+            if voice.stalled_since is None:
+                voice.stalled_since = now
+            elif now - voice.stalled_since > STALL_S:
                 log.error("call ring %d not drained for %.0f s: no more speech for it", voice.slot, STALL_S)
                 voice.ended = True
-                self._stalled_since.pop(id(voice), None)
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.speaking.calls), "cancels": self.speaking.cancels, "sentences": self.sentences,
