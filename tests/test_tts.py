@@ -77,6 +77,42 @@ def test_sentences_become_intelligible_audio_with_marks_and_spans(tts: SoloChild
         tts.end_call(lease)
 
 
+def test_a_call_whose_ring_is_full_holds_up_no_other_calls_speech(tts: SoloChild) -> None:
+    stuck, _ = start_call(tts, "CA-full")  # its ring is never drained: it fills, then stays full
+    lease, reader = start_call(tts, "CA-next")
+    try:
+        long = " ".join(["This answer goes on and on, far longer than its ring holds."] * 4)
+        tts.send(Sentence(call_id="CA-full", gen=1, index=0, text=long, last=True), "llm")
+        ring = tts.pool.outbound[stuck.slot]
+        deadline = time.monotonic() + 20
+        while ring.stats().backlog < ring.slots - 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ring.stats().backlog >= ring.slots - 8  # full (but for the headroom): it can take no more now
+        tts.send(Sentence(call_id="CA-next", gen=1, index=0, text="Hello there.", last=True), "llm")
+        frames: list = []  # type: ignore[type-arg]
+        spans: list[Spoken] = []
+        deadline = time.monotonic() + 2  # well before the stuck call is given up on (STALL_S, 3 s)
+        while not spans and time.monotonic() < deadline:
+            drain(reader, frames, 0.1)
+            spans += [s for s in tts.messages("transport", Spoken, 0.05) if s.call_id == "CA-next"]
+        assert [s.text for s in spans] == ["Hello there."] and frames
+        # Nobody drains the stuck ring: after STALL_S its call gets no more speech, and the TTS goes on.
+        time.sleep(3.5)
+        written = ring.stats().written
+        tts.send(Sentence(call_id="CA-full", gen=2, index=0, text="Anyone there?", last=True), "llm")
+        tts.send(Sentence(call_id="CA-next", gen=2, index=0, text="Still here.", last=True), "llm")
+        spans = []
+        deadline = time.monotonic() + 10
+        while not spans and time.monotonic() < deadline:
+            drain(reader, frames, 0.1)
+            spans += [s for s in tts.messages("transport", Spoken, 0.05) if s.call_id == "CA-next"]
+        assert [s.text for s in spans] == ["Still here."]
+        assert ring.stats().written == written
+    finally:
+        tts.end_call(lease)
+        tts.end_call(stuck)
+
+
 def test_cancel_stops_the_reply_within_a_frame(tts: SoloChild) -> None:
     lease, reader = start_call(tts, "CA-x")
     try:
