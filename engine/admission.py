@@ -132,3 +132,27 @@ class HostCpu:
         if now is None or last is None or now[0] <= last[0]:
             return None
         return 100.0 * (1 - (now[1] - last[1]) / (now[0] - last[0]))
+
+
+class Reservations:
+    """Lines promised to callers the voice webhook let in, until their stream starts or `hold_s` passes.
+
+    Twilio connects the stream a moment after the webhook answers; counting those calls as up from the answer
+    on means a burst of callers cannot all be told yes and then find no line when their streams arrive.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self._held: dict[str, float] = {}  # call sid -> when the promise lapses (monotonic s)
+
+    def held(self, now: float, besides: str = "") -> int:
+        """Promises still open at `now`, not counting `besides` (a call asking again is not a second call)."""
+        self._held = {sid: until for sid, until in self._held.items() if until > now}
+        return len(self._held) - (besides in self._held)
+
+    def reserve(self, call_sid: str, now: float) -> None:
+        self._held[call_sid] = now + self.hold_s
+
+    def claim(self, call_sid: str) -> bool:
+        """The call's stream started: its promise is kept (it now holds a ring pair). False if it had none."""
+        return self._held.pop(call_sid, None) is not None

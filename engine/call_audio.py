@@ -1,10 +1,14 @@
 """One call's audio between Twilio and the rings: no sockets, no event loop.
 
 Inbound: μ-law from a `media` message -> PCM16 at 8 kHz -> resampled -> the call's
-inbound ring, the moment it arrives. Outbound: frames from the outbound ring (at
-the TTS's rate) -> 8 kHz -> μ-law, cut into 20 ms `media` messages that leave
-only as fast as `OutboundPacer` allows; a frame flagged FLAG_MARK is followed by a
-`mark` once all its audio has been sent.
+inbound ring, the moment it arrives. While the ring is full (the speech process is
+restarting: the ring holds 1.28 s, a restart takes longer) frames wait in a bounded
+spill, and go into the ring, oldest first, as soon as it has room again: the
+restarted reader resumes at the ring's read index, so it hears all of it.
+
+Outbound: frames from the outbound ring (at the TTS's rate) -> 8 kHz -> μ-law, cut
+into 20 ms `media` messages that leave only as fast as `OutboundPacer` allows; a
+frame flagged FLAG_MARK is followed by a `mark` once all its audio has been sent.
 
 Each outbound frame carries its reply's generation: after a `clear(gen)`, frames of
 that reply (or older) still in the ring or written late are dropped, not played.
@@ -41,7 +45,7 @@ class CallAudio:
     marks and clears."""
 
     def __init__(self, stream_sid: str, inbound: RingWriter, outbound: RingReader, *, inbound_rate: int,
-                 lead_s: float, record: RecordFn | None = None) -> None:
+                 lead_s: float, spill_s: float = 5.0, record: RecordFn | None = None) -> None:
         self.stream_sid = stream_sid
         self.inbound = inbound
         self.outbound = outbound
@@ -62,7 +66,11 @@ class CallAudio:
         self.held_gen: int | None = None  # a provisional reply whose audio waits for its turn to end
         self.gens_started: list[int] = []  # replies whose first audio has been sent; the owner empties it
         self.frames_in = 0
-        self.inbound_dropped = 0
+        self._spill: deque[tuple[bytes, int]] = deque()  # (payload, arrival t_ns) waiting for room in the ring
+        self._spill_bytes = 0
+        self._spill_max_bytes = int(spill_s * inbound_rate) * 2
+        self.inbound_spilled = 0  # frames that waited in the spill (none of them lost)
+        self.inbound_dropped = 0  # frames lost: ring full and spill full, or the ring no longer this call's
         self.inbound_late = 0
         self.inbound_max_late_ms = 0.0
         self.last_timestamp_ms: int | None = None  # of the last media frame taken in
@@ -87,8 +95,38 @@ class CallAudio:
         data = pcm.tobytes()
         cap = self.inbound.ring.capacity
         for start in range(0, len(data), cap):
-            if not self.inbound.write(data[start:start + cap], self.inbound_rate, t_ns):
+            self._take_in(data[start:start + cap], t_ns)
+
+    def _take_in(self, payload: bytes, t_ns: int) -> None:
+        """Into the ring behind whatever waits in the spill; into the spill if the ring is full (its oldest frame
+        dropped if that is full too)."""
+        self.flush_spill()
+        if not self._spill and (self._spill_max_bytes <= 0 or self.inbound.has_room()):
+            if not self.inbound.write(payload, self.inbound_rate, t_ns):
                 self.inbound_dropped += 1
+            return
+        self._spill.append((payload, t_ns))
+        self._spill_bytes += len(payload)
+        self.inbound_spilled += 1
+        while self._spill_bytes > self._spill_max_bytes:
+            self._spill_bytes -= len(self._spill.popleft()[0])
+            self.inbound_dropped += 1
+
+    def flush_spill(self) -> int:
+        """Move what waits in the spill into the ring, oldest first, while it has room; returns frames moved."""
+        moved = 0
+        while self._spill and self.inbound.has_room():
+            payload, t_ns = self._spill.popleft()
+            self._spill_bytes -= len(payload)
+            moved += 1
+            if not self.inbound.write(payload, self.inbound_rate, t_ns):
+                self.inbound_dropped += 1
+        return moved
+
+    @property
+    def spill_frames(self) -> int:
+        """Frames waiting in the spill now."""
+        return len(self._spill)
 
     def _note_arrival(self, t_ns: int, timestamp_ms: int) -> None:
         """Lateness against the line's schedule, anchored on the earliest-arriving frame so far."""

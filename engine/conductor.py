@@ -19,7 +19,9 @@ spans); the transport marks the last frame of each span; Twilio echoes a mark on
 that audio has played. On a barge-in the conductor reports to the LLM exactly the
 spans whose audio played before the `clear`, plus the played share of the span in
 progress, cut to whole words. Marks Twilio echoes after a `clear` (it echoes the
-cleared ones too) are not evidence of playback and are ignored.
+cleared ones too) are not evidence of playback and are ignored. The conductor keeps
+that history too (engine.heard_history), built as the LLM builds its own, and hands
+it to a restarted LLM process before anything else.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from engine.conductor_io import (
     PrepareReply,
     ReportHeard,
     RequestReply,
+    RestoreHistory,
     Speak,
     Tick,
 )
 from engine.config import ConversationSection
+from engine.heard_history import HeardHistory
 from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 
@@ -85,6 +89,7 @@ class _Reply:
     audio: bool = False
     done: bool = False  # its last span has played
     provisional: bool = False  # started at a pause: held until the turn is over as transcribed
+    llm: bool = True  # made by the LLM (not a line the TTS says for the transport): it joins the LLM's dialogue
 
 
 _PUNCTUATION = re.compile(r"[^\w\s']")
@@ -117,6 +122,7 @@ class Conductor:
         self.interruptions = 0
         self.backchannels = 0
         self.provisional = {"started": 0, "committed": 0, "discarded": 0}
+        self.history = HeardHistory()
 
     # --- dispatch -------------------------------------------------------------------------
     def handle(self, event: Event, now: float, played: int | None = None) -> list[Action]:
@@ -177,6 +183,7 @@ class Conductor:
             if text and same_words(reply.caller_text, text):
                 reply.provisional = False
                 self.provisional["committed"] += 1
+                self.history.asked(reply.caller_text)
                 self.phase = Phase.THINKING  # its audio may be waiting already: AudioStarted says when it leaves
                 return [CommitReply(reply.gen), Note("provisional reply committed", reply.gen)]
             actions = self._discard_provisional("the final transcript differs")
@@ -238,6 +245,7 @@ class Conductor:
     def _request(self, now: float, caller_text: str) -> list[Action]:
         actions = self._abandon()
         reply = self._new_reply(now, caller_text=caller_text)
+        self.history.asked(caller_text)
         return [*actions, RequestReply(reply.gen, caller_text=caller_text)]
 
     def _say_via_llm(self, text: str, now: float, closing: bool = False) -> list[Action]:
@@ -248,6 +256,7 @@ class Conductor:
     def _speak(self, text: str, now: float, closing: bool = False) -> list[Action]:
         actions = self._abandon()
         reply = self._new_reply(now, closing=closing)
+        reply.llm = False
         return [*actions, Speak(reply.gen, text)]
 
     def _abandon(self) -> list[Action]:
@@ -264,6 +273,7 @@ class Conductor:
         if reply.provisional:
             return [CancelReply(reply.gen), DiscardReply(reply.gen)], ""
         heard = self._heard(reply, played)
+        self.history.heard(reply.gen, heard)
         return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard)], heard
 
     def _interrupt(self, played: int | None, why: str) -> list[Action]:
@@ -307,6 +317,9 @@ class Conductor:
             return []
         reply.done = True
         self.idle_since = now
+        if reply.llm:
+            spans = sorted(reply.spans.values(), key=lambda s: s.index)
+            self.history.played(reply.gen, " ".join(s.text for s in spans if s.text))
         if reply.closing:
             self.phase = Phase.ENDED
             return [HangUp("said goodbye")]
@@ -343,6 +356,19 @@ class Conductor:
 
     # --- faults ---------------------------------------------------------------------------
     def _peer_restarted(self, proc: ProcName, now: float, played: int | None) -> list[Action]:
+        if proc != "llm":
+            return self._work_lost(proc, now, played)
+        # The new LLM knows nothing of the call: its dialogue goes first, less a turn about to be asked again.
+        if self.reply is not None and self._ask_again(self.reply):
+            self.history.retract(self.reply.caller_text)
+        return [RestoreHistory(tuple(self.history.turns())), *self._work_lost(proc, now, played)]
+
+    def _ask_again(self, reply: _Reply) -> bool:
+        """After an LLM restart, the reply is asked for again: nothing of it was heard yet, and it answers the
+        caller (once only)."""
+        return self.phase is Phase.THINKING and bool(reply.caller_text) and not reply.retried
+
+    def _work_lost(self, proc: ProcName, now: float, played: int | None) -> list[Action]:
         if proc in ("llm", "tts") and self.reply is not None and self.reply.provisional:
             return self._discard_provisional(f"{proc} restarted")  # the final transcript asks again
         reply = self.reply
@@ -358,7 +384,7 @@ class Conductor:
         if reply.closing:  # a goodbye cut short: end the call rather than start over
             self.phase = Phase.ENDED
             return [HangUp(f"{proc} restarted during the last line")]
-        if proc == "llm" and self.phase is Phase.THINKING and reply.caller_text and not reply.retried:
+        if proc == "llm" and self._ask_again(reply):
             # Nothing heard yet: ask the restarted LLM again, once.
             actions: list[Action] = [Note("llm restarted: retrying", reply.gen)]
             actions += self._request(now, reply.caller_text)

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
+from ipc.schema import (
+    EndOfTurn,
+    HistoryTurn,
+    ProcName,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechSustained,
+    Spoken,
+    Transcript,
+)
 
 # --- events ---------------------------------------------------------------------------------
 
@@ -127,6 +136,13 @@ class ReportHeard:
 
 
 @dataclass(frozen=True)
+class RestoreHistory:
+    """The LLM restarted knowing nothing of the call: give it the call's dialogue so far (before any new reply)."""
+
+    turns: tuple[HistoryTurn, ...]
+
+
+@dataclass(frozen=True)
 class HangUp:
     """End the call: close its stream, saying why."""
 
@@ -142,5 +158,5 @@ class Note:
     detail: str = ""
 
 
-Action = (Clear | CancelReply | RequestReply | PrepareReply | CommitReply | DiscardReply | Speak | ReportHeard | HangUp
-          | Note)
+Action = (Clear | CancelReply | RequestReply | PrepareReply | CommitReply | DiscardReply | Speak | ReportHeard
+          | RestoreHistory | HangUp | Note)

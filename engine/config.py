@@ -1,38 +1,23 @@
-"""Typed engine configuration: a TOML file, then `ENGINE_<SECTION>__<KEY>` environment overrides.
+"""Typed engine configuration: every section, key and default, with what each means.
 
-Everything is validated at start-up. A bad value is reported on one line that names
-the key and where it came from, e.g.
-
-    config error: transport.port = 70000 (from ENGINE_TRANSPORT__PORT): Expected `int` <= 65535
+`engine.config_load` reads it (a TOML file, then `ENGINE_<SECTION>__<KEY>` environment
+overrides) and validates it at start-up.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from ipc.schema import ProcName
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-ENV_PREFIX = "ENGINE_"
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,23}$")]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased so a person can fix it."""
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +38,8 @@ class EngineSection(_Section):
     runtime_dir: str = ""
     """Where bus sockets live; empty means the system temp dir."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_private: bool = False
+    """Write callers' phone numbers and what was said into the logs. Off: a placeholder (engine/privacy.py)."""
     trace_file: str = ""
     """Append latency trace events (JSON lines) here; read with `python -m engine trace FILE`. Empty: off."""
 
@@ -73,20 +60,44 @@ class TransportSection(_Section):
     host: str = "0.0.0.0"
     port: Port = 8080
     public_url: str = ""
-    """https URL Twilio reaches this host at (signatures are computed over it). Empty: taken from each request."""
+    """https URL Twilio reaches this host at: Twilio signs every request over it, so with validate_signatures
+    (the default) every Twilio request is refused until it is set. Request headers (Host, X-Forwarded-*) are
+    never trusted for it."""
     validate_signatures: bool = True
     """Refuse webhooks without a valid X-Twilio-Signature. Only turn off on a trusted test network."""
     stream_secret: str = ""
     """Key that signs per-call stream tokens. Empty: a random one per engine run."""
-    stream_token_ttl_s: Positive = 300.0
-    """How long after the webhook answered a call its media stream may still connect."""
+    stream_token_ttl_s: Positive = 60.0
+    """How long after the webhook answered a call its media stream may still connect (Twilio connects within a
+    second or two). The line is held for the call until then, and a token opens one stream only."""
     inbound_rate: Literal[8000, 16000] = 16000
     """Sample rate of the caller audio written to the inbound rings (the speech models want 16 kHz)."""
+    inbound_spill_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
+    """Caller audio kept while a call's inbound ring is full (the speech process restarting takes longer than the
+    ring holds), written to the ring once it has room: none is lost. 0: a full ring drops."""
     outbound_lead_ms: Annotated[int, msgspec.Meta(ge=40, le=2000)] = 200
     """How far ahead of real-time playback audio is sent to Twilio: small, so `clear` silences fast."""
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 65536
     stream_idle_timeout_s: Positive = 10.0
-    """A Media Stream that sends nothing for this long is dead (Twilio sends media every 20 ms)."""
+    """A Media Stream that sends nothing for this long is dead (Twilio sends media every 20 ms; pings do not
+    count)."""
+    start_timeout_s: Positive = 10.0
+    """A Media Stream must say `start` this long after its upgrade, or it is closed (1008); pings do not count."""
+    request_timeout_s: Positive = 15.0
+    """An HTTP connection must deliver a whole request within this long of opening or of its last answer, and a
+    webhook its body within this long of its headers: a client that trickles bytes holds no socket for long."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    """Open TCP connections at most (calls, webhooks, /health); more are closed at accept, with a log line."""
+    max_unstarted_streams: Annotated[int, msgspec.Meta(ge=1)] = 32
+    """Media Stream sockets past the upgrade that have not said `start` yet, at most; more are refused (503)."""
+    send_timeout_s: Positive = 5.0
+    """A send to a caller that cannot drain within this long ends that call: its network stopped reading."""
+    send_buffer_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1 << 24)] = 65536
+    """Per Media Stream: the kernel's send buffer and the event loop's write buffer limit. About 4 s of audio,
+    where the kernel's own tuning lets a socket nobody reads swallow minutes of it before a send blocks."""
+    health_token: str = ""
+    """/health answers loopback clients only; with a token set, also anyone sending `Authorization: Bearer
+    <token>`."""
     recordings_dir: str = ""
     """Per-call WAV (both directions) + JSONL events go here; empty: no recording."""
 
@@ -278,114 +289,3 @@ class Config(_Section):
     @classmethod
     def from_bytes(cls, data: bytes) -> Config:
         return msgspec.msgpack.decode(data, type=cls)
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are TOML values when they parse as one (42, 0.5, true, ["a"]), else strings."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    sections = {f.name for f in msgspec.structs.fields(Config)}
-    overrides: dict[str, dict[str, Any]] = {}
-    origin: dict[str, str] = {}
-    for var, raw in environ.items():
-        m = re.fullmatch(rf"{ENV_PREFIX}([A-Z0-9_]+?)__([A-Z0-9_]+)", var)
-        if not m:
-            continue
-        section, key = m.group(1).lower(), m.group(2).lower()
-        if section not in sections:
-            raise ConfigError(f"config error: {var}: no section [{section}] (sections: {', '.join(sorted(sections))})")
-        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
-        origin[f"{section}.{key}"] = var
-    return overrides, origin
-
-
-def _validation_message(exc: msgspec.ValidationError, data: dict[str, Any], origin: dict[str, str]) -> str:
-    text = str(exc)
-    unknown = re.fullmatch(r"Object contains unknown field `(\w+)`(?: - at `\$\.(\w+)`)?", text)
-    if unknown:
-        field, section = unknown.group(1), unknown.group(2)
-        if section is None:
-            return f"config error: [{field}]: unknown section"
-        key = f"{section}.{field}"
-        hint = f" (from {origin[key]})" if key in origin else ""
-        return f"config error: {key}{hint}: unknown key"
-    located = re.search(r" - at `\$\.([\w.\[\]]+)`$", text)
-    if not located:
-        return f"config error: {text}"
-    key = located.group(1)
-    reason = text[: located.start()]
-    section, _, field = key.partition(".")
-    value = data.get(section, {}).get(field) if field else None
-    shown = f" = {value!r}" if field and value is not None else ""
-    hint = f" (from {origin[key]})" if key in origin else ""
-    return f"config error: {key}{shown}{hint}: {reason}"
-
-
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read, merge and validate the configuration; raises ConfigError with a one-line message."""
-    data: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config error: file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config error: {p}: not valid TOML: {exc}") from None
-        for section, values in data.items():
-            if isinstance(values, dict):
-                for key in values:
-                    origin[f"{section}.{key}"] = str(p)
-    env = dict(os.environ if environ is None else environ)
-    for key in ("account_sid", "auth_token", "from_number"):
-        if env.get(f"TWILIO_{key.upper()}"):
-            data.setdefault("twilio", {}).setdefault(key, env[f"TWILIO_{key.upper()}"])
-            origin.setdefault(f"twilio.{key}", f"TWILIO_{key.upper()}")
-    overrides, env_origin = _env_overrides(env)
-    for section, values in overrides.items():
-        existing = data.setdefault(section, {})
-        if not isinstance(existing, dict):
-            raise ConfigError(f"config error: {section}: expected a table")
-        existing.update(values)
-    origin.update(env_origin)
-    try:
-        cfg = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_validation_message(exc, data, origin)) from None
-    _check(cfg, origin)
-    return cfg
-
-
-def _check(cfg: Config, origin: dict[str, str]) -> None:
-    """Rules that span values or need more than a type."""
-
-    def fail(key: str, value: Any, why: str) -> None:
-        hint = f" (from {origin[key]})" if key in origin else ""
-        raise ConfigError(f"config error: {key} = {value!r}{hint}: {why}")
-
-    slots = cfg.ring.slots
-    if slots & (slots - 1):
-        fail("ring.slots", slots, "must be a power of two")
-    if cfg.llm.backend == "openai" and not cfg.llm.base_url:
-        fail("llm.base_url", "", "the openai backend needs the server's /v1 URL")
-    if cfg.speech.pause_ms >= cfg.speech.end_silence_ms:
-        fail("speech.pause_ms", cfg.speech.pause_ms, "must be shorter than speech.end_silence_ms")
-    if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:
-        fail("supervisor.heartbeat_timeout_s", cfg.supervisor.heartbeat_timeout_s,
-             "must exceed twice supervisor.heartbeat_interval_s")
-    # ipc:// socket paths are limited to 107 bytes; check the longest one this config can produce.
-    longest = cfg.runtime_base / f"{cfg.engine.instance}-4194304" / "supervisor.urgent"
-    if len(str(longest)) > 107:
-        fail("engine.runtime_dir", str(cfg.runtime_base),
-             f"too long: socket paths such as {longest} exceed the 107-byte Unix socket limit")
-    if cfg.transport.public_url and not re.fullmatch(r"https?://[^/\s]+", cfg.transport.public_url.rstrip("/")):
-        fail("transport.public_url", cfg.transport.public_url,
-             "must be an http(s) URL with no path, such as https://voice.example.com")
-    if cfg.twilio.from_number and not re.fullmatch(r"\+[1-9]\d{6,14}", cfg.twilio.from_number):
-        fail("twilio.from_number", cfg.twilio.from_number, "must be an E.164 number such as +15551234567")

@@ -10,6 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_CALLER_CHARS = 2000
+"""The most of the caller's words one user turn keeps (~450 tokens): a caller talking on over the bot, turn after
+turn, is merged into one turn, which must not grow without end. The latest words are kept."""
+
+
+def latest_words(text: str, limit: int) -> str:
+    """The end of `text` in at most `limit` characters, cut at a word boundary and marked as cut."""
+    if len(text) <= limit:
+        return text
+    start = len(text) - limit + 1  # room for the mark
+    if not text[start - 1].isspace():  # a word cut in two: drop what is left of it
+        space = text.find(" ", start)
+        if 0 <= space < len(text) - 1:
+            start = space + 1
+    return "…" + text[start:].lstrip()
+
 
 @dataclass
 class Turn:
@@ -24,17 +40,19 @@ class Turn:
 class Dialogue:
     """One call's chat history as the model sees it: what the caller said, and what the caller heard."""
 
-    def __init__(self, system_prompt: str, max_turns: int = 40) -> None:
+    def __init__(self, system_prompt: str, max_turns: int = 40, max_caller_chars: int = MAX_CALLER_CHARS) -> None:
         self.system_prompt = system_prompt
         self.max_turns = max_turns
+        self.max_caller_chars = max_caller_chars
         self.turns: list[Turn] = []
 
     def add_user(self, text: str) -> None:
-        """Caller input. Consecutive user turns (e.g. speech then DTMF) are merged."""
+        """Caller input. Consecutive user turns (e.g. speech then DTMF) are merged, keeping the latest
+        `max_caller_chars`."""
         if self.turns and self.turns[-1].role == "user":
-            self.turns[-1].text = f"{self.turns[-1].text} {text}".strip()
+            self.turns[-1].text = latest_words(f"{self.turns[-1].text} {text}".strip(), self.max_caller_chars)
         else:
-            self.turns.append(Turn("user", text))
+            self.turns.append(Turn("user", latest_words(text, self.max_caller_chars)))
         self._trim()
 
     def add_assistant(self, gen: int, text: str) -> None:
@@ -66,10 +84,13 @@ class Dialogue:
         turns = [*self.turns, Turn("user", then_user)] if then_user is not None else self.turns
         for turn in turns:
             text = f"{turn.text} [interrupted by the caller]" if turn.interrupted else turn.text
-            if out[-1]["role"] == turn.role:
+            if out[-1]["role"] == turn.role:  # e.g. the caller's turns either side of a reply nobody heard
                 out[-1]["content"] += " " + text
             else:
                 out.append({"role": turn.role, "content": text})
+        for message in out[1:]:
+            if message["role"] == "user":
+                message["content"] = latest_words(message["content"], self.max_caller_chars)
         return out
 
     def _assistant(self, gen: int) -> Turn | None:

@@ -48,6 +48,9 @@ class LlmBackend(Protocol):
         """Read `messages` into the model's context cache ahead of the reply that will extend them (a no-op for
         backends whose server caches prefixes by itself)."""
 
+    def close(self) -> None:
+        """Release the model and whatever it started (vLLM's engine-core process). Once: no call after it."""
+
 
 def resolve_gguf(name: str) -> Path:
     if name in BUNDLED_GGUF:
@@ -112,6 +115,10 @@ class LlamaCppBackend:
         request reuses."""
         self.stream(messages, lambda delta: True, 1, slot)
 
+    def close(self) -> None:
+        """The server, its model and its KV memory go (no request may be in flight)."""
+        self._server = None
+
 
 class OpenAIBackend:
     """Any OpenAI-compatible streaming chat server (a vLLM fleet), over HTTP server-sent events."""
@@ -126,6 +133,9 @@ class OpenAIBackend:
 
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """A server with prefix caching (vLLM) keeps the dialogue by itself."""
+
+    def close(self) -> None:
+        """Nothing held between requests."""
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         body = json.dumps({"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
@@ -164,6 +174,9 @@ class EchoBackend:
 
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """No model: nothing to read in."""
+
+    def close(self) -> None:
+        """No model: nothing to release."""
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

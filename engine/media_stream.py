@@ -129,9 +129,11 @@ class Dtmf(msgspec.Struct):
 
 
 class MarkEcho(msgspec.Struct):
-    """Twilio played the audio up to the mark it echoes (or dropped it on a clear)."""
+    """Twilio played the audio up to the mark it echoes (or dropped it on a clear); `seq` is the number our marks
+    are named with, None for a name that is not one."""
 
     name: str
+    seq: int | None = None
 
 
 class Stopped(msgspec.Struct):
@@ -155,11 +157,11 @@ DTMF_DIGITS = frozenset("0123456789*#ABCD")
 class MediaStreamSession:
     """Protocol state of one Media Streams socket.
 
-    `verify_token(custom_parameters, call_sid)` returns None when the stream may
-    attach, else the reason to refuse it.
+    `verify_token(custom_parameters, call_sid, account_sid)` returns None when the
+    stream may attach, else the reason to refuse it.
     """
 
-    def __init__(self, verify_token: Callable[[dict[str, str], str], str | None]) -> None:
+    def __init__(self, verify_token: Callable[[dict[str, str], str, str], str | None]) -> None:
         self._verify_token = verify_token
         self.state: State = "connecting"
         self.stream_sid = ""
@@ -189,6 +191,10 @@ class MediaStreamSession:
             return self._reject(CLOSE_INVALID, f"invalid Media Streams message: {exc}"[:120])
         except msgspec.DecodeError:
             return self._reject(CLOSE_INVALID, "malformed JSON")
+        except RecursionError:  # nested past msgspec's depth limit: no message of Twilio's is
+            return self._reject(CLOSE_INVALID, "message nested too deep")
+        if (bad := _overlong_number(msg)) is not None:
+            return self._reject(CLOSE_INVALID, f"{bad} is not a number Twilio sends")
         if isinstance(msg, _Connected):
             if self.state != "connecting":
                 return self._reject(CLOSE_POLICY, "connected sent twice")
@@ -208,7 +214,8 @@ class MediaStreamSession:
                 return self._reject(CLOSE_INVALID, "invalid DTMF digit")
             return Dtmf(msg.dtmf.digit)
         if isinstance(msg, _Mark):
-            return MarkEcho(msg.mark.name)
+            name = msg.mark.name
+            return MarkEcho(name, int(name) if _is_number(name) else None)
         self.state = "stopped"
         return Stopped()
 
@@ -224,7 +231,7 @@ class MediaStreamSession:
             return self._reject(CLOSE_INVALID, "start without streamSid or callSid")
         if msg.streamSid and msg.streamSid != info.streamSid:
             return self._reject(CLOSE_POLICY, "wrong streamSid")
-        refusal = self._verify_token(info.customParameters, info.callSid)
+        refusal = self._verify_token(info.customParameters, info.callSid, info.accountSid)
         if refusal is not None:
             return self._reject(CLOSE_POLICY, refusal)
         self.state = "streaming"
@@ -257,9 +264,24 @@ class MediaStreamSession:
         self.last_seq = seq
 
 
+MAX_DIGITS = 19  # an int64: Twilio's sequence numbers and timestamps; longer ones would make int() slow, then raise
+
+
 def _is_number(text: str) -> bool:
-    """Decimal ASCII digits only: str.isdigit() also takes "²" and other digits that int() refuses."""
-    return text.isascii() and text.isdigit()
+    """Decimal ASCII digits only, and not too many: str.isdigit() also takes "²" and other digits that int()
+    refuses, and int() refuses more than 4,300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
+
+
+def _overlong_number(msg: _In) -> str | None:
+    """The name of a numeric field (sequenceNumber, timestamp, chunk) longer than any Twilio sends, if any."""
+    fields = {"sequenceNumber": getattr(msg, "sequenceNumber", "")}
+    if isinstance(msg, _Media):
+        fields.update(timestamp=msg.media.timestamp, chunk=msg.media.chunk)
+    for name, text in fields.items():
+        if len(text) > MAX_DIGITS and text.isascii() and text.isdigit():
+            return name
+    return None
 
 
 # --- what we send -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.codec import Pcm16
+from engine.onnx_session import cpu_session
 
 FIRST_FRAMES = 16  # 16 x 256 samples = 186 ms of 22.05 kHz audio in the first chunk
 NEXT_FRAMES = 128  # then 1.5 s at a time: each chunk decodes 2 x CONTEXT frames more than it keeps
@@ -63,6 +64,16 @@ def split_voice(model: Path, cache_dir: Path) -> tuple[Path, Path]:
     return encoder, decoder
 
 
+def piper_voice(model: Path, session: Any) -> Any:
+    """A `piper.PiperVoice` of `model` (its config beside it, `<model>.json`) that runs `session`: Piper's own
+    `load` would make a session of its choosing (with onnxruntime's memory arena), ours has none."""
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text(encoding="utf-8")))
+    return PiperVoice(session=session, config=config)
+
+
 def chunks(frames: int, first: int = FIRST_FRAMES, then: int = NEXT_FRAMES) -> list[tuple[int, int]]:
     """[start, end) latent frames of each chunk to decode, in order."""
     out, start = [], 0
@@ -76,24 +87,20 @@ def chunks(frames: int, first: int = FIRST_FRAMES, then: int = NEXT_FRAMES) -> l
 class StreamingPiper:
     """Piper's voice, synthesised a sentence at a time and decoded in chunks: a `TtsBackend`."""
 
-    def __init__(self, model: Path, cache_dir: Path, *, threads: int = 1, gain: float = GAIN) -> None:
-        import onnxruntime as ort
-        from piper import PiperVoice
-
-        self._voice: Any = PiperVoice.load(str(model))  # its phonemizer and config; its session is not used
+    def __init__(self, model: Path, cache_dir: Path, *, threads: int = 1, gain: float = GAIN,
+                 arena: bool = False) -> None:
+        """`arena` turns onnxruntime's CPU memory arena back on, whose RSS only grows (engine/onnx_session.py): for
+        bench/tts_rss.py's comparison only."""
+        self._voice: Any = piper_voice(model, session=None)  # its phonemizer and config; never the whole graph
         config = self._voice.config
         self.sample_rate = int(config.sample_rate)
         self.hop = int(config.hop_length)
         self.gain = gain
         self._scales = np.array([config.noise_scale, config.length_scale, config.noise_w_scale], np.float32)
         encoder, decoder = split_voice(model, cache_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self._encoder = ort.InferenceSession(str(encoder), sess_options=opts, providers=["CPUExecutionProvider"])
-        self._decoder = ort.InferenceSession(str(decoder), sess_options=opts, providers=["CPUExecutionProvider"])
+        self._encoder = cpu_session(encoder, threads, arena=arena)
+        self._decoder = cpu_session(decoder, threads, arena=arena)
         self._latent_name = self._decoder.get_inputs()[0].name
-        self._voice.session = None  # the whole graph is not needed: free it
 
     def latents(self, text: str) -> Iterator[np.ndarray]:
         """Each sentence of `text` as its latent, (1, channels, frames)."""

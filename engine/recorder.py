@@ -2,13 +2,16 @@
 
 The transport's event loop only enqueues; one writer thread does the file I/O and
 flushes each file at least once a second, rewriting the WAV header's sizes each
-time, so a crash loses at most the last second and leaves playable files.
+time, so a crash loses at most the last second and leaves playable files. What
+waits for the writer is bounded (a stalled disk drops audio, not memory), and the
+files are private to this user (engine/private_files.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import struct
 import threading
@@ -18,9 +21,13 @@ from typing import IO, Any
 
 import msgspec
 
+from engine.private_files import new_private_dir, new_private_file, private_root
+
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 1.0
+MAX_QUEUED_AUDIO_BYTES = 16 << 20  # 16 MiB: ~9 min of one call both ways, ~30 s of 16 calls' audio
+MAX_QUEUED_EVENTS = 20_000
 _WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 
 
@@ -30,10 +37,10 @@ def wav_header(sample_rate: int, data_bytes: int) -> bytes:
 
 
 class _WavFile:
-    def __init__(self, path: Path, sample_rate: int) -> None:
+    def __init__(self, f: IO[bytes], sample_rate: int) -> None:
         self.rate = sample_rate
         self.data_bytes = 0
-        self.f: IO[bytes] = open(path, "wb")  # noqa: SIM115 (closed by CallRecording.close)
+        self.f = f
         self.f.write(wav_header(sample_rate, 0))
 
     def write(self, pcm: bytes) -> None:
@@ -53,11 +60,20 @@ class _WavFile:
 
 
 class _CallFiles:
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.inbound = _WavFile(directory / "inbound.wav", 8000)
-        self.outbound = _WavFile(directory / "outbound.wav", 8000)
-        self.events: IO[bytes] = open(directory / "events.jsonl", "ab")  # noqa: SIM115
+    """One call's three files, each new, 0600, in a new 0700 directory (engine/private_files.py)."""
+
+    def __init__(self, dir_fd: int) -> None:
+        opened: list[IO[bytes]] = []
+        try:
+            for name in ("inbound.wav", "outbound.wav", "events.jsonl"):
+                opened.append(new_private_file(dir_fd, name))
+        except BaseException:
+            for f in opened:
+                f.close()
+            raise
+        self.inbound = _WavFile(opened[0], 8000)
+        self.outbound = _WavFile(opened[1], 8000)
+        self.events = opened[2]
 
     def flush(self) -> None:
         self.inbound.flush()
@@ -71,31 +87,97 @@ class _CallFiles:
 
 
 class Recorder:
-    """Owns the writer thread. `open`, `audio`, `event` and `close` never block the caller."""
+    """Owns the writer thread. `open`, `audio`, `event` and `close` never block the caller.
 
-    def __init__(self, root: Path) -> None:
+    A disk slower than the calls must not grow memory without end: past `max_queued_audio_bytes` of audio (or
+    `max_queued_events` events) waiting for the writer, new ones are dropped and counted, with one warning per
+    call; the call's `events.jsonl` then ends with how much was dropped. `open` and `close` are never dropped.
+    """
+
+    def __init__(self, root: Path, *, max_queued_audio_bytes: int = MAX_QUEUED_AUDIO_BYTES,
+                 max_queued_events: int = MAX_QUEUED_EVENTS) -> None:
         self.root = root
+        self.max_queued_audio_bytes = max_queued_audio_bytes
+        self.max_queued_events = max_queued_events
         self._queue: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the queued amounts: the event loop adds, the writer takes away
+        self._queued_audio_bytes = 0
+        self._queued_events = 0
+        self._dropping: dict[str, dict[str, int]] = {}  # call -> what of it was dropped so far
+        self.errors = 0
+        self.dropped_audio_bytes = 0
+        self.dropped_events = 0
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
-        self.errors = 0
 
     def open(self, call_id: str) -> None:
         self._queue.put((call_id, "open", None))
 
     def audio(self, call_id: str, direction: str, pcm: bytes) -> None:
+        with self._lock:
+            if self._queued_audio_bytes + len(pcm) > self.max_queued_audio_bytes:
+                self.dropped_audio_bytes += len(pcm)
+                self._dropped(call_id, "audio_bytes", len(pcm))
+                return
+            self._queued_audio_bytes += len(pcm)
         self._queue.put((call_id, direction, pcm))
 
     def event(self, call_id: str, event: dict[str, Any]) -> None:
+        with self._lock:
+            if self._queued_events >= self.max_queued_events:
+                self.dropped_events += 1
+                self._dropped(call_id, "events", 1)
+                return
+            self._queued_events += 1
         self._queue.put((call_id, "event", event))
 
     def close(self, call_id: str) -> None:
-        self._queue.put((call_id, "close", None))
+        with self._lock:
+            dropped = self._dropping.pop(call_id, None)
+        if dropped:
+            log.warning("recording %s is missing %d bytes of audio and %d events: the disk fell behind", call_id,
+                        dropped.get("audio_bytes", 0), dropped.get("events", 0))
+        self._queue.put((call_id, "close", dropped))
 
     def stop(self) -> None:
         """Flush and close everything; waits for the writer thread."""
         self._queue.put(("", "stop", None))
         self._thread.join(10)
+
+    def _dropped(self, call_id: str, what: str, n: int) -> None:
+        """Holding `_lock`: count what was dropped of `call_id`; warn at its first drop only."""
+        dropped = self._dropping.get(call_id)
+        if dropped is None:
+            dropped = self._dropping[call_id] = {}
+            log.warning("recording %s: the disk is falling behind; dropping its audio and events until it "
+                        "catches up", call_id)
+        dropped[what] = dropped.get(what, 0) + n
+
+    def _taken(self, kind: str, payload: Any) -> None:
+        """The writer took an item off the queue: it no longer counts against the bound."""
+        if kind in ("inbound", "outbound"):
+            with self._lock:
+                self._queued_audio_bytes -= len(payload)
+        elif kind == "event":
+            with self._lock:
+                self._queued_events -= 1
+
+    def _open_call(self, call_id: str) -> _CallFiles:
+        """A new directory for the call, never one already there: the same call streaming again gets `-2`, `-3`...
+        A symlink or file where a directory is to go is refused (UnsafePath), not followed."""
+        private_root(self.root)
+        safe = "".join(c for c in call_id if c.isalnum() or c in "-_")
+        n = 1
+        while True:
+            try:
+                dir_fd = new_private_dir(self.root, safe if n == 1 else f"{safe}-{n}")
+                break
+            except FileExistsError:
+                n += 1
+        try:
+            return _CallFiles(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _run(self) -> None:
         calls: dict[str, _CallFiles] = {}
@@ -106,6 +188,7 @@ class Recorder:
                 call_id, kind, payload = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
             except queue.Empty:
                 call_id, kind, payload = "", "tick", None
+            self._taken(kind, payload)
             try:
                 if kind == "stop":
                     for files in calls.values():
@@ -113,12 +196,7 @@ class Recorder:
                             files.close()
                     return
                 if kind == "open":
-                    safe = "".join(c for c in call_id if c.isalnum() or c in "-_")
-                    directory, n = self.root / safe, 1
-                    while directory.exists():  # the same call streaming again: never overwrite its first part
-                        n += 1
-                        directory = self.root / f"{safe}-{n}"
-                    calls[call_id] = _CallFiles(directory)
+                    calls[call_id] = self._open_call(call_id)
                 elif call_id in calls:
                     files = calls[call_id]
                     if kind == "inbound":
@@ -128,8 +206,11 @@ class Recorder:
                     elif kind == "event":
                         files.events.write(encoder.encode(payload) + b"\n")
                     elif kind == "close":
-                        calls.pop(call_id).close()
-            except Exception as exc:  # a full disk (or anything else) must not take the transport down
+                        files = calls.pop(call_id)
+                        if payload:  # the recording has gaps: say so where it is read
+                            files.events.write(encoder.encode({"event": "recording_dropped", **payload}) + b"\n")
+                        files.close()
+            except Exception as exc:  # a full disk, a planted symlink, anything: the transport goes on
                 self.errors += 1
                 log.error("recording %s failed: %s", call_id or "(all)", exc)
             if time.monotonic() >= next_flush:

@@ -23,13 +23,18 @@ TOKEN_PARAMETER = "token"
 
 
 class StreamTokens:
-    """HMAC-signed tokens `<call_sid>.<expiry unix s>.<hex mac>`."""
+    """HMAC-signed tokens `<call_sid>.<expiry unix s>.<hex mac>`, each good for one stream.
+
+    A token that opened a stream is spent: its CallSid is remembered until the token would have expired anyway,
+    so a captured token cannot attach a second stream to the call, during it or after it.
+    """
 
     def __init__(self, secret: bytes, ttl_s: float) -> None:
         if len(secret) < 16:
             raise ValueError("stream token secret must be at least 16 bytes")
         self._secret = secret
         self.ttl_s = ttl_s
+        self._spent: dict[str, int] = {}  # call sid -> its token's expiry: forgotten once that has passed
 
     def _mac(self, call_sid: str, expiry: int) -> str:
         return hmac.new(self._secret, f"{call_sid}.{expiry}".encode(), hashlib.sha256).hexdigest()
@@ -41,16 +46,29 @@ class StreamTokens:
     def verify(self, token: str, call_sid: str, now: float | None = None) -> str | None:
         """None when the token is good for `call_sid`, else why not."""
         parts = token.split(".")
-        if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
+        # ASCII only (compare_digest refuses other str), and an expiry int() takes (up to 4,300 digits).
+        if len(parts) != 3 or not token.isascii() or not parts[1].isdigit() or len(parts[1]) > 12:
             return "malformed stream token"
         sid, expiry, mac = parts[0], int(parts[1]), parts[2]
         if not hmac.compare_digest(mac, self._mac(sid, expiry)):
             return "stream token signature does not verify"
         if sid != call_sid:
             return "stream token belongs to another call"
-        if (time.time() if now is None else now) > expiry:
+        now = time.time() if now is None else now
+        if now > expiry:
             return "stream token expired"
+        if sid in self._spent:
+            return "stream token already used"
         return None
+
+    def spend(self, token: str, call_sid: str, now: float | None = None) -> str | None:
+        """`verify`, and if the token is good, use it up: None when the stream may attach, else why not."""
+        now = time.time() if now is None else now
+        refusal = self.verify(token, call_sid, now)
+        if refusal is None:
+            self._spent = {sid: expiry for sid, expiry in self._spent.items() if expiry >= now}
+            self._spent[call_sid] = int(token.split(".")[1])
+        return refusal
 
 
 def stream_url(public_url: str) -> str:

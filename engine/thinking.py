@@ -6,7 +6,8 @@ answers a `ReplyJob` when a reply is to be made. `Reply` makes one: it is fed th
 model's text deltas (or a line to say verbatim) and returns what to send on, in
 order: `Sentence`s for the TTS the moment each piece is speakable, and the trace
 `Stage`s it passed. `generate` drives a `Reply` from any `LlmBackend`; the process
-runs it on a worker thread, tests run it with a scripted backend.
+runs it on a worker thread, tests run it with a scripted backend. A restarted process
+learns each call's dialogue back from the transport (`History`, engine.heard_history).
 
 Cancellation is checked between deltas: once a reply is cancelled, its call ends or
 the process stops, nothing more of it is returned and the dialogue keeps only what
@@ -22,9 +23,9 @@ from typing import Literal
 
 from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
-from engine.dialogue import Dialogue
+from engine.dialogue import Dialogue, Turn
 from engine.llm import LlmBackend, Messages
-from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
+from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, History, HistoryTurn, Prepare, Respond, Sentence
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ class Mind:
             if pending.reply is not None:
                 self.dialogue.add_assistant(gen, pending.reply)
 
+    def restore(self, turns: list[HistoryTurn]) -> None:
+        """The dialogue a previous incarnation of this process had (the transport kept it): it replaces this one."""
+        with self.lock:
+            kept = [Turn(t.role, t.text, t.gen, t.interrupted) for t in turns]
+            self.dialogue.turns = kept[-self.dialogue.max_turns:]
+
     def cancel(self, gen: int) -> None:
         with self.lock:
             self.cancelled.add(gen)
@@ -115,12 +122,16 @@ class Thinking:
         self.slots = slots
         self.calls: CallTable[Mind] = CallTable()
         self.cancels = 0
-        self._early: EarlyMessages[Cancel] = EarlyMessages()
+        self._early: EarlyMessages[Cancel | History] = EarlyMessages()
 
-    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare) -> ReplyJob | None:
+    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare | History
+               ) -> ReplyJob | None:
         if isinstance(msg, CallStarted):
-            cancelled = {cancel.gen for cancel in self._early.release(msg.call_id)}
+            early = self._early.release(msg.call_id)
+            cancelled = {m.gen for m in early if isinstance(m, Cancel)}
             mind = Mind(Dialogue(self.system_prompt), cancelled=cancelled, slot=self._free_slot())
+            for history in (m for m in early if isinstance(m, History)):
+                mind.restore(history.turns)
             self.calls.start(msg.slot, msg.epoch, msg.call_id, mind)
         elif isinstance(msg, CallEnded):
             ended = self.calls.end(msg.slot, msg.epoch)
@@ -144,6 +155,12 @@ class Thinking:
                 with mind.lock:
                     messages = mind.dialogue.messages(then_user="")  # up to where the caller's words will go
                 return ReplyJob(msg.call_id, mind.latest, mind, messages, prepare=True)
+        elif isinstance(msg, History):  # after a restart of this process: the transport's from before it
+            call = self.calls.find(msg.call_id)
+            if call is None:
+                self._early.hold(msg.call_id, msg)  # the supervisor's replayed CallStarted comes by another way
+            else:
+                call.state.restore(msg.turns)
         elif isinstance(msg, Heard):
             call = self.calls.find(msg.call_id)
             if call is not None:

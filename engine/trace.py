@@ -26,6 +26,8 @@ import msgspec
 
 log = logging.getLogger("engine.trace")
 
+MAX_QUEUED = 10_000  # minutes of a busy engine's stages (~10 a reply)
+
 
 class TraceEvent(msgspec.Struct, kw_only=True):
     """One stage of one reply: when (monotonic ns) call `call`'s reply `gen` reached `stage`."""
@@ -37,27 +39,64 @@ class TraceEvent(msgspec.Struct, kw_only=True):
 
 
 class TraceSink:
-    """Appends trace events to a JSONL file from its own thread; `add` never blocks."""
+    """Appends trace events to a JSONL file from its own thread; `add` never blocks.
 
-    def __init__(self, path: Path) -> None:
+    At most `max_queued` events wait for the thread: past that (a stalled disk), or once the file cannot be
+    opened at all, events are dropped and counted in `dropped`, so tracing never grows memory.
+    """
+
+    def __init__(self, path: Path, *, max_queued: int = MAX_QUEUED) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.SimpleQueue[TraceEvent | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[TraceEvent | None] = queue.Queue(max_queued)
+        self._failed = False  # the file could not be opened: nothing will ever be written
+        self.written = 0
+        self._refused = 0  # counted by `add`'s thread
+        self._lost = 0  # counted by the writer thread
         self._thread = threading.Thread(target=self._write_loop, name="trace-sink", daemon=True)
         self._thread.start()
-        self.written = 0
 
     @classmethod
     def open(cls, path: str) -> TraceSink | None:
         """The sink for `engine.trace_file`; None when tracing is off (no path)."""
         return cls(Path(path)) if path else None
 
+    @property
+    def dropped(self) -> int:
+        """Events that never reached the file: refused when the queue was full or the file unusable, or lost to a
+        failed write."""
+        return self._refused + self._lost
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for the writer thread."""
+        return self._queue.qsize()
+
     def add(self, call: str, gen: int, stage: str, t_ns: int) -> None:
-        self._queue.put(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns))
+        if self._failed:
+            self._refused += 1
+            return
+        try:
+            self._queue.put_nowait(TraceEvent(call=call, gen=gen, stage=stage, t_ns=t_ns))
+        except queue.Full:
+            if not self._refused:
+                log.error("trace file %s is not keeping up: dropping trace events", self.path)
+            self._refused += 1
 
     def _write_loop(self) -> None:
         encoder = msgspec.json.Encoder()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.error("trace file %s: %s; tracing is off", self.path, exc)
+            self._failed = True
+            while True:  # free what was queued meanwhile
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                self._lost += item is not None
+        failing = False
         try:
             while True:
                 event = self._queue.get()
@@ -72,15 +111,23 @@ class TraceSink:
                     if lines:
                         os.write(fd, b"".join(lines))  # one write: the other processes' lines go before or after
                     self.written += len(lines)
+                    failing = False
                 except OSError as exc:  # a full disk must not take the calls down with it
-                    log.error("trace file %s: %s; %d events lost", self.path, exc, len(lines))
+                    self._lost += len(lines)
+                    if not failing:  # once per run of failures, not once per batch
+                        log.error("trace file %s: %s; dropping events until it is writable again", self.path, exc)
+                    failing = True
                 if None in batch:
                     return
         finally:
             os.close(fd)
 
     def close(self) -> None:
-        self._queue.put(None)
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=5)  # the writer is draining: room comes
+            except queue.Full:
+                return
         self._thread.join(5)
 
 

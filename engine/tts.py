@@ -46,12 +46,13 @@ class PiperTts:
     """Piper (onnxruntime) with a voice file: the bundled en_US-joe-medium or a .onnx path."""
 
     def __init__(self, voice: str = "en_US-joe-medium") -> None:
-        from piper import PiperVoice
+        from engine.onnx_session import cpu_session
+        from engine.piper_stream import piper_voice
 
         path = bundled_piper_voice() if voice == "en_US-joe-medium" else Path(voice).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"tts.voice = {voice!r}: not the bundled voice nor a Piper .onnx file")
-        self._voice: Any = PiperVoice.load(str(path))
+        self._voice: Any = piper_voice(path, cpu_session(path))
         self.sample_rate = int(self._voice.config.sample_rate)
 
     def synthesize(self, text: str) -> Iterator[Pcm16]:

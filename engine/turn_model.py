@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine.onnx_session import cpu_session
+
 Float32 = npt.NDArray[np.float32]
 RATE = 16000
 WINDOW = 8 * RATE
@@ -51,14 +53,9 @@ class SmartTurn:
     """The model in an onnxruntime session; `complete` scores a batch of turns at once."""
 
     def __init__(self, model_path: Path | None = None, threads: int = 1) -> None:
-        import onnxruntime as ort
         from faster_whisper.feature_extractor import FeatureExtractor
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session: Any = ort.InferenceSession(str(model_path or bundled_model_path()), sess_options=opts,
-                                                 providers=["CPUExecutionProvider"])
+        self.session: Any = cpu_session(model_path or bundled_model_path(), threads)
         self._features: Any = FeatureExtractor(feature_size=80, chunk_length=8)
 
     def features(self, audio: Float32) -> Float32:

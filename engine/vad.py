@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engine.onnx_session import cpu_session
+
 Float32 = npt.NDArray[np.float32]
 
 WINDOW = {16000: 512, 8000: 256}
@@ -56,13 +58,7 @@ class SileroVad:
     """The silero model in an onnxruntime session: one batched inference per round, for every call ready."""
 
     def __init__(self, model_path: Path | None = None, threads: int = 1) -> None:
-        import onnxruntime as ort  # here, not at import: the supervisor imports this module's process, not the model
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path or bundled_model_path()), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = cpu_session(model_path or bundled_model_path(), threads)
 
     def infer(self, windows: Float32, streams: list[VadStream]) -> Float32:
         """Speech probability of one window per stream, all in one inference. Updates the streams."""

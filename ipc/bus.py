@@ -109,7 +109,7 @@ class _BusBase(_Sending):
     def _decode(self, data: bytes) -> AnyMsg | None:
         try:
             return self.codec.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested past msgspec's depth limit
             self.bad_messages += 1
             log.error("%s: dropped an undecodable bus message (%d B): %s", self.name, len(data), exc)
             return None

@@ -196,6 +196,14 @@ class RingWriter:
         """The seq the next frame will carry (the transport names marks by seq)."""
         return self._seq
 
+    def has_room(self) -> bool:
+        """Whether a frame written now finds a free slot (it may still be refused for a stale epoch). Asking
+        counts no drop, so a producer with somewhere else to keep a frame can ask first."""
+        ring = self.ring
+        if (self._w - self._r_cached) & _MASK64 >= ring.slots:
+            self._r_cached = ring._read.load()
+        return (self._w - self._r_cached) & _MASK64 < ring.slots
+
     def write(self, payload: bytes | bytearray | memoryview, sample_rate: int,
               t_ns: int | None = None, flags: int = 0) -> bool:
         """Publish one frame; False (and counted) when the ring is full. Never blocks."""

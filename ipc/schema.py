@@ -233,6 +233,25 @@ class Heard(Msg):
     text: str
 
 
+class HistoryTurn(msgspec.Struct, kw_only=True):
+    """One turn of a call's dialogue in `History`: the caller's words, or what the caller heard of reply `gen`."""
+
+    role: Literal["user", "assistant"]
+    text: str
+    gen: int | None = None
+    interrupted: bool = False
+    """The caller cut this reply short: `text` is the part they heard."""
+
+
+class History(Msg):
+    """Transport -> llm, after the llm process restarted: a call's dialogue as the dead process had it (the caller's
+    words and what they heard, from engine.heard_history), to go on from. It replaces the dialogue the new process
+    has for the call, and comes before any reply asked for since the transport saw the restart."""
+
+    call_id: str
+    turns: list[HistoryTurn]
+
+
 class Spoken(Msg):
     """TTS -> transport: frames seq_first..seq_last of the outbound ring carry `text` of reply `gen`."""
 
@@ -246,7 +265,7 @@ class Spoken(Msg):
 
 
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained
-          | EndOfTurn | Transcript | SpeechResumed | Respond | Prepare | Commit | Sentence | Heard | Spoken)
+          | EndOfTurn | Transcript | SpeechResumed | Respond | Prepare | Commit | Sentence | Heard | History | Spoken)
 
 
 class Codec:

@@ -87,7 +87,12 @@ def unlink_segment(name: str) -> bool:
         return False
 
 
+PID_MAX = 1 << 22  # Linux's ceiling for pid_max: a bigger number in a name is no live process
+
+
 def pid_alive(pid: int) -> bool:
+    if pid > PID_MAX:
+        return False  # os.kill would raise OverflowError past a C int; no process has such a pid anyway
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,29 +102,61 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _run_pid(text: str) -> int | None:
+    """The supervisor pid a resource's name carries, or None when the name is not one a run writes (pid 0, a
+    leading zero). A pid past PID_MAX is returned: no process has it, so that run is over."""
+    if len(text) > 20 or text.startswith("0"):
+        return None
+    return int(text)
+
+
+def _ours(path: Path) -> bool:
+    """Made by this user: another user's engine (or anyone's lookalike) is not ours to sweep."""
+    try:
+        return path.lstat().st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
 def run_resources(instance: str, runtime_base: Path) -> tuple[list[tuple[str, int]], list[tuple[Path, int]]]:
-    """Every segment and runtime dir of `instance`, with the supervisor pid that made it."""
-    pattern = re.compile(rf"^{re.escape(instance)}-(\d+)-")
+    """Every segment and runtime dir of `instance` this user owns, with the supervisor pid that made it.
+
+    Anything else that merely looks like one (another user's, a name whose pid no process can have) is
+    skipped: the sweep must never be the reason a supervisor cannot start.
+    """
     segments = []
     if SHM_DIR.is_dir():
         for entry in SHM_DIR.iterdir():
-            m = pattern.match(entry.name)
-            if m:
-                segments.append((entry.name, int(m.group(1))))
+            pid = _matching_pid(entry, rf"^{re.escape(instance)}-(\d+)-")
+            if pid is not None:
+                segments.append((entry.name, pid))
     dirs = []
-    dir_pattern = re.compile(rf"^{re.escape(instance)}-(\d+)$")
     if runtime_base.is_dir():
         for entry in runtime_base.iterdir():
-            m = dir_pattern.match(entry.name)
-            if m and entry.is_dir():
-                dirs.append((entry, int(m.group(1))))
+            pid = _matching_pid(entry, rf"^{re.escape(instance)}-(\d+)$")
+            if pid is not None and entry.is_dir():
+                dirs.append((entry, pid))
     return segments, dirs
+
+
+def _matching_pid(entry: Path, pattern: str) -> int | None:
+    m = re.match(pattern, entry.name)
+    if not m:
+        return None
+    pid = _run_pid(m.group(1))
+    if pid is None:
+        log.debug("sweep: skipping %s: %s is no pid", entry, m.group(1))
+    elif not _ours(entry):
+        log.debug("sweep: skipping %s: another user's", entry)
+        return None
+    return pid
 
 
 def sweep_dead_runs(instance: str, runtime_base: Path) -> list[str]:
     """Unlink segments and remove socket dirs left by runs whose supervisor is gone.
 
-    Only for a supervisor's start-up, before it creates its own.
+    Only for a supervisor's start-up, before it creates its own. What cannot be removed is
+    logged and left: it must not stop the engine from starting.
     """
     removed: list[str] = []
     segments, dirs = run_resources(instance, runtime_base)
@@ -127,12 +164,19 @@ def sweep_dead_runs(instance: str, runtime_base: Path) -> list[str]:
     # (a container's PID 1 is always 1).
     me = os.getpid()
     for name, pid in segments:
-        if (pid == me or not pid_alive(pid)) and unlink_segment(name):
-            removed.append(str(SHM_DIR / name))
+        if pid == me or not pid_alive(pid):
+            try:
+                if unlink_segment(name):
+                    removed.append(str(SHM_DIR / name))
+            except OSError as exc:
+                log.warning("could not sweep %s: %s", SHM_DIR / name, exc)
     for path, pid in dirs:
         if pid == me or not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(str(path))
+            if path.exists():
+                log.warning("could not sweep %s", path)
+            else:
+                removed.append(str(path))
     for item in removed:
         log.warning("swept leftover of a dead engine run: %s", item)
     return removed

@@ -27,6 +27,7 @@ from ipc.bus import Bus
 from ipc.pool import RingPool
 from ipc.schema import AnyMsg, Heartbeat, ProcName, Ready, RunInfo, Shutdown
 from ipc.shm import unlink_segment
+from procs.process_group import lead_own_group
 
 log = logging.getLogger("engine.child")
 
@@ -59,6 +60,7 @@ def name_process(name: str) -> None:
 def bootstrap(proc: str, cfg_bytes: bytes, run_bytes: bytes) -> tuple[Config, RunInfo]:
     cfg = Config.from_bytes(cfg_bytes)
     run = RunInfo.from_bytes(run_bytes)
+    lead_own_group()  # what this process starts (vLLM's engine core) is ended with it, even after a SIGKILL
     name_process(f"eng-{proc}")
     setup_logging(cfg.engine.log_level, proc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -28,6 +28,7 @@ from ipc.schema import (
     Cancel,
     Commit,
     Heard,
+    History,
     Prepare,
     ProcName,
     Respond,
@@ -68,7 +69,7 @@ class LlmProc(SyncChild):
             self._workers.append(worker)
 
     def handle(self, msg: AnyMsg) -> None:
-        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare):
+        if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare | History):
             job = self.thinking.handle(msg)
             if job is not None:
                 self._jobs[job.slot].put(job)
@@ -124,6 +125,11 @@ class LlmProc(SyncChild):
             jobs.put(None)
         for worker in self._workers:
             worker.join(10)
+        if self.backend is not None:
+            try:
+                self.backend.close()  # vLLM's engine-core process ends with it
+            except Exception:
+                log.exception("closing the %s backend failed", self.cfg.llm.backend)
         if self.trace is not None:
             self.trace.close()
 

@@ -15,17 +15,15 @@ its summary is kept for /health.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from engine.admission import Admission
 from engine.call_audio import CallAudio
 from engine.conductor import Conductor
 from engine.conductor_io import (
@@ -45,15 +43,12 @@ from engine.conductor_io import (
     PrepareReply,
     ReportHeard,
     RequestReply,
+    RestoreHistory,
     Speak,
 )
-from engine.config import Config
 from engine.media_stream import Audio, Dtmf, MarkEcho, Started
-from engine.recorder import Recorder
-from engine.stats import Recent
-from engine.trace import TraceSink
-from ipc.bus import AsyncBus
-from ipc.pool import Lease, RingPool
+from engine.privacy import spoken
+from ipc.pool import Lease
 from ipc.ring import RingReader, RingWriter
 from ipc.schema import (
     MODEL_PROCS,
@@ -63,6 +58,7 @@ from ipc.schema import (
     Commit,
     EndOfTurn,
     Heard,
+    History,
     Prepare,
     Respond,
     Sentence,
@@ -72,35 +68,12 @@ from ipc.schema import (
     Spoken,
     Transcript,
 )
-from procs.doorbell import OutboundDoorbell
-from procs.media_socket import MediaSocket, StreamEvent
+from procs.media_socket import CallerNotReading, MediaSocket, StreamEvent
+from procs.transport_shared import TransportShared
 
 log = logging.getLogger("engine.transport")
 
 CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken
-ENDED_KEPT = 200
-
-
-@dataclass
-class TransportShared:
-    """What every call in the transport shares: the bus, the rings, recording and tracing, and the counters."""
-
-    cfg: Config
-    bus: AsyncBus
-    pool: RingPool
-    doorbell: OutboundDoorbell
-    recorder: Recorder | None
-    trace: TraceSink | None
-    calls: dict[str, PhoneCall] = field(default_factory=dict)
-    """The calls streaming now, by call id: each adds itself when it runs and leaves when it ends."""
-    counters: Counter[str] = field(default_factory=Counter)
-    # Per-frame cost on the event loop, in µs: a Twilio media message in (parse, decode, resample, ring write),
-    # and a 20 ms frame out (pull, convert, send).
-    inbound_us: Recent = field(default_factory=Recent)
-    outbound_us: Recent = field(default_factory=Recent)
-    ended: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
-    admission: Admission = field(default_factory=lambda: Admission(1024, 0, 0))
-    """The measured load that decides whether a new caller is let in (engine.admission)."""
 
 
 @dataclass
@@ -128,13 +101,15 @@ class PhoneCall:
         self.audio = CallAudio(started.stream_sid, RingWriter(shared.pool.inbound[lease.slot], lease.epoch),
                                RingReader(shared.pool.outbound[lease.slot], lease.epoch),
                                inbound_rate=cfg.transport.inbound_rate,
-                               lead_s=cfg.transport.outbound_lead_ms / 1000, record=record)
+                               lead_s=cfg.transport.outbound_lead_ms / 1000,
+                               spill_s=cfg.transport.inbound_spill_s, record=record)
         self.conductor = Conductor(cfg.conversation, time.monotonic())
         self.turn = TurnTimes()
         self._answering: dict[int, int] = {}  # reply gen -> when the caller stopped speaking, until it sounds
         self.hangup_reason: str | None = None
         self._waiter = shared.doorbell.waiter(shared.pool.outbound[lease.slot])
         self._sender: asyncio.Task[None] | None = None
+        self._control: list[tuple[str, int]] = []  # (clear message, its reply's gen): sent before any audio
         self._closing: set[asyncio.Future[None]] = set()  # socket closes in flight (kept referenced)
 
     @property
@@ -172,8 +147,8 @@ class PhoneCall:
             await self.feed(KeyPressed(event.digit))
         elif isinstance(event, MarkEcho):
             self.record({"event": "mark", "name": event.name})
-            if event.name.isascii() and event.name.isdigit():
-                await self.feed(MarkPlayed(int(event.name)))
+            if event.seq is not None:
+                await self.feed(MarkPlayed(event.seq))
 
     # --- the conversation -------------------------------------------------------------------
     async def on_bus(self, msg: CallerMsg) -> None:
@@ -207,8 +182,10 @@ class PhoneCall:
     async def _act(self, action: Action) -> None:
         bus = self.shared.bus
         if isinstance(action, Clear):
-            await self.socket.ws.send_str(self.audio.clear(time.monotonic(), action.gen))
-            self.stamp(action.gen, "clear_sent", time.monotonic_ns())
+            # The send loop sends it, ahead of any audio: this runs on loops every call shares (the bus, the tick),
+            # which must never wait on one caller's network.
+            self._control.append((self.audio.clear(time.monotonic(), action.gen), action.gen))
+            self._waiter.kick.set()
             self.record({"event": "clear", "gen": action.gen})
         elif isinstance(action, CancelReply):
             for peer in ("llm", "tts"):
@@ -216,6 +193,9 @@ class PhoneCall:
         elif isinstance(action, ReportHeard):
             bus.send("llm", Heard(call_id=self.call_id, gen=action.gen, text=action.text))
             self.record({"event": "heard", "gen": action.gen, "text": action.text})
+        elif isinstance(action, RestoreHistory):
+            bus.send("llm", History(call_id=self.call_id, turns=list(action.turns)))
+            self.record({"event": "history", "turns": len(action.turns)})
         elif isinstance(action, RequestReply):
             if action.provisional:
                 self.audio.hold(action.gen)
@@ -249,7 +229,8 @@ class PhoneCall:
             self._note(action)
 
     def _note(self, note: Note) -> None:
-        log.info("call %s gen %d: %s%s", self.call_id, note.gen, note.what, f": {note.detail!r}" if note.detail else "")
+        detail = f": {spoken(note.detail, self.shared.cfg.engine.log_private)}" if note.detail else ""
+        log.info("call %s gen %d: %s%s", self.call_id, note.gen, note.what, detail)
         self.record({"event": "note", "what": note.what, "gen": note.gen, "detail": note.detail})
         if note.what == "barge-in" and self.turn.onset:
             self.stamp(note.gen, "speech_onset", self.turn.onset)
@@ -283,13 +264,17 @@ class PhoneCall:
     # --- bot audio out ----------------------------------------------------------------------
     async def _send_loop(self) -> None:
         """Move bot audio from the ring to Twilio, paced; waits on the doorbell thread when there is none."""
-        audio, ws = self.audio, self.socket.ws
+        audio, ws, socket = self.audio, self.socket.ws, self.socket
         while not ws.closed:
+            while self._control:
+                message, gen = self._control.pop(0)
+                await socket.send(message)
+                self.stamp(gen, "clear_sent", time.monotonic_ns())
             t0 = time.perf_counter_ns()
             audio.pull()
             messages = audio.due_messages(time.monotonic())
             for message in messages:
-                await ws.send_str(message)
+                await socket.send(message)
             if messages:
                 self.shared.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
             while audio.gens_started:
@@ -301,8 +286,10 @@ class PhoneCall:
                 self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
                 await self.feed(AudioStarted(gen))
             due = audio.next_due_at()
+            if self._control:
+                continue
             if due is not None:
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await self._nap(due - time.monotonic())
             elif audio.outbound.ring.epoch != self.lease.epoch:
                 # Our ring pair was reclaimed or re-leased under us: this call cannot play audio any more.
                 log.error("call %s: its ring pair now belongs to another call; ending it", self.call_id)
@@ -311,10 +298,20 @@ class PhoneCall:
             else:
                 await self._waiter.wait(audio.outbound.ring, 1.0)
 
+    async def _nap(self, seconds: float) -> None:
+        """Sleep until the next frame is due, or until a `clear` is queued (`_act` kicks the waiter)."""
+        kick = self._waiter.kick
+        kick.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, seconds)):
+                await kick.wait()
+
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         """A sender that died (not cancelled) would leave the caller in silence: close the socket instead,
-        which ends the call through the normal path, and say why."""
-        if task.cancelled() or task.exception() is None or self.closed:
+        which ends the call through the normal path, and say why. (A caller that stopped reading was cut off
+        already: `MediaSocket.send` aborted the connection.)"""
+        if task.cancelled() or task.exception() is None or self.closed or isinstance(task.exception(),
+                                                                                      CallerNotReading):
             return
         log.error("call %s: outbound audio failed (%r); ending the call", self.call_id, task.exception())
         self.shared.counters["outbound_failures"] += 1
@@ -360,7 +357,8 @@ class PhoneCall:
         a, session = self.audio, self.socket.session
         return {"call_id": self.call_id, "outcome": outcome, "ended_ns": time.monotonic_ns(),
                 "frames_in": a.frames_in, "last_timestamp_ms": a.last_timestamp_ms,
-                "inbound_dropped": a.inbound_dropped, "inbound_late": a.inbound_late,
+                "inbound_dropped": a.inbound_dropped, "inbound_spilled": a.inbound_spilled,
+                "inbound_late": a.inbound_late,
                 "inbound_max_late_ms": round(a.inbound_max_late_ms, 1), "seq_gaps": session.seq_gaps,
                 "seq_out_of_order": session.seq_out_of_order, "frames_out": a.frames_out,
                 "outbound_gaps": a.outbound_gaps, "frames_dropped_cleared": a.frames_dropped_cleared,
@@ -369,9 +367,5 @@ class PhoneCall:
     def live_summary(self) -> dict[str, Any]:
         a = self.audio
         return {"stream_sid": self.started.stream_sid, "frames_in": a.frames_in, "frames_out": a.frames_out,
-                "inbound_dropped": a.inbound_dropped, "marks_sent": a.marks_sent}
-
-
-def recordings_of(cfg: Config) -> Recorder | None:
-    """The recorder `transport.recordings_dir` asks for, if any."""
-    return Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
+                "inbound_dropped": a.inbound_dropped, "inbound_spilled": a.inbound_spilled,
+                "marks_sent": a.marks_sent}

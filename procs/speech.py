@@ -21,6 +21,7 @@ import numpy as np
 from engine.calls import CallTable
 from engine.config import Config
 from engine.hearing import Hearing, Job
+from engine.privacy import spoken
 from engine.stt import Transcriber, WhisperTranscriber, resolve_model
 from engine.turn_model import SmartTurn
 from engine.vad import SileroVad
@@ -152,8 +153,9 @@ class SpeechProc(SyncChild):
             self.bus.send("transport", msg)  # its conductor decides what the caller's speech means
             if isinstance(msg, Transcript):
                 self.transcripts += 1
-                log.info("call %s turn %d: %r (%d ms audio, stt %d ms%s)", msg.call_id, msg.turn, msg.text,
-                         msg.audio_ms, msg.stt_ms, ", speculative" if msg.speculative else "")
+                log.info("call %s turn %d: %s (%d ms audio, stt %d ms%s)", msg.call_id, msg.turn,
+                         spoken(msg.text, self.cfg.engine.log_private), msg.audio_ms, msg.stt_ms,
+                         ", speculative" if msg.speculative else "")
 
     def work(self) -> int:
         """Drain rings, run VAD rounds, hand out jobs, publish results. Returns frames read."""

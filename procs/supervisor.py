@@ -7,7 +7,9 @@ killed as hung) -> on any unexpected exit, `backoff` then restarted, per
 RestartPolicy; too many crashes in a window and the engine gives up loudly.
 
 Exit detection is instant: the supervisor sleeps in one poll over the bus
-sockets, every child's process sentinel and a signal wake-up fd.
+sockets, every child's process sentinel and a signal wake-up fd. Each child
+leads a process group of its own: when it exits, whatever it started and left
+behind (vLLM's engine-core process) is killed with it (`procs.process_group`).
 
 SIGINT/SIGTERM: Shutdown(drain) to every child, wait `drain_timeout_s`, SIGKILL
 the rest. A second signal skips the wait. On every exit path the ring pool is
@@ -54,6 +56,7 @@ from ipc.schema import (
 )
 from ipc.shm import segment_name, sweep_dead_runs
 from procs import llm, speech, transport, tts
+from procs.process_group import end_group
 
 log = logging.getLogger("engine.supervisor")
 
@@ -270,6 +273,8 @@ class Supervisor:
 
     def _on_exit(self, child: Child) -> None:
         assert child.process is not None
+        if child.process.pid is not None:
+            end_group(child.process.pid)  # what it started (vLLM's engine core); before reaping: the id is ours
         child.process.join(timeout=1.0)
         code = child.process.exitcode
         pid = child.process.pid
@@ -362,6 +367,8 @@ class Supervisor:
                     continue
                 if proc.is_alive():
                     proc.kill()
+                if proc.pid is not None:
+                    end_group(proc.pid)
                 proc.join(timeout=5.0)
                 child.process = None
         finally:

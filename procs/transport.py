@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import os
 import signal
+import socket as socket_
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from engine.admission import Admission, HostCpu
+from engine.admission import Admission, HostCpu, Reservations
 from engine.conductor_io import PeerRestarted, Tick
 from engine.config import Config
 from engine.health import build_health
@@ -51,8 +56,9 @@ from ipc.schema import (
 )
 from procs.child import bootstrap, watch_parent
 from procs.doorbell import OutboundDoorbell
-from procs.media_socket import MediaSocket, StreamEvent
-from procs.phone_call import PhoneCall, TransportShared, recordings_of
+from procs.media_socket import MediaSocket, SocketLimits, StreamEvent
+from procs.phone_call import PhoneCall
+from procs.transport_shared import TransportShared, recordings_of
 from procs.webhooks import Webhooks
 
 log = logging.getLogger("engine.transport")
@@ -74,18 +80,23 @@ class TransportProc:
         self.shared = TransportShared(cfg, self.bus, self.pool, doorbell, recordings_of(cfg),
                                       TraceSink.open(cfg.engine.trace_file),
                                       admission=Admission(cfg.engine.max_calls, cfg.engine.admit_max_response_ms,
-                                                          cfg.engine.admit_max_cpu_pct))
+                                                          cfg.engine.admit_max_cpu_pct),
+                                      reservations=Reservations(cfg.transport.stream_token_ttl_s))
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
-        self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared.counters, self.shared.recorder,
-                                 self.shared.admission)
+        self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared)
         self.status: Status | None = None
         self.status_at = 0.0
         self.stopping = asyncio.Event()
         self.incarnations: dict[str, int] = {}  # each peer's last seen incarnation, to notice restarts
+        self.unstarted = 0  # Media Stream sockets past the upgrade that have not said `start` yet
 
     # --- HTTP ----------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
+        """Loopback only (or with the operator's token): it names live calls, PIDs and exit reasons."""
+        if not self._operator(request):
+            self.shared.counters["health_refused"] += 1
+            return web.Response(status=404, text="not found\n")
         shared = self.shared
         age = None if self.status is None else time.monotonic_ns() / 1e9 - self.status_at
         code, body = build_health(
@@ -103,30 +114,57 @@ class TransportProc:
         }
         return web.Response(status=code, body=msgspec.json.encode(body), content_type="application/json")
 
+    def _operator(self, request: web.Request) -> bool:
+        token = self.cfg.transport.health_token
+        if token and hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                         f"Bearer {token}".encode()):
+            return True
+        return request.remote is not None and _loopback(request.remote)
+
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """A Media Stream: refused unless signed; read up to its `start`, which makes it a call."""
-        if self.cfg.transport.validate_signatures and not self.webhooks.upgrade_signed(request):
+        cfg = self.cfg.transport
+        if cfg.validate_signatures and not self.webhooks.upgrade_signed(request):
             log.warning("refused media stream upgrade from %s: bad or missing X-Twilio-Signature", request.remote)
             self.shared.counters["streams_refused_signature"] += 1
             return web.Response(status=403, text="invalid signature\n")
-        ws = web.WebSocketResponse(max_msg_size=self.cfg.transport.max_message_bytes, autoping=True)
+        if self.unstarted >= cfg.max_unstarted_streams:
+            log.warning("media stream upgrade from %s shed: %d sockets have not said start yet "
+                        "(transport.max_unstarted_streams)", request.remote, self.unstarted)
+            self.shared.counters["streams_shed_unstarted"] += 1
+            return web.Response(status=503, text="too many streams starting\n")
+        transport = request.transport
+        if transport is not None:  # a socket nobody reads fills these, not minutes of kernel buffer
+            transport.set_write_buffer_limits(high=cfg.send_buffer_bytes)
+            if (sock := transport.get_extra_info("socket")) is not None:
+                sock.setsockopt(socket_.SOL_SOCKET, socket_.SO_SNDBUF, cfg.send_buffer_bytes)
+        ws = web.WebSocketResponse(max_msg_size=cfg.max_message_bytes, autoping=True,
+                                   writer_limit=cfg.send_buffer_bytes)
         await ws.prepare(request)
-        socket = MediaSocket(ws, MediaStreamSession(self._verify_token), self.cfg.transport.stream_idle_timeout_s,
-                             self.shared.counters, request.remote)
-        events = socket.events()
+        limits = SocketLimits(cfg.start_timeout_s, cfg.stream_idle_timeout_s, cfg.send_timeout_s)
+        media = MediaSocket(ws, MediaStreamSession(self._verify_token), limits, self.shared.counters,
+                            request.remote, transport)
+        events = media.events()
+        self.unstarted += 1
+        counted = True
         try:
             async for _, event in events:
                 if isinstance(event, Started):  # the rest of the socket is the call's
-                    await self._start_call(socket, event, events)
+                    self.unstarted -= 1
+                    counted = False
+                    await self._start_call(media, event, events)
                     break
         finally:
+            if counted:
+                self.unstarted -= 1
             if not ws.closed:
-                await ws.close()
+                await media.close(1000, "")
         return ws
 
     async def _start_call(self, socket: MediaSocket, started: Started,
                           events: AsyncIterator[tuple[int, StreamEvent]]) -> None:
         call_id = started.call_sid
+        self.shared.reservations.claim(call_id)
         lease = None if call_id in self.shared.calls else self.pool.lease(call_id)
         if lease is None:
             await self._refuse(socket, call_id)
@@ -134,11 +172,15 @@ class TransportProc:
         self.shared.counters["calls_started"] += 1
         await PhoneCall(self.shared, lease, socket, started).run(events)
 
-    def _verify_token(self, params: dict[str, str], call_sid: str) -> str | None:
+    def _verify_token(self, params: dict[str, str], call_sid: str, account_sid: str) -> str | None:
+        account = self.cfg.twilio.account_sid
+        if account and account_sid != account:
+            return "stream from another Twilio account"  # its line stays held: that was not our call's stream
         token = params.get(TOKEN_PARAMETER)
-        if token is None:
-            return "stream token missing from customParameters"
-        return self.tokens.verify(token, call_sid)
+        refusal = "stream token missing from customParameters" if token is None else self.tokens.spend(token, call_sid)
+        if refusal is not None:  # Twilio ends a call whose stream is refused: the line held for it is free again
+            self.shared.reservations.claim(call_sid)
+        return refusal
 
     async def _refuse(self, socket: MediaSocket, call_id: str) -> None:
         if call_id in self.shared.calls:
@@ -157,6 +199,13 @@ class TransportProc:
         self.webhooks.add_routes(app)
         app.router.add_get(STREAM_PATH, self.stream)
         return app
+
+    async def listen(self, runner: web.AppRunner) -> asyncio.Server:
+        """The listening socket, through `ConnectionCap`: aiohttp's own sites would accept without limit."""
+        cfg = self.cfg.transport
+        assert runner.server is not None
+        cap = ConnectionCap(runner.server, cfg.max_connections, self.shared.counters)
+        return await asyncio.get_running_loop().create_server(cap, cfg.host, cfg.port, reuse_address=True)
 
     # --- the loops every call shares ---------------------------------------------------------
     async def bus_loop(self) -> None:
@@ -211,23 +260,24 @@ class TransportProc:
             loop.call_soon_threadsafe(self.stopping.set)
 
         watch_parent(self.run, stop_from_thread)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # keepalive_timeout: aiohttp arms it when a connection opens and after each answer, and closes a connection
+        # still short of a whole request then: a client trickling header bytes holds its socket that long at most.
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               keepalive_timeout=self.cfg.transport.request_timeout_s)
         await runner.setup()
+        listening: asyncio.Server | None = None
         try:
-            site = web.TCPSite(runner, self.cfg.transport.host, self.cfg.transport.port, reuse_address=True)
-            await site.start()
+            listening = await self.listen(runner)
             self.shared.doorbell.start(loop)
             self.bus.send("supervisor", Ready(proc="transport", pid=os.getpid(), incarnation=self.run.incarnation))
             log.info("ready: listening on http://%s:%d", self.cfg.transport.host, self.cfg.transport.port)
             if "transport" in self.cfg.faults.hang_after_ready:
                 log.error("faults.hang_after_ready lists 'transport': hanging on purpose")
                 threading.Event().wait()
-            tasks = [asyncio.create_task(loop_()) for loop_ in (self.bus_loop, self.heartbeat_loop, self.tick_loop)]
-            await self.stopping.wait()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervise(self.stopping, (self.bus_loop, self.heartbeat_loop, self.tick_loop))
         finally:
+            if listening is not None:
+                listening.close()
             for call in list(self.shared.calls.values()):
                 with contextlib.suppress(Exception):
                     await call.socket.close(1001, "engine shutting down")
@@ -244,6 +294,63 @@ class TransportProc:
         self.bus.close()
         self.pool.close()
         log.info("exited cleanly")
+
+
+class LoopDied(RuntimeError):
+    """A loop every call shares ended: the transport cannot go on deaf, so it exits and is restarted."""
+
+
+async def supervise(stopping: asyncio.Event, loops: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run the shared loops until `stopping` is set. One that ends (they never should) cancels the others and
+    raises `LoopDied`: the process exits with the reason, and the supervisor restarts it."""
+    tasks = {asyncio.create_task(loop_(), name=getattr(loop_, "__name__", "loop")) for loop_ in loops}
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stop, *tasks):
+            task.cancel()
+        await asyncio.gather(stop, *tasks, return_exceptions=True)
+    died = [task for task in done if task is not stop]
+    if died:
+        task = died[0]
+        why = "returned" if task.cancelled() or task.exception() is None else repr(task.exception())
+        log.critical("transport's %s loop %s: exiting so the supervisor restarts the transport", task.get_name(), why)
+        raise LoopDied(f"{task.get_name()} {why}") from (None if task.cancelled() else task.exception())
+
+
+class ConnectionCap:
+    """The listening socket's protocol factory: aiohttp's handler for each connection, up to `limit` open at once;
+    past that a connection is dropped at accept, counted, and logged (at most once a second)."""
+
+    def __init__(self, server: web.Server, limit: int, counters: Counter[str]) -> None:
+        self.server, self.limit, self.counters = server, limit, counters
+        self._logged_at = 0.0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) < self.limit:
+            return self.server()
+        self.counters["connections_shed"] += 1
+        if (now := time.monotonic()) - self._logged_at >= 1.0:
+            self._logged_at = now
+            log.warning("connection shed: %d open, transport.max_connections is %d (%d shed so far)",
+                        len(self.server.connections), self.limit, self.counters["connections_shed"])
+        return _Dropped()
+
+
+class _Dropped(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 async def _serve(cfg: Config, run: RunInfo) -> None:

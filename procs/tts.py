@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.codec import Pcm16
 from engine.config import Config
+from engine.privacy import spoken
 from engine.speaking import SentenceJob, SentenceRun, Speaking, Stage, Voice
 from engine.trace import TraceSink
 from engine.tts import TtsBackend, make_tts
@@ -110,7 +111,8 @@ class TtsProc(SyncChild):
             outcome = item.run.step(self._room(job.voice), lambda frame, flags: self._write(job, frame, flags))
         except Exception:  # one bad sentence must not silence every later call
             self.failures += 1
-            log.exception("speaking %r for call %s failed", job.sentence.text[:60], job.sentence.call_id)
+            log.exception("speaking %s for call %s failed", spoken(job.sentence.text[:60], self.cfg.engine.log_private),
+                          job.sentence.call_id)
             outcome = "stopped"
         if outcome is not None:
             self.sentences += outcome == "spoken"

@@ -1,25 +1,27 @@
 """The transport's Twilio HTTP endpoints: the voice webhook (TwiML), the status callback, and signatures.
 
-Every request must carry a valid `X-Twilio-Signature`, computed over the public URL
-Twilio used (`transport.public_url`, else the request's own, honouring a proxy's
-X-Forwarded-* headers). The voice webhook answers TwiML that connects the call to
-the Media Streams socket with a stream token bound to the CallSid, or, when every
-ring pair is taken or the box is saturated (`engine.admission`), a spoken "busy"
-and a hang-up. The Media Streams upgrade is
-signed too; `upgrade_signed` checks it.
+Every request must carry a valid `X-Twilio-Signature`, computed over the URL Twilio
+requested: `transport.public_url` plus the path and the raw query string. Nothing a
+client sends (Host, X-Forwarded-*) decides that URL, so with signatures checked and
+no public_url every request is refused, with a log line that says why. A form body
+must arrive within `transport.request_timeout_s`. The voice webhook answers TwiML
+that connects the call to the Media Streams socket with a single-use stream token
+bound to the CallSid, and holds a line for it until its stream starts (or the token
+lapses); when every line is taken or held, or the box is saturated
+(`engine.admission`), it answers a spoken "busy" and a hang-up. The Media Streams
+upgrade is signed too; `upgrade_signed` checks it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import Counter
 
 from aiohttp import web
 
-from engine.admission import Admission
 from engine.config import Config
-from engine.recorder import Recorder
+from engine.privacy import phone_number
 from engine.telephony import (
     STATUS_PATH,
     STREAM_PATH,
@@ -31,54 +33,69 @@ from engine.telephony import (
     stream_url,
 )
 from ipc.pool import RingPool
+from procs.transport_shared import TransportShared
 
 log = logging.getLogger("engine.transport")
 
+CALL_OVER = frozenset({"completed", "busy", "failed", "no-answer", "canceled", "stream-error"})
 BUSY_LINE = "All our lines are busy right now. Please call again in a few minutes."
 
 
 class Webhooks:
     """The voice webhook and the status callback, and the signature checks every Twilio request goes through."""
 
-    def __init__(self, cfg: Config, pool: RingPool, tokens: StreamTokens, counters: Counter[str],
-                 recorder: Recorder | None, admission: Admission) -> None:
+    def __init__(self, cfg: Config, pool: RingPool, tokens: StreamTokens, shared: TransportShared) -> None:
         self.cfg = cfg
-        self.admission = admission
+        self.admission = shared.admission
+        self.reservations = shared.reservations
         self.pool = pool
         self.tokens = tokens
-        self.counters = counters
-        self.recorder = recorder
+        self.counters = shared.counters
+        self.recorder = shared.recorder
 
     def public_url(self, request: web.Request) -> str:
+        """The configured public URL; only with signatures off (a trusted test network) the request's own."""
         if self.cfg.transport.public_url:
             return self.cfg.transport.public_url.rstrip("/")
-        proto = request.headers.get("X-Forwarded-Proto", request.scheme)
-        host = request.headers.get("X-Forwarded-Host", request.host)
-        return f"{proto}://{host}"
+        return f"{request.scheme}://{request.host}"
 
     async def twilio_form(self, request: web.Request, path: str) -> dict[str, str] | web.Response:
         """The webhook's form, if it really comes from Twilio; else the refusal to answer with."""
         try:
-            form = await request.post()
+            async with asyncio.timeout(self.cfg.transport.request_timeout_s):
+                form = await request.post()
         except (ValueError, UnicodeDecodeError) as exc:  # not a form Twilio would send (found by fuzzing)
             log.warning("refused %s from %s: unreadable form body (%s)", path, request.remote, exc)
             self.counters["webhook_malformed"] += 1
             return web.Response(status=400, text="malformed form body\n")
+        except TimeoutError:
+            log.warning("refused %s from %s: body not sent within %g s", path, request.remote,
+                        self.cfg.transport.request_timeout_s)
+            self.counters["webhook_slow_body"] += 1
+            return web.Response(status=408, text="body too slow\n", headers={"Connection": "close"})
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         if not self.cfg.transport.validate_signatures:
             return params
-        url = self.public_url(request) + path + (f"?{request.query_string}" if request.query_string else "")
-        if not self.cfg.twilio.auth_token:
-            log.warning("refused %s: twilio.auth_token (TWILIO_AUTH_TOKEN) is not set, so X-Twilio-Signature "
-                        "cannot be checked", path)
+        if refusal := self._unverifiable(path):
             self.counters["webhook_refused"] += 1
-            return web.Response(status=403, text="signature cannot be validated\n")
+            return refusal
+        raw_query = request.rel_url.raw_query_string
+        url = self.public_url(request) + path + (f"?{raw_query}" if raw_query else "")
         if not signature_valid(self.cfg.twilio.auth_token, url, params, request.headers.get("X-Twilio-Signature")):
             log.warning("refused %s from %s: bad or missing X-Twilio-Signature (validated against %s)",
                         path, request.remote, url)
             self.counters["webhook_refused"] += 1
             return web.Response(status=403, text="invalid signature\n")
         return params
+
+    def _unverifiable(self, path: str) -> web.Response | None:
+        """Why no signature can be checked yet (a setting missing), as the refusal to answer with."""
+        for missing, name in ((self.cfg.twilio.auth_token, "twilio.auth_token (TWILIO_AUTH_TOKEN)"),
+                              (self.cfg.transport.public_url, "transport.public_url, the URL Twilio signs,")):
+            if not missing:
+                log.warning("refused %s: %s is not set, so X-Twilio-Signature cannot be checked", path, name)
+                return web.Response(status=403, text="signature cannot be validated\n")
+        return None
 
     async def voice(self, request: web.Request) -> web.Response:
         params = await self.twilio_form(request, VOICE_PATH)
@@ -87,7 +104,8 @@ class Webhooks:
         call_sid = params.get("CallSid", "")
         if not call_sid:
             return web.Response(status=400, text="CallSid missing\n")
-        active = len(self.pool.leases())
+        now = time.monotonic()
+        active = len(self.pool.leases()) + self.reservations.held(now, besides=call_sid)
         verdict = self.admission.verdict(active)
         if active >= self.pool.max_calls:
             self.counters["calls_refused_capacity"] += 1
@@ -100,8 +118,10 @@ class Webhooks:
             twiml = reject_twiml(BUSY_LINE)
         else:
             self.counters["webhooks_answered"] += 1
-            log.info("call %s (%s -> %s, %s) answered", call_sid, params.get("From"), params.get("To"),
-                     params.get("Direction", "inbound"))
+            log.info("call %s (%s -> %s, %s) answered", call_sid,
+                     phone_number(params.get("From"), self.cfg.engine.log_private),
+                     phone_number(params.get("To"), self.cfg.engine.log_private), params.get("Direction", "inbound"))
+            self.reservations.reserve(call_sid, now)
             twiml = connect_twiml(self.public_url(request), self.tokens.issue(call_sid))
         return web.Response(text=twiml, content_type="text/xml")
 
@@ -113,12 +133,18 @@ class Webhooks:
         self.counters[f"status_{what}"] += 1
         call_sid = params.get("CallSid", "")
         log.info("status callback: call %s %s", call_sid, what)
+        if what in CALL_OVER:  # a call that ended before its stream started holds no line
+            self.reservations.claim(call_sid)
         if self.recorder is not None:  # kept with the call's recording, if it is being recorded
             self.recorder.event(call_sid, {"t_ns": time.monotonic_ns(), "event": "status", "params": params})
         return web.Response(status=204)
 
     def upgrade_signed(self, request: web.Request) -> bool:
-        """Twilio signs the Media Streams upgrade too: the stream URL, no parameters."""
+        """Twilio signs the Media Streams upgrade too: the stream URL, no parameters. That URL never changes, so a
+        captured upgrade header opens sockets again; what stops it is the `start`: a single-use stream token within
+        `transport.start_timeout_s`, and at most `transport.max_unstarted_streams` sockets waiting for one."""
+        if self._unverifiable(STREAM_PATH) is not None:
+            return False
         signature = request.headers.get("X-Twilio-Signature")
         public = self.public_url(request)
         # The wss:// form is what Twilio connects to; accept the https:// spelling of the same URL as well.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.admission import MIN_REPLIES, RECENT, Admission, HostCpu
+from engine.admission import MIN_REPLIES, RECENT, Admission, HostCpu, Reservations
 
 
 def test_slow_replies_lower_the_limit_below_the_load_that_made_them_and_fast_ones_raise_it_again() -> None:
@@ -68,3 +68,14 @@ def test_host_cpu_is_the_busy_share_between_samples(tmp_path: Path) -> None:
     assert cpu.sample() == 75.0
     assert cpu.sample() is None  # no ticks since
     assert HostCpu(tmp_path / "missing").sample() is None
+
+
+def test_a_line_is_held_from_the_answer_until_the_stream_starts_or_the_hold_lapses() -> None:
+    held = Reservations(60.0)
+    held.reserve("CA1", now=100.0)
+    held.reserve("CA2", now=130.0)
+    assert held.held(now=131.0) == 2
+    assert held.held(now=131.0, besides="CA1") == 1  # the same call answered again is not a second call
+    assert held.claim("CA1") and not held.claim("CA1")
+    assert held.held(now=131.0) == 1
+    assert held.held(now=190.5) == 0  # CA2's stream never came: its line is free again

@@ -218,3 +218,59 @@ def test_a_discarded_held_reply_is_never_sent_and_needs_no_clear(pool: RingPool)
     assert media and {m["event"] for m in media} == {"media"} and audio.held_gen is None
     assert audio.frames_dropped_cleared == 1
     assert not any(mulaw_to_pcm16(base64.b64decode(m["media"]["payload"])).any() for m in media)  # reply 5's
+
+
+def caller_frames(seconds: float) -> list[bytes]:
+    """Twilio's 20 ms μ-law frames of a tone, each different from the last."""
+    mulaw = pcm16_to_mulaw(tone(8000, seconds, freq=313.0))
+    return [mulaw[i:i + 160] for i in range(0, len(mulaw), 160)]
+
+
+def test_a_ring_nobody_reads_for_3_s_loses_nothing_once_read_again(pool: RingPool) -> None:
+    """The speech process restarting: 3 s of caller audio arrive while nobody reads a 1.28 s ring. They wait in
+    the spill and reach the ring, in order and with their arrival times, once it is read again."""
+    audio, _ = make_call(pool)
+    frames = caller_frames(4.0)
+    resampler = StreamResampler(8000, 16000)
+    expected = [(pcm, i) for i, f in enumerate(frames) if (pcm := resampler.process(mulaw_to_pcm16(f)).tobytes())]
+    reader = RingReader(pool.inbound[0])
+    for i, frame in enumerate(frames[:150]):  # 3 s: the reader is down
+        audio.on_media(frame, t_ns=i)
+    assert audio.inbound_dropped == 0 and audio.inbound_spilled == sum(i < 150 for _, i in expected) - 64
+    got = []
+    for i, frame in enumerate(frames[150:], start=150):  # a restarted reader resumes at the read index
+        got += list(iter(reader.read, None))
+        audio.on_media(frame, t_ns=i)
+    got += list(iter(reader.read, None))
+    assert audio.spill_frames == 0
+    assert [(f.payload, f.t_ns) for f in got] == expected
+    assert audio.inbound_dropped == 0 and pool.inbound[0].stats().drops == 0
+
+
+def test_past_the_spill_the_oldest_waiting_frames_are_dropped_and_counted(pool: RingPool) -> None:
+    lease = pool.lease("CA1")
+    assert lease is not None
+    audio = CallAudio("MZ1", RingWriter(pool.inbound[0], lease.epoch), RingReader(pool.outbound[0], lease.epoch),
+                      inbound_rate=16000, lead_s=0.2, spill_s=1.0)
+    frames = caller_frames(4.0)
+    resampler = StreamResampler(8000, 16000)
+    produced = [i for i, f in enumerate(frames) if len(resampler.process(mulaw_to_pcm16(f)))]
+    for i, frame in enumerate(frames):  # 4 s, and nobody reads: 1.28 s in the ring, the last 1 s in the spill
+        audio.on_media(frame, t_ns=i)
+    reader = RingReader(pool.inbound[0])
+    got = list(iter(reader.read, None))
+    audio.flush_spill()
+    got += list(iter(reader.read, None))
+    assert [f.t_ns for f in got] == produced[:64] + produced[-50:]
+    assert audio.inbound_dropped == len(produced) - 64 - 50
+    assert audio.inbound_spilled == len(produced) - 64
+
+
+def test_with_no_spill_a_full_ring_drops_at_once(pool: RingPool) -> None:
+    lease = pool.lease("CA1")
+    assert lease is not None
+    audio = CallAudio("MZ1", RingWriter(pool.inbound[0], lease.epoch), RingReader(pool.outbound[0], lease.epoch),
+                      inbound_rate=16000, lead_s=0.2, spill_s=0)
+    for i, frame in enumerate(caller_frames(2.0)):
+        audio.on_media(frame, t_ns=i)
+    assert audio.inbound_dropped == 99 - 64 == pool.inbound[0].stats().drops and audio.inbound_spilled == 0

@@ -20,6 +20,7 @@ from engine.conductor_io import (
     PrepareReply,
     ReportHeard,
     RequestReply,
+    RestoreHistory,
     Speak,
     Tick,
 )
@@ -224,7 +225,8 @@ def test_an_llm_restart_before_any_audio_retries_the_turn_once() -> None:
     c = Conductor(cfg, 0.0)
     c.handle(said("What is two plus two?"), 1.0)
     actions = c.handle(PeerRestarted("llm"), 1.5)
-    assert kinds(actions) == ["Clear", "CancelReply", "ReportHeard", "RequestReply"]
+    assert kinds(actions) == ["RestoreHistory", "Clear", "CancelReply", "ReportHeard", "RequestReply"]
+    assert actions[0] == RestoreHistory(())  # the question is not in it: it is asked again
     assert actions[-1] == RequestReply(2, caller_text="What is two plus two?")
     actions = c.handle(PeerRestarted("llm"), 2.5)  # again: no endless retries
     assert actions[-1] == Speak(3, cfg.apology)
@@ -243,8 +245,9 @@ def test_a_tts_restart_mid_reply_reports_what_was_heard_and_apologises() -> None
 
 def test_a_restart_that_touches_nothing_in_flight_is_not_noticed() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
-    for proc in ("llm", "tts", "speech"):
-        assert c.handle(PeerRestarted(proc), 1.0) == []  # type: ignore[arg-type]
+    for proc in ("llm", "tts", "speech"):  # a new LLM is only told the call's dialogue (none yet)
+        told = [RestoreHistory(())] if proc == "llm" else []
+        assert c.handle(PeerRestarted(proc), 1.0) == told  # type: ignore[arg-type]
     assert c.phase is Phase.LISTENING
 
 
@@ -329,7 +332,7 @@ def test_no_reply_starts_at_a_pause_when_speculation_is_off_or_the_bot_is_talkin
 def test_a_restart_drops_the_reply_started_at_the_pause_and_the_turn_is_answered_afresh() -> None:
     c = Conductor(ConductorConfig(greeting=""), 0.0)
     c.handle(at_pause("Hello there."), 1.0)
-    assert kinds(c.handle(PeerRestarted("llm"), 1.1)) == ["CancelReply", "DiscardReply"]
+    assert kinds(c.handle(PeerRestarted("llm"), 1.1)) == ["RestoreHistory", "CancelReply", "DiscardReply"]
     c.handle(turn_over(), 1.3)
     assert c.handle(said("Hello there."), 1.3) == [RequestReply(2, caller_text="Hello there.")]
 

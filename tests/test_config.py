@@ -13,7 +13,8 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from engine.config import Config, ConfigError, load_config
+from engine.config import Config
+from engine.config_load import ConfigError, load_config
 
 
 def test_defaults_are_valid() -> None:

@@ -1,16 +1,32 @@
 """The LLM process: with the real bundled model a requested reply becomes sentences and Cancel stops them; with
-the echo test backend, what the caller heard reaches the dialogue before the next reply is asked for."""
+the echo test backend, what the caller heard reaches the dialogue before the next reply is asked for, and a
+restarted process goes on from the history the transport hands it."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.config_load import load_config
+from engine.llm import Messages, OnDelta
 from engine.trace import read_events
-from ipc.schema import CallEnded, CallStarted, Cancel, Heard, Heartbeat, Respond, Sentence
+from ipc.schema import (
+    CallEnded,
+    CallStarted,
+    Cancel,
+    Heard,
+    Heartbeat,
+    History,
+    HistoryTurn,
+    Respond,
+    RunInfo,
+    Sentence,
+)
+from procs.llm import LlmProc
 from tools.solo import SoloChild
 
 
@@ -143,3 +159,49 @@ def test_two_calls_replies_are_made_at_once(llm: SoloChild) -> None:
     finally:
         for call_id, slot in (("CA-x", 0), ("CA-y", 1)):
             llm.send(CallEnded(call_id=call_id, slot=slot, epoch=2, reason="test"), "transport")
+
+
+def test_a_restarted_llm_goes_on_from_the_history_the_transport_hands_it(echo: SoloChild) -> None:
+    """After a restart the transport's `History` may overtake the supervisor's replayed `CallStarted`: it is kept
+    until the call starts, and the next reply is built on it (the echo backend says back the last answer)."""
+    echo.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 0)
+    turns = [HistoryTurn(role="user", text="What is two plus two?"),
+             HistoryTurn(role="assistant", text="It is four", gen=1)]
+    echo.send(History(call_id="CA-h", turns=turns), "transport")
+    echo.send(CallStarted(call_id="CA-h", slot=3, epoch=1, inbound_rate=16000), "supervisor")
+    echo.wait_for("supervisor", Heartbeat, 10, lambda h: h.stats.get("calls") == 1)
+    try:
+        echo.send(Respond(call_id="CA-h", gen=2, caller_text="And three plus three?"), "transport")
+        sentences = [echo.wait_for("tts", Sentence, 30, lambda s: s.call_id == "CA-h")]
+        while not sentences[-1].last:
+            sentences.append(echo.wait_for("tts", Sentence, 10, lambda s: s.call_id == "CA-h"))
+        reply = " ".join(s.text for s in sentences)
+        assert reply.startswith("You said: And three plus three?") and "Before that I said: It is four." in reply
+    finally:
+        echo.send(CallEnded(call_id="CA-h", slot=3, epoch=1, reason="test"), "transport")
+
+
+class Closable:
+    """A test backend, not a model: says nothing, and remembers being closed."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
+        pass
+
+    def prefill(self, messages: Messages, slot: int | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_the_process_closes_its_backend_on_the_way_out() -> None:
+    """vLLM's backend owns an engine-core process: a process that stops must close it, not leave it to exit."""
+    run = RunInfo(proc="llm", incarnation=1, supervisor_pid=os.getpid(), pool_name="unused", runtime_dir="/tmp")
+    proc = LlmProc(load_config(environ={}), run)
+    backend = Closable()
+    proc.backend = backend
+    proc.teardown()
+    assert backend.closed == 1

