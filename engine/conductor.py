@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
 
 from engine.conductor_io import (
     Action,
@@ -54,6 +53,7 @@ from engine.conductor_io import (
 )
 from engine.config import ConversationSection
 from engine.heard_history import HeardHistory
+from engine.reply_track import ReplyTrack, Span, heard_words
 from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
 
 
@@ -66,30 +66,6 @@ class Phase(enum.Enum):
     INTERRUPTED = "interrupted"
     ENDING = "ending"
     ENDED = "ended"
-
-
-@dataclass
-class _Span:
-    index: int
-    seq_first: int
-    seq_last: int
-    text: str
-    last: bool
-    played: bool = False
-
-
-@dataclass
-class _Reply:
-    gen: int
-    requested_s: float
-    caller_text: str = ""  # what it answers, so a lost reply can be retried
-    retried: bool = False
-    closing: bool = False  # a last line: the call ends when it has played
-    spans: dict[int, _Span] = field(default_factory=dict)  # by seq_last, the seq its mark carries
-    audio: bool = False
-    done: bool = False  # its last span has played
-    provisional: bool = False  # started at a pause: held until the turn is over as transcribed
-    llm: bool = True  # made by the LLM (not a line the TTS says for the transport): it joins the LLM's dialogue
 
 
 _PUNCTUATION = re.compile(r"[^\w\s']")
@@ -112,7 +88,7 @@ class Conductor:
         self.phase = Phase.LISTENING
         self.started_s = now
         self.gen = 0
-        self.reply: _Reply | None = None
+        self.reply: ReplyTrack | None = None
         self.caller_speaking = False
         self.barged_this_turn = False
         self.idle_since = now
@@ -205,7 +181,7 @@ class Conductor:
             return []
         actions = self._discard_provisional("a later pause")
         self.gen += 1
-        self.reply = _Reply(self.gen, now, caller_text=text, provisional=True)
+        self.reply = ReplyTrack(self.gen, now, caller_text=text, provisional=True)
         self.provisional["started"] += 1
         return [*actions, RequestReply(self.gen, caller_text=text, provisional=True)]
 
@@ -236,9 +212,9 @@ class Conductor:
         return self._request(now, caller_text=f"[pressed on the keypad: {' '.join(digits)}]")
 
     # --- replies --------------------------------------------------------------------------
-    def _new_reply(self, now: float, caller_text: str = "", closing: bool = False) -> _Reply:
+    def _new_reply(self, now: float, caller_text: str = "", closing: bool = False) -> ReplyTrack:
         self.gen += 1
-        self.reply = _Reply(self.gen, now, caller_text=caller_text, closing=closing)
+        self.reply = ReplyTrack(self.gen, now, caller_text=caller_text, closing=closing)
         self.phase = Phase.ENDING if self.reply.closing else Phase.THINKING
         return self.reply
 
@@ -266,13 +242,13 @@ class Conductor:
             return []
         return self._stop(reply, None)[0]
 
-    def _stop(self, reply: _Reply, played: int | None) -> tuple[list[Action], str]:
+    def _stop(self, reply: ReplyTrack, played: int | None) -> tuple[list[Action], str]:
         """Silence and cancel `reply`, telling the LLM what of it the caller heard; the actions, and that text.
         A provisional reply was never heard: it is only cancelled and its held audio dropped."""
         self.reply = None
         if reply.provisional:
             return [CancelReply(reply.gen), DiscardReply(reply.gen)], ""
-        heard = self._heard(reply, played)
+        heard = heard_words(reply, played)
         self.history.heard(reply.gen, heard)
         return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard)], heard
 
@@ -286,25 +262,14 @@ class Conductor:
         prepare: list[Action] = [PrepareReply()] if self.caller_speaking else []  # after what they heard
         return [*actions, Note(why, reply.gen, heard), *prepare]
 
-    def _heard(self, reply: _Reply, played: int | None) -> str:
-        """The words of `reply` the caller heard: whole spans played, then the played share of the next."""
-        words: list[str] = []
-        for span in sorted(reply.spans.values(), key=lambda s: s.index):
-            if span.played or (played is not None and played >= span.seq_last):
-                words += span.text.split()
-                continue
-            if played is not None and played >= span.seq_first:
-                share = (played - span.seq_first + 1) / (span.seq_last - span.seq_first + 1)
-                span_words = span.text.split()
-                words += span_words[:int(len(span_words) * share)]
-            break
-        return " ".join(words)
-
     def _span(self, event: Spoken) -> list[Action]:
         reply = self.reply
         if reply is None or event.gen != reply.gen:
             return []  # a cancelled reply's span, or a stale one from before a restart
-        reply.spans[event.seq_last] = _Span(event.index, event.seq_first, event.seq_last, event.text, event.last)
+        for seq, span in list(reply.spans.items()):
+            if span.index == event.index:  # told early, then again: the later one stands
+                del reply.spans[seq]
+        reply.spans[event.seq_last] = Span(event.index, event.seq_first, event.seq_last, event.text, event.last)
         return []
 
     def _mark(self, seq: int, now: float) -> list[Action]:
@@ -363,7 +328,7 @@ class Conductor:
             self.history.retract(self.reply.caller_text)
         return [RestoreHistory(tuple(self.history.turns())), *self._work_lost(proc, now, played)]
 
-    def _ask_again(self, reply: _Reply) -> bool:
+    def _ask_again(self, reply: ReplyTrack) -> bool:
         """After an LLM restart, the reply is asked for again: nothing of it was heard yet, and it answers the
         caller (once only)."""
         return self.phase is Phase.THINKING and bool(reply.caller_text) and not reply.retried

@@ -156,6 +156,9 @@ class SpeechSection(_Section):
     """Silence a pause judged unfinished (its transcript does not end a sentence, or ends on a word such as "for";
     or its Smart Turn score is below the threshold) may last before the turn ends anyway."""
     prefix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 200
+    suffix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 150
+    """Audio after the silence began that Whisper gets too: weak last sounds ("coins", "quickly") fade below the
+    VAD before they end (bench/endings.py). Already heard when a pause is judged, so it costs no waiting."""
     max_turn_s: Annotated[float, msgspec.Meta(ge=1, le=120)] = 30.0
     stt_model: str = "tiny.en"
     """`tiny.en` (bundled), `base` (bundled, two parts), or a CTranslate2 model directory."""

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CUT_OFF_NOTE = ("On this phone call the caller may talk over you: a reply of yours that stops mid-sentence was cut "
+                "off there, and the caller heard nothing after it.")
+"""How the model learns that a reply was cut short: once, in the system prompt (always there, so the prompt's start
+never changes and a model server's prefix cache keeps it), with the reply itself kept as the words heard and no mark.
+A mark in the text is copied: with "[interrupted by the caller]" after a cut reply, the model began ending its own
+replies with it, and Piper spoke it; with a dash, SmolLM2 cut its own replies short with one
+(tests/test_speakable.py)."""
 MAX_CALLER_CHARS = 2000
 """The most of the caller's words one user turn keeps (~450 tokens): a caller talking on over the bot, turn after
 turn, is merged into one turn, which must not grow without end. The latest words are kept."""
@@ -78,12 +85,12 @@ class Dialogue:
             self.turns.remove(turn)
 
     def messages(self, then_user: str | None = None) -> list[dict[str, str]]:
-        """The chat the model sees: system prompt, then turns (an interrupted one marked as cut off); with
-        `then_user`, as it would be after `add_user(then_user)`, without adding it."""
-        out = [{"role": "system", "content": self.system_prompt}]
+        """The chat the model sees: system prompt (with `CUT_OFF_NOTE`), then turns (an interrupted one as the words
+        the caller heard); with `then_user`, as it would be after `add_user(then_user)`, without adding it."""
+        out = [{"role": "system", "content": f"{self.system_prompt} {CUT_OFF_NOTE}".strip()}]
         turns = [*self.turns, Turn("user", then_user)] if then_user is not None else self.turns
         for turn in turns:
-            text = f"{turn.text} [interrupted by the caller]" if turn.interrupted else turn.text
+            text = turn.text
             if out[-1]["role"] == turn.role:  # e.g. the caller's turns either side of a reply nobody heard
                 out[-1]["content"] += " " + text
             else:

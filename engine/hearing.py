@@ -227,7 +227,10 @@ class Hearing:
             ear.judging = None
 
     def _job(self, ear: CallEar, start: int, end: int, *, speculative: bool, judge: bool = False) -> Job:
-        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, end), ear.t_ns_of(end), speculative,
+        # A transcript's audio runs on past where the silence began (speech.suffix_pad_ms, as far as it has come):
+        # the ends of weak last sounds are under the VAD's threshold. The turn's end stays where the speech stopped.
+        upto = end if judge else min(end + self.speech.suffix_pad_ms * self.rate // 1000, ear.history.end)
+        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, upto), ear.t_ns_of(end), speculative,
                   judge=judge)
         ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
         self.pending_jobs.append(job)

@@ -119,7 +119,17 @@ class StreamingPiper:
         return np.asarray(audio[(start - lo) * self.hop:(end - lo) * self.hop], np.float32)
 
     def synthesize(self, text: str) -> Iterator[Pcm16]:
-        for latent in self.latents(text):
+        yield from self.planned(text)[1]
+
+    def planned(self, text: str) -> tuple[int, Iterator[Pcm16]]:
+        """How many samples `text` will make in all, known once its latents are made (the encoder is the cheap
+        part), and the audio. The TTS uses the count to tell the transport, with the sentence's first frame,
+        which frames will carry it: a caller who cuts in mid-sentence then heard a known share of it."""
+        latents = list(self.latents(text))
+        return sum(latent.shape[2] for latent in latents) * self.hop, self._decoded(latents)
+
+    def _decoded(self, latents: list[np.ndarray]) -> Iterator[Pcm16]:
+        for latent in latents:
             for start, end in chunks(latent.shape[2]):
                 audio = self.decode(latent, start, end) * self.gain
                 yield np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)

@@ -106,6 +106,12 @@ class SentenceFrames:
         self._pending = np.zeros(0, np.int16)
         self.seq_first: int | None = None
         self.seq_last = -1
+        self.frames_planned: int | None = None  # all the sentence's frames, when the backend said its length
+        self.told = False  # its span went out early, with its first frame
+
+    def plan(self, samples: int) -> None:
+        """The sentence will make `samples` of audio in all: its frames, the last one padded (`tail`), are known."""
+        self.frames_planned = samples // self.samples + 1
 
     def add(self, chunk: Pcm16) -> list[Pcm16]:
         """The next audio of the sentence; the whole frames it completes."""
@@ -139,6 +145,16 @@ class SentenceFrames:
         return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first, seq_last=self.seq_last,
                       text=s.text, last=s.last)
 
+    def early(self) -> Spoken | None:
+        """The span, once the first frame is written, for a sentence whose length is planned: the frames follow
+        it one by one in the call's ring, so the last one's seq is known. Once."""
+        if self.told or self.frames_planned is None or self.seq_first is None:
+            return None
+        self.told = True
+        s = self.sentence
+        return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first,
+                      seq_last=self.seq_first + self.frames_planned - 1, text=s.text, last=s.last)
+
 
 class SentenceRun:
     """One sentence being spoken a piece at a time, so the process can turn to a more urgent call between
@@ -148,7 +164,8 @@ class SentenceRun:
         self.job, self.emit = job, emit
         self.framer = SentenceFrames(job.sentence, backend.sample_rate)
         text = job.sentence.text
-        self._chunks: Iterator[Pcm16] = backend.synthesize(text) if text.strip() else iter(())
+        self._chunks: Iterator[Pcm16] = iter(())
+        self._backend, self._text = backend, text
         self._ready: deque[tuple[Pcm16, int]] = deque()
         self._started = False
         self._made_all = False
@@ -163,6 +180,7 @@ class SentenceRun:
             self._started = True
             if self.job.sentence.index == 0:
                 self.emit(Stage("tts_start"))
+            self._chunks = self._synthesis()
         if not self._ready and not self._made_all:
             chunk = next(self._chunks, None)
             if chunk is None:
@@ -176,10 +194,26 @@ class SentenceRun:
             seq = write(*self._ready.popleft())
             for stage in self.framer.wrote(seq, self.job.voice):
                 self.emit(stage)
+            if (early := self.framer.early()) is not None:
+                self.emit(early)
         if self._made_all and not self._ready:
-            self.emit(self.framer.spoken())
+            span = self.framer.spoken()
+            if not self.framer.told or span.seq_last - span.seq_first + 1 != self.framer.frames_planned:
+                self.emit(span)  # not told early (or, against the plan, told wrong: this one replaces it)
             return self.close("spoken")
         return None
+
+    def _synthesis(self) -> Iterator[Pcm16]:
+        """The backend's audio for the sentence; with its length first where the backend can plan it."""
+        if not self._text.strip():
+            return iter(())
+        planned = getattr(self._backend, "planned", None)
+        if planned is None:
+            return self._backend.synthesize(self._text)
+        samples, audio = planned(self._text)
+        self.framer.plan(int(samples))
+        chunks: Iterator[Pcm16] = audio
+        return chunks
 
     def close(self, outcome: Outcome = "stopped") -> Outcome:
         """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""

@@ -25,6 +25,7 @@ from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
 from engine.dialogue import Dialogue, Turn
 from engine.llm import LlmBackend, Messages
+from engine.speakable import speakable
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, History, HistoryTurn, Prepare, Respond, Sentence
 
 
@@ -238,8 +239,7 @@ class Reply:
         out = [] if self.enough else self._sentences(self._chunker.flush(), last=True)
         if not any(isinstance(o, Sentence) and o.last for o in out):
             out.append(self._sentence("", last=True))
-        said = " ".join(self._said) if self.enough else "".join(self._produced).strip()
-        self.job.mind.write_reply(self.job.gen, said)
+        self.job.mind.write_reply(self.job.gen, " ".join(self._said))  # what the voice says, not what the model wrote
         return out
 
     @property
@@ -248,9 +248,12 @@ class Reply:
 
     def _sentences(self, pieces: list[str], last: bool = False) -> list[Out]:
         out: list[Out] = []
-        for i, piece in enumerate(pieces):
+        for i, written in enumerate(pieces):
             if self.enough:
                 break
+            piece = speakable(written)  # no stage directions, markdown or emojis; numbers as a person says them
+            if not piece:
+                continue
             if self._index == 0:
                 out.append(Stage("llm_first_sentence"))
             out.append(self._sentence(piece, last=last and i == len(pieces) - 1))

@@ -1,6 +1,6 @@
 """Heard-only history."""
 
-from engine.dialogue import Dialogue
+from engine.dialogue import CUT_OFF_NOTE, Dialogue
 
 
 def test_history_keeps_what_was_heard_not_what_was_generated() -> None:
@@ -9,9 +9,9 @@ def test_history_keeps_what_was_heard_not_what_was_generated() -> None:
     d.add_assistant(1, "Yes, we open on Sunday from ten to four. Would you like to book?")
     d.heard(1, "Yes, we open on Sunday")
     assert d.messages() == [
-        {"role": "system", "content": "You are a receptionist."},
+        {"role": "system", "content": f"You are a receptionist. {CUT_OFF_NOTE}"},
         {"role": "user", "content": "Do you open on Sunday?"},
-        {"role": "assistant", "content": "Yes, we open on Sunday [interrupted by the caller]"},
+        {"role": "assistant", "content": "Yes, we open on Sunday"},
     ]
 
 
@@ -37,7 +37,7 @@ def test_heard_report_arriving_before_the_reply_was_recorded() -> None:
     d = Dialogue("sys")
     d.add_user("Hi")
     d.heard(7, "Good morning")
-    assert d.messages()[-1] == {"role": "assistant", "content": "Good morning [interrupted by the caller]"}
+    assert d.messages()[-1] == {"role": "assistant", "content": "Good morning"}
 
 
 def test_a_heard_report_that_came_first_is_not_overwritten_by_the_whole_reply() -> None:
@@ -45,7 +45,7 @@ def test_a_heard_report_that_came_first_is_not_overwritten_by_the_whole_reply() 
     d.add_user("Tell me a story.")
     d.heard(3, "Once upon a time")  # the caller cut it short before the model had finished writing it down
     d.add_assistant(3, "Once upon a time there was a fox who lived by the river.")
-    assert d.messages()[-1] == {"role": "assistant", "content": "Once upon a time [interrupted by the caller]"}
+    assert d.messages()[-1] == {"role": "assistant", "content": "Once upon a time"}
 
 
 def test_a_caller_who_keeps_talking_over_the_bot_does_not_grow_one_turn_without_end() -> None:

@@ -22,6 +22,7 @@ from engine.conductor_io import (
     Speak,
 )
 from engine.config import ConversationSection
+from engine.dialogue import CUT_OFF_NOTE
 from engine.heard_history import HeardHistory
 from engine.llm import Messages, OnDelta
 from engine.thinking import Mind, Reply, ReplyJob, Thinking, generate
@@ -167,11 +168,11 @@ def test_an_llm_restart_mid_reply_gives_the_new_llm_the_dialogue_then_what_was_h
     line.says("Tell me a story.", 1.0)
     line.make(1, "Once upon a time, a fox. It ran far away.", 1.5)
     line.feed(MarkPlayed(9), 2.0)
-    actions = line.restart_llm(2.1, played=12)
+    actions = line.restart_llm(2.1, played=12)  # 3 of "a fox."'s 10 frames: "a" was heard (reply_track.words_within)
     assert actions[0] == RestoreHistory((HistoryTurn(role="user", text="Tell me a story."),))
-    assert ReportHeard(1, "Once upon a time,") in actions and line.spoken == [line.cfg.apology]
+    assert ReportHeard(1, "Once upon a time, a") in actions and line.spoken == [line.cfg.apology]
     assert line.llm_dialogue() == line.kept() == [("user", "Tell me a story.", None, False),
-                                                  ("assistant", "Once upon a time,", 1, True)]
+                                                  ("assistant", "Once upon a time, a", 1, True)]
 
 
 def test_after_a_reply_nobody_heard_the_callers_merged_words_are_asked_again_once() -> None:
@@ -217,5 +218,5 @@ def test_a_history_that_overtook_the_calls_start_is_applied_when_it_starts() -> 
     thinking.handle(CallStarted(call_id=CALL, slot=0, epoch=1, inbound_rate=16000))
     job = thinking.handle(Respond(call_id=CALL, gen=2, caller_text="How are you?"))
     assert job is not None
-    assert job.messages == [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello?"},
+    assert job.messages == [{"role": "system", "content": f"sys {CUT_OFF_NOTE}"}, {"role": "user", "content": "Hello?"},
                             {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How are you?"}]

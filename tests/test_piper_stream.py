@@ -62,3 +62,10 @@ def test_the_first_audio_is_a_short_chunk(piper: StreamingPiper) -> None:
     audio = list(piper.synthesize(SENTENCE))
     assert len(audio) > 2 and len(audio[0]) == 16 * piper.hop
     assert np.abs(np.concatenate(audio)).max() > 3000  # speech, at a level a caller hears
+
+
+def test_the_planned_length_is_the_length_made(piper: StreamingPiper) -> None:
+    """What the TTS tells the transport with a sentence's first frame rests on this count being exact."""
+    for text in (SENTENCE, "Yes.", "One moment. Let me check that for you, it will not take long."):
+        samples, audio = piper.planned(text)
+        assert samples == sum(len(chunk) for chunk in audio)

@@ -139,3 +139,41 @@ def test_a_call_that_ends_stops_its_speech() -> None:
     job = job_for(speaking, sentence("one two three", last=True))
     speaking.handle(CallEnded(call_id="CA1", slot=0, epoch=1, reason="hung up"))
     assert speak(job, ToneTts(), ring.write, lambda o: None) == "stopped" and ring.frames == []
+
+
+class PlannedToneTts(ToneTts):
+    """The tone backend, saying first how long each sentence will be (as the streaming Piper voice does)."""
+
+    def planned(self, text: str) -> tuple[int, Iterator[Pcm16]]:
+        return len(text.split()) * RATE // 10, self.synthesize(text)
+
+
+def test_a_planned_sentence_is_told_with_its_first_frame_so_a_cut_mid_sentence_is_known() -> None:
+    """The span went out only after a sentence's last frame: a caller cutting in while a long sentence was still
+    being written had heard none of it, as far as the engine knew. A backend that knows the length up front lets
+    the span go with the first frame, and it names exactly the frames that follow."""
+    speaking, ring, tts = Speaking(), ListRing(), PlannedToneTts()
+    call(speaking)
+    outs: list[Spoken | Stage] = []
+    told_at: list[int] = []
+
+    def emit(out: Spoken | Stage) -> None:
+        if isinstance(out, Spoken):
+            told_at.append(len(ring.frames))
+        outs.append(out)
+
+    s0 = sentence("One two three four five six seven eight nine ten eleven twelve thirteen.", 0, last=True)
+    assert speak(job_for(speaking, s0), tts, ring.write, emit) == "spoken"
+    spans = [o for o in outs if isinstance(o, Spoken)]
+    assert len(spans) == 1  # once, not again at the end
+    assert (spans[0].seq_first, spans[0].seq_last) == (0, len(ring.frames) - 1)
+    assert told_at == [1]  # right behind the first frame: the ring held one frame when it went out
+
+
+def test_a_reply_cut_mid_sentence_reports_the_words_within_the_played_share() -> None:
+    from engine.reply_track import words_within
+
+    text = "A cat in the neighbor's house is a common story."
+    assert words_within(text, 0.0) == []
+    assert words_within(text, 0.5) == ["A", "cat", "in", "the", "neighbor's"]  # 24 of 49 characters
+    assert words_within(text, 1.0) == text.split()

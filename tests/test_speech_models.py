@@ -145,3 +145,22 @@ def test_a_pause_judged_finished_ends_the_turn_and_one_judged_unfinished_waits(
             assert ends_at_ms[0] <= now_ms <= ends_at_ms[1] + 32, now_ms
             break
     assert speech_end is not None
+
+
+def test_a_transcript_hears_past_where_the_silence_began(vad: SileroVad) -> None:
+    """Weak last sounds ("coins") fade below the VAD before they end: Whisper gets speech.suffix_pad_ms more,
+    audio already in hand at the pause. The turn still ends, for latency, where the speech stopped."""
+    cfg = SpeechSection(turn_model="off")
+    hearing = Hearing(vad, cfg, 16000, barge_in_ms=0)
+    hearing.add_call("CA1")
+    audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
+    jobs = []
+    for i in range(0, len(audio), 320):
+        hearing.add_audio("CA1", audio[i:i + 320].tobytes(), (i // 320 + 1) * 20_000_000)
+        while hearing.ears["CA1"].window_ready():
+            hearing.vad_round()
+        jobs += [j for j in hearing.take_jobs() if not j.judge]
+    assert jobs and cfg.suffix_pad_ms > 0
+    pad = cfg.suffix_pad_ms * 16000 // 1000
+    for job in jobs:
+        assert len(job.audio) == job.end - job.start + pad

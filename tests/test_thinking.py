@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from engine.dialogue import CUT_OFF_NOTE
 from engine.llm import EchoBackend, Messages, OnDelta
 from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
@@ -79,7 +80,7 @@ def test_deltas_become_sentences_as_soon_as_each_is_speakable() -> None:
     llm = ScriptedLlm(["We open", " at nine,", " every day", " of the week.", " See", " you soon!"])
     outcome, outs = run(job, llm)
     assert outcome == "done"
-    assert llm.prompts[0] == [{"role": "system", "content": "Be brief."},
+    assert llm.prompts[0] == [{"role": "system", "content": f"Be brief. {CUT_OFF_NOTE}"},
                               {"role": "user", "content": "What are your hours?"}]
     assert sentences(outs) == [(0, "We open at nine,", False), (1, "every day of the week.", False),
                                (2, "See you soon!", True)]
@@ -128,7 +129,7 @@ def test_a_cancel_mid_stream_stops_the_reply_and_nothing_of_it_is_kept() -> None
     assert all(not last for _, _, last in sentences(outs))
     assert [m["role"] for m in job.mind.dialogue.messages()] == ["system", "user"]
     thinking.handle(Heard(call_id="CA1", gen=1, text="Once upon a time,"))
-    assert job.mind.dialogue.messages()[-1]["content"].startswith("Once upon a time,")
+    assert job.mind.dialogue.messages()[-1]["content"] == "Once upon a time,"  # the heard part, as heard
 
 
 def test_a_failing_backend_ends_the_reply_with_what_it_had() -> None:
@@ -171,9 +172,11 @@ def test_a_reply_is_built_on_what_the_caller_heard_of_the_last_one() -> None:
     started(thinking)
     run(ask(thinking, "Tell me about tides."), ScriptedLlm(["Tides come from the moon's pull on the sea."]))
     thinking.handle(Heard(call_id="CA1", gen=1, text="Tides come from"))
-    _, outs = run(ask(thinking, "Why?", gen=2), EchoBackend())
+    job = ask(thinking, "Why?", gen=2)
+    assert job.messages[-2] == {"role": "assistant", "content": "Tides come from"}  # cut off: what the caller heard
+    _, outs = run(job, EchoBackend())
     reply = " ".join(t for _, t, _ in sentences(outs))
-    assert reply == "You said: Why?. Before that I said: Tides come from [interrupted by the caller]."
+    assert reply == "You said: Why?. Before that I said: Tides come from."
 
 
 @pytest.mark.parametrize("shutting_down", [True, False])

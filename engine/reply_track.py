@@ -1,0 +1,67 @@
+"""A reply as the conductor follows it on its way to the caller: its audio spans, and what of it was heard.
+
+The TTS tells the transport which ring frames carry each piece of a reply (`Spoken`:
+with the piece's first frame when the voice knows its length, else after its last).
+Twilio echoes a mark once each span has played. When the caller cuts in, `heard_words`
+says what of the reply got across: the spans played, then the played share of the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Span:
+    """Frames seq_first..seq_last of the call's outbound ring carry `text`, piece `index` of a reply."""
+
+    index: int
+    seq_first: int
+    seq_last: int
+    text: str
+    last: bool
+    played: bool = False
+
+
+@dataclass
+class ReplyTrack:
+    """One reply of a call: what it answers, its spans, and how far it has got."""
+
+    gen: int
+    requested_s: float
+    caller_text: str = ""  # what it answers, so a lost reply can be retried
+    retried: bool = False
+    closing: bool = False  # a last line: the call ends when it has played
+    spans: dict[int, Span] = field(default_factory=dict)  # by seq_last, the seq its mark carries
+    audio: bool = False
+    done: bool = False  # its last span has played
+    provisional: bool = False  # started at a pause: held until the turn is over as transcribed
+    llm: bool = True  # made by the LLM (not a line the TTS says for the transport): it joins the LLM's dialogue
+
+
+def heard_words(reply: ReplyTrack, played: int | None) -> str:
+    """The words of `reply` the caller heard: whole spans played, then the played share of the next."""
+    words: list[str] = []
+    for span in sorted(reply.spans.values(), key=lambda s: s.index):
+        if span.played or (played is not None and played >= span.seq_last):
+            words += span.text.split()
+            continue
+        if played is not None and played >= span.seq_first:
+            share = (played - span.seq_first + 1) / (span.seq_last - span.seq_first + 1)
+            words += words_within(span.text, share)
+        break
+    return " ".join(words)
+
+
+def words_within(text: str, share: float) -> list[str]:
+    """The words of `text` spoken in the first `share` of its audio: speech takes time by its letters more than by
+    its words, so a word counts once the characters up to its end fit in that share of them."""
+    budget = share * len(text)
+    out: list[str] = []
+    end = 0
+    for word in text.split():
+        end = text.index(word, end) + len(word)
+        if end > budget:
+            break
+        out.append(word)
+    return out
