@@ -54,14 +54,15 @@ def heard_words(reply: ReplyTrack, played: int | None) -> str:
 
 
 def words_within(text: str, share: float) -> list[str]:
-    """The words of `text` spoken in the first `share` of its audio: speech takes time by its letters more than by
-    its words, so a word counts once the characters up to its end fit in that share of them."""
+    """The words of `text` the caller heard in the first `share` of its audio: speech takes time by its letters more
+    than by its words, and a word counts once the characters up to its middle fit in that share of them (a word
+    cut off half-said was heard, as a listener, or a transcript of the audio, would have it)."""
     budget = share * len(text)
     out: list[str] = []
     end = 0
     for word in text.split():
         end = text.index(word, end) + len(word)
-        if end > budget:
+        if end - len(word) / 2 > budget:
             break
         out.append(word)
     return out

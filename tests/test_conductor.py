@@ -107,10 +107,11 @@ def test_barge_in_clears_cancels_and_reports_exactly_the_played_words() -> None:
     c.handle(said("Tell me a story."), 0.0)
     play_reply(c, 1, ["Once upon a time,", "there was a small red fox who lived by the river.", "The end."], 0.5)
     c.handle(MarkPlayed(9), 1.0)  # the first span has played
-    # The play-out clock says the caller heard 5 of the second span's 10 frames: 5 of its 11 words, rounded down.
+    # The play-out clock says the caller heard 5 of the second span's 10 frames: half its 49 characters, which
+    # reaches past the middle of "fox" (engine.reply_track.words_within).
     actions = barge_in(c, 1.35, played=14)
     assert actions[:3] == [Clear(1), CancelReply(1),
-                           ReportHeard(1, "Once upon a time, there was a small red")]
+                           ReportHeard(1, "Once upon a time, there was a small red fox")]
     assert c.phase is Phase.INTERRUPTED and c.interruptions == 1
     # Twilio echoes the cleared marks: they are not playback and change nothing.
     assert c.handle(MarkPlayed(19), 1.36) == [] and c.handle(MarkPlayed(29), 1.36) == []

@@ -175,5 +175,6 @@ def test_a_reply_cut_mid_sentence_reports_the_words_within_the_played_share() ->
 
     text = "A cat in the neighbor's house is a common story."
     assert words_within(text, 0.0) == []
-    assert words_within(text, 0.5) == ["A", "cat", "in", "the", "neighbor's"]  # 24 of 49 characters
+    assert words_within(text, 0.5) == ["A", "cat", "in", "the", "neighbor's"]  # 24.5 of 49 characters
+    assert words_within(text, 0.58) == ["A", "cat", "in", "the", "neighbor's", "house"]  # past the middle of "house"
     assert words_within(text, 1.0) == text.split()
