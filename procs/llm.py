@@ -117,7 +117,8 @@ class LlmProc(SyncChild):
             log.info("call %s gen %d cancelled after %d deltas", job.call_id, job.gen, reply.deltas)
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.thinking.calls), "cancels": self.thinking.cancels,
+        return {"calls": len(self.thinking.calls), "queued": sum(jobs.qsize() for jobs in self._jobs),
+                "cancels": self.thinking.cancels,
                 "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
 
     def teardown(self) -> None:

@@ -110,6 +110,7 @@ class PhoneCall:
         self._waiter = shared.doorbell.waiter(shared.pool.outbound[lease.slot])
         self._sender: asyncio.Task[None] | None = None
         self._control: list[tuple[str, int]] = []  # (clear message, its reply's gen): sent before any audio
+        self._barge_in_onset = 0  # the speech onset of a barge-in whose `clear` is still to go
         self._closing: set[asyncio.Future[None]] = set()  # socket closes in flight (kept referenced)
 
     @property
@@ -212,6 +213,7 @@ class PhoneCall:
             if self.turn.end_of_turn:
                 self.stamp(action.gen, "end_of_turn", self.turn.end_of_turn)
             self.stamp(action.gen, "reply_committed", time.monotonic_ns())
+            self._turn_metrics(time.monotonic_ns())
             self.record({"event": "commit", "gen": action.gen})
         elif isinstance(action, DiscardReply):
             self.audio.discard(time.monotonic(), action.gen)
@@ -233,11 +235,13 @@ class PhoneCall:
         log.info("call %s gen %d: %s%s", self.call_id, note.gen, note.what, detail)
         self.record({"event": "note", "what": note.what, "gen": note.gen, "detail": note.detail})
         if note.what == "barge-in" and self.turn.onset:
+            self._barge_in_onset = self.turn.onset
             self.stamp(note.gen, "speech_onset", self.turn.onset)
             self.stamp(note.gen, "barge_in_heard", self.turn.heard)
 
     def _stamp_request(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
         turn = self.turn
+        now_ns = time.monotonic_ns()
         if answers_caller:
             if turn.speech_end:
                 self._answering[gen] = turn.speech_end
@@ -245,9 +249,21 @@ class PhoneCall:
                                 ("transcript", turn.transcript)):
                 if t_ns and not (provisional and stage == "end_of_turn"):
                     self.stamp(gen, stage, t_ns)
-        self.stamp(gen, "reply_requested", time.monotonic_ns())
+            if not provisional:  # a provisional reply's turn counts when it is committed
+                self._turn_metrics(now_ns)
+        self.stamp(gen, "reply_requested", now_ns)
         if provisional:
             self.stamp(gen, "reply_provisional", time.monotonic_ns())
+
+    def _turn_metrics(self, requested_ns: int) -> None:
+        """A caller's turn is answered: it counts, with when each of its stages came after the speech end."""
+        metrics, turn = self.shared.metrics, self.turn
+        metrics.turn()
+        if turn.speech_end:
+            for stage, t_ns in (("end_of_turn", turn.end_of_turn), ("transcript", turn.transcript),
+                                ("reply_requested", requested_ns)):
+                if t_ns:
+                    metrics.stage(stage, (t_ns - turn.speech_end) / 1e9)
 
     def stamp(self, gen: int, stage: str, t_ns: int) -> None:
         if self.shared.trace is not None:
@@ -269,7 +285,11 @@ class PhoneCall:
             while self._control:
                 message, gen = self._control.pop(0)
                 await socket.send(message)
-                self.stamp(gen, "clear_sent", time.monotonic_ns())
+                sent_ns = time.monotonic_ns()
+                self.stamp(gen, "clear_sent", sent_ns)
+                if self._barge_in_onset:
+                    self.shared.metrics.barge_in((sent_ns - self._barge_in_onset) / 1e9)
+                    self._barge_in_onset = 0
             t0 = time.perf_counter_ns()
             audio.pull()
             messages = audio.due_messages(time.monotonic())
@@ -283,6 +303,8 @@ class PhoneCall:
                 self.stamp(gen, "first_audio_out", now_ns)
                 if (speech_end := self._answering.pop(gen, None)) is not None:
                     self.shared.admission.reply((now_ns - speech_end) / 1e6, len(self.shared.calls))
+                    self.shared.metrics.reply_sounded((now_ns - speech_end) / 1e9)
+                    self.shared.metrics.stage("first_audio_out", (now_ns - speech_end) / 1e9)
                 self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
                 await self.feed(AudioStarted(gen))
             due = audio.next_due_at()
@@ -348,6 +370,7 @@ class PhoneCall:
         if shared.recorder is not None:
             shared.recorder.close(self.call_id)
         shared.counters["calls_ended"] += 1
+        shared.metrics.call_ended(outcome)
         shared.counters["seq_gaps"] += self.socket.session.seq_gaps
         log.info("call %s ended: %s (%d frames in, %d out, %d sequence gaps)", self.call_id, outcome,
                  self.audio.frames_in, self.audio.frames_out, self.socket.session.seq_gaps)

@@ -194,7 +194,8 @@ class SpeechProc(SyncChild):
     def stats(self) -> dict[str, int]:
         h = self.hearing
         verdicts = {f"turns_{k}": v for k, v in h.verdicts.items()} if h else {}
-        return {"calls": len(self.calls), "frames_in": self.frames_in, "transcripts": self.transcripts,
+        return {"calls": len(self.calls), "queued": self._jobs.qsize(), "frames_in": self.frames_in,
+                "transcripts": self.transcripts,
                 "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0, **verdicts}
 
     def teardown(self) -> None:

@@ -31,12 +31,14 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.admission import Admission, HostCpu, Reservations
 from engine.conductor_io import PeerRestarted, Tick
 from engine.config import Config
 from engine.health import build_health
 from engine.media_stream import CLOSE_POLICY, MediaStreamSession, Started
+from engine.metrics import CallMetrics, Snapshot
 from engine.telephony import STREAM_PATH, TOKEN_PARAMETER, StreamTokens
 from engine.trace import TraceSink
 from ipc.bus import AsyncBus
@@ -82,6 +84,7 @@ class TransportProc:
                                       admission=Admission(cfg.engine.max_calls, cfg.engine.admit_max_response_ms,
                                                           cfg.engine.admit_max_cpu_pct),
                                       reservations=Reservations(cfg.transport.stream_token_ttl_s))
+        self.shared.metrics = CallMetrics(self._snapshot)
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
         self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared)
@@ -92,6 +95,20 @@ class TransportProc:
         self.unstarted = 0  # Media Stream sockets past the upgrade that have not said `start` yet
 
     # --- HTTP ----------------------------------------------------------------------------------
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format; for operators only, like /health."""
+        if not self._operator(request):
+            self.shared.counters["metrics_refused"] += 1
+            return web.Response(status=404, text="not found\n")
+        return web.Response(body=self.shared.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _snapshot(self) -> Snapshot:
+        shared = self.shared
+        return Snapshot(calls_active=len(shared.calls), status=self.status, counters=dict(shared.counters),
+                        ring_drops={"inbound": sum(r.stats().drops for r in self.pool.inbound),
+                                    "outbound": sum(r.stats().drops for r in self.pool.outbound)},
+                        admission_limit=shared.admission.limit, turned_away=shared.admission.turned_away)
+
     async def health(self, request: web.Request) -> web.Response:
         """Loopback only (or with the operator's token): it names live calls, PIDs and exit reasons."""
         if not self._operator(request):
@@ -196,6 +213,7 @@ class TransportProc:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.transport.max_message_bytes)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         self.webhooks.add_routes(app)
         app.router.add_get(STREAM_PATH, self.stream)
         return app

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.admission import Admission, Reservations
 from engine.config import Config
+from engine.metrics import CallMetrics, Snapshot
 from engine.recorder import Recorder
 from engine.stats import Recent
 from engine.trace import TraceSink
@@ -47,6 +48,8 @@ class TransportShared:
     """The measured load that decides whether a new caller is let in (engine.admission)."""
     reservations: Reservations = field(default_factory=lambda: Reservations(60.0))
     """Lines promised to callers whose streams have not started yet."""
+    metrics: CallMetrics = field(default_factory=lambda: CallMetrics(lambda: Snapshot(0, None, {}, {}, 0, 0)))
+    """What /metrics reports: the transport process gives it the snapshot of what it keeps."""
 
 
 def recordings_of(cfg: Config) -> Recorder | None:

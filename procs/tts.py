@@ -159,7 +159,8 @@ class TtsProc(SyncChild):
                 voice.ended = True
 
     def stats(self) -> dict[str, int]:
-        return {"calls": len(self.speaking.calls), "cancels": self.speaking.cancels, "sentences": self.sentences,
+        return {"calls": len(self.speaking.calls), "queued": self._jobs.qsize() + len(self.schedule),
+                "cancels": self.speaking.cancels, "sentences": self.sentences,
                 "frames_out": self.frames_out, "failures": self.failures}
 
     def teardown(self) -> None:
