@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CUT_OFF_NOTE = ("On this phone call the caller may talk over you: a reply of yours that stops mid-sentence was cut "
-                "off there, and the caller heard nothing after it.")
-"""How the model learns that a reply was cut short: once, in the system prompt (always there, so the prompt's start
-never changes and a model server's prefix cache keeps it), with the reply itself kept as the words heard and no mark.
-A mark in the text is copied: with "[interrupted by the caller]" after a cut reply, the model began ending its own
-replies with it, and Piper spoke it; with a dash, SmolLM2 cut its own replies short with one
-(tests/test_speakable.py)."""
+# A reply the caller cut short is kept as the words they heard, with no mark of the cut in its text: the model copies
+# marks. With "[interrupted by the caller]" after a cut reply, the bundled SmolLM2 ended 18 of 20 of its own replies
+# with it, and Piper spoke it; with a dash it cut its own replies short with one; with a note at the start of the
+# caller's next turn it answered "I'm happy to help" from then on; with a note in the system prompt it answered "What
+# is the capital of France?" in broken French (tests/test_speakable.py). A larger model (Gemma 3) may be told in
+# `llm.system_prompt` what a reply that stops mid-sentence means: the prompt's start never changes, so a model
+# server's prefix cache keeps it.
+
 MAX_CALLER_CHARS = 2000
 """The most of the caller's words one user turn keeps (~450 tokens): a caller talking on over the bot, turn after
 turn, is merged into one turn, which must not grow without end. The latest words are kept."""
@@ -85,9 +86,9 @@ class Dialogue:
             self.turns.remove(turn)
 
     def messages(self, then_user: str | None = None) -> list[dict[str, str]]:
-        """The chat the model sees: system prompt (with `CUT_OFF_NOTE`), then turns (an interrupted one as the words
-        the caller heard); with `then_user`, as it would be after `add_user(then_user)`, without adding it."""
-        out = [{"role": "system", "content": f"{self.system_prompt} {CUT_OFF_NOTE}".strip()}]
+        """The chat the model sees: system prompt, then turns (an interrupted one as the words the caller heard);
+        with `then_user`, as it would be after `add_user(then_user)`, without adding it."""
+        out = [{"role": "system", "content": self.system_prompt}]
         turns = [*self.turns, Turn("user", then_user)] if then_user is not None else self.turns
         for turn in turns:
             text = turn.text

@@ -179,8 +179,11 @@ class EchoBackend:
         """No model: nothing to release."""
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
-        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        said = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
+        # Brackets as parentheses: the keypad's "[pressed on the keypad: 1]" would be taken for a stage direction by
+        # the filter before the TTS (engine.speakable) and never said.
+        plain = str.maketrans("[]", "()")
+        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "").translate(plain)
+        said = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "").translate(plain)
         text = f"You said: {user}." + (f" Before that I said: {said}." if said else "")
         for i, word in enumerate(text.split()[:max_tokens]):
             if on_delta(word if i == 0 else " " + word):

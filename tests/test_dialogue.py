@@ -1,6 +1,6 @@
 """Heard-only history."""
 
-from engine.dialogue import CUT_OFF_NOTE, Dialogue
+from engine.dialogue import Dialogue
 
 
 def test_history_keeps_what_was_heard_not_what_was_generated() -> None:
@@ -9,7 +9,7 @@ def test_history_keeps_what_was_heard_not_what_was_generated() -> None:
     d.add_assistant(1, "Yes, we open on Sunday from ten to four. Would you like to book?")
     d.heard(1, "Yes, we open on Sunday")
     assert d.messages() == [
-        {"role": "system", "content": f"You are a receptionist. {CUT_OFF_NOTE}"},
+        {"role": "system", "content": "You are a receptionist."},
         {"role": "user", "content": "Do you open on Sunday?"},
         {"role": "assistant", "content": "Yes, we open on Sunday"},
     ]

@@ -22,7 +22,6 @@ from engine.conductor_io import (
     Speak,
 )
 from engine.config import ConversationSection
-from engine.dialogue import CUT_OFF_NOTE
 from engine.heard_history import HeardHistory
 from engine.llm import Messages, OnDelta
 from engine.thinking import Mind, Reply, ReplyJob, Thinking, generate
@@ -218,5 +217,5 @@ def test_a_history_that_overtook_the_calls_start_is_applied_when_it_starts() -> 
     thinking.handle(CallStarted(call_id=CALL, slot=0, epoch=1, inbound_rate=16000))
     job = thinking.handle(Respond(call_id=CALL, gen=2, caller_text="How are you?"))
     assert job is not None
-    assert job.messages == [{"role": "system", "content": f"sys {CUT_OFF_NOTE}"}, {"role": "user", "content": "Hello?"},
+    assert job.messages == [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello?"},
                             {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How are you?"}]

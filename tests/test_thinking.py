@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.dialogue import CUT_OFF_NOTE
 from engine.llm import EchoBackend, Messages, OnDelta
 from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
@@ -80,7 +79,7 @@ def test_deltas_become_sentences_as_soon_as_each_is_speakable() -> None:
     llm = ScriptedLlm(["We open", " at nine,", " every day", " of the week.", " See", " you soon!"])
     outcome, outs = run(job, llm)
     assert outcome == "done"
-    assert llm.prompts[0] == [{"role": "system", "content": f"Be brief. {CUT_OFF_NOTE}"},
+    assert llm.prompts[0] == [{"role": "system", "content": "Be brief."},
                               {"role": "user", "content": "What are your hours?"}]
     assert sentences(outs) == [(0, "We open at nine,", False), (1, "every day of the week.", False),
                                (2, "See you soon!", True)]
