@@ -104,7 +104,8 @@ class TransportProc:
 
     def _snapshot(self) -> Snapshot:
         shared = self.shared
-        return Snapshot(calls_active=len(shared.calls), status=self.status, counters=dict(shared.counters),
+        return Snapshot(calls_active=len(shared.calls), status=self.status,
+                        counters={**shared.counters, **self._file_counters()},
                         ring_drops={"inbound": sum(r.stats().drops for r in self.pool.inbound),
                                     "outbound": sum(r.stats().drops for r in self.pool.outbound)},
                         admission_limit=shared.admission.limit, turned_away=shared.admission.turned_away)
@@ -128,6 +129,8 @@ class TransportProc:
             "outbound_frame_us": shared.outbound_us.summary(),
             "calls": {call_id: call.live_summary() for call_id, call in shared.calls.items()},
             "ended": list(shared.ended),
+            "files": {**self._file_counters(),
+                      "trace_pending": shared.trace.pending if shared.trace is not None else 0},
         }
         return web.Response(status=code, body=msgspec.json.encode(body), content_type="application/json")
 
@@ -137,6 +140,15 @@ class TransportProc:
                                          f"Bearer {token}".encode()):
             return True
         return request.remote is not None and _loopback(request.remote)
+
+    def _file_counters(self) -> dict[str, int]:
+        """What the recorder and the trace sink could not write (a slow or full disk): dropped, never queued."""
+        recorder, trace = self.shared.recorder, self.shared.trace
+        out = {"trace_dropped": trace.dropped if trace is not None else 0}
+        if recorder is not None:
+            out.update(recording_errors=recorder.errors, recording_dropped_audio_bytes=recorder.dropped_audio_bytes,
+                       recording_dropped_events=recorder.dropped_events)
+        return out
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """A Media Stream: refused unless signed; read up to its `start`, which makes it a call."""

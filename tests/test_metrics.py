@@ -93,5 +93,8 @@ def test_metrics_are_scraped_from_the_transport_during_and_after_a_call(tmp_path
         assert after[("engine_transport_events_total", (("event", "calls_started"),))] == 1
         health = json.loads(h.get("/health")[1])
         assert health["transport"]["counters"]["calls_ended"] == 1
+        # What the recorder could not write is reported, not hidden (none here: the disk kept up).
+        assert health["transport"]["files"]["recording_dropped_events"] == 0
+        assert after[("engine_transport_events_total", (("event", "recording_errors"),))] == 0
     finally:
         h.close()
