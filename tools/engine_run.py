@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ipc.shm import unlink_segment
 from tools.solo import free_port
 
 _counter = itertools.count()
@@ -159,6 +160,8 @@ class EngineRun:
         for pid in instance_pids(self.instance):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        for name in self.segments():  # a run killed outright never unlinked its shared memory: a failed test's
+            unlink_segment(name)      # run would leave it in /dev/shm
         if not self._log.closed:
             self._log.close()
         shutil.rmtree(self.runtime_base, ignore_errors=True)
