@@ -266,10 +266,7 @@ class Conductor:
         reply = self.reply
         if reply is None or event.gen != reply.gen:
             return []  # a cancelled reply's span, or a stale one from before a restart
-        for seq, span in list(reply.spans.items()):
-            if span.index == event.index:  # told early, then again: the later one stands
-                del reply.spans[seq]
-        reply.spans[event.seq_last] = Span(event.index, event.seq_first, event.seq_last, event.text, event.last)
+        reply.add(Span(event.index, event.seq_first, event.seq_last, event.text, event.last))
         return []
 
     def _mark(self, seq: int, now: float) -> list[Action]:
@@ -283,8 +280,7 @@ class Conductor:
         reply.done = True
         self.idle_since = now
         if reply.llm:
-            spans = sorted(reply.spans.values(), key=lambda s: s.index)
-            self.history.played(reply.gen, " ".join(s.text for s in spans if s.text))
+            self.history.played(reply.gen, " ".join(s.text for s in reply.in_order() if s.text))
         if reply.closing:
             self.phase = Phase.ENDED
             return [HangUp("said goodbye")]

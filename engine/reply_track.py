@@ -38,11 +38,21 @@ class ReplyTrack:
     provisional: bool = False  # started at a pause: held until the turn is over as transcribed
     llm: bool = True  # made by the LLM (not a line the TTS says for the transport): it joins the LLM's dialogue
 
+    def add(self, span: Span) -> None:
+        """A span the TTS told of; one told early, then again, is replaced: the later one stands."""
+        for seq, told in list(self.spans.items()):
+            if told.index == span.index:
+                del self.spans[seq]
+        self.spans[span.seq_last] = span
+
+    def in_order(self) -> list[Span]:
+        return sorted(self.spans.values(), key=lambda s: s.index)
+
 
 def heard_words(reply: ReplyTrack, played: int | None) -> str:
     """The words of `reply` the caller heard: whole spans played, then the played share of the next."""
     words: list[str] = []
-    for span in sorted(reply.spans.values(), key=lambda s: s.index):
+    for span in reply.in_order():
         if span.played or (played is not None and played >= span.seq_last):
             words += span.text.split()
             continue

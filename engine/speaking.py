@@ -139,11 +139,12 @@ class SentenceFrames:
             return [Stage("tts_first_audio")]
         return []
 
-    def spoken(self) -> Spoken:
+    def spoken(self, seq_last: int | None = None) -> Spoken:
+        """The sentence's span: up to the last frame written, or to `seq_last`."""
         s = self.sentence
         assert self.seq_first is not None, "no frame of the sentence was written"
-        return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first, seq_last=self.seq_last,
-                      text=s.text, last=s.last)
+        return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first,
+                      seq_last=self.seq_last if seq_last is None else seq_last, text=s.text, last=s.last)
 
     def early(self) -> Spoken | None:
         """The span, once the first frame is written, for a sentence whose length is planned: the frames follow
@@ -151,9 +152,7 @@ class SentenceFrames:
         if self.told or self.frames_planned is None or self.seq_first is None:
             return None
         self.told = True
-        s = self.sentence
-        return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first,
-                      seq_last=self.seq_first + self.frames_planned - 1, text=s.text, last=s.last)
+        return self.spoken(self.seq_first + self.frames_planned - 1)
 
 
 class SentenceRun:
@@ -212,8 +211,7 @@ class SentenceRun:
             return self._backend.synthesize(self._text)
         samples, audio = planned(self._text)
         self.framer.plan(int(samples))
-        chunks: Iterator[Pcm16] = audio
-        return chunks
+        return iter(audio)
 
     def close(self, outcome: Outcome = "stopped") -> Outcome:
         """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""

@@ -253,7 +253,7 @@ class PhoneCall:
                 self._turn_metrics(now_ns)
         self.stamp(gen, "reply_requested", now_ns)
         if provisional:
-            self.stamp(gen, "reply_provisional", time.monotonic_ns())
+            self.stamp(gen, "reply_provisional", now_ns)
 
     def _turn_metrics(self, requested_ns: int) -> None:
         """A caller's turn is answered: it counts, with when each of its stages came after the speech end."""
@@ -307,9 +307,9 @@ class PhoneCall:
                     self.shared.metrics.stage("first_audio_out", (now_ns - speech_end) / 1e9)
                 self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
                 await self.feed(AudioStarted(gen))
-            due = audio.next_due_at()
-            if self._control:
+            if self._control:  # a clear queued meanwhile goes before anything else
                 continue
+            due = audio.next_due_at()
             if due is not None:
                 await self._nap(due - time.monotonic())
             elif audio.outbound.ring.epoch != self.lease.epoch:

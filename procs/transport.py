@@ -87,7 +87,7 @@ class TransportProc:
         self.shared.metrics = CallMetrics(self._snapshot)
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
-        self.webhooks = Webhooks(cfg, self.pool, self.tokens, self.shared)
+        self.webhooks = Webhooks(self.tokens, self.shared)
         self.status: Status | None = None
         self.status_at = 0.0
         self.stopping = asyncio.Event()
@@ -174,18 +174,15 @@ class TransportProc:
         media = MediaSocket(ws, MediaStreamSession(self._verify_token), limits, self.shared.counters,
                             request.remote, transport)
         events = media.events()
-        self.unstarted += 1
-        counted = True
         try:
-            async for _, event in events:
-                if isinstance(event, Started):  # the rest of the socket is the call's
-                    self.unstarted -= 1
-                    counted = False
-                    await self._start_call(media, event, events)
-                    break
-        finally:
-            if counted:
+            self.unstarted += 1
+            try:
+                started = await _first_start(events)
+            finally:
                 self.unstarted -= 1
+            if started is not None:  # the rest of the socket is the call's
+                await self._start_call(media, started, events)
+        finally:
             if not ws.closed:
                 await media.close(1000, "")
         return ws
@@ -371,6 +368,14 @@ class ConnectionCap:
 class _Dropped(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.abort()  # type: ignore[attr-defined]
+
+
+async def _first_start(events: AsyncIterator[tuple[int, StreamEvent]]) -> Started | None:
+    """Read a stream up to its `start` (None: it ended before saying it); `events` goes on from there."""
+    async for _, event in events:
+        if isinstance(event, Started):
+            return event
+    return None
 
 
 def _loopback(host: str) -> bool:

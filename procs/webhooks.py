@@ -20,7 +20,6 @@ import time
 
 from aiohttp import web
 
-from engine.config import Config
 from engine.privacy import phone_number
 from engine.telephony import (
     STATUS_PATH,
@@ -32,7 +31,6 @@ from engine.telephony import (
     signature_valid,
     stream_url,
 )
-from ipc.pool import RingPool
 from procs.transport_shared import TransportShared
 
 log = logging.getLogger("engine.transport")
@@ -44,11 +42,11 @@ BUSY_LINE = "All our lines are busy right now. Please call again in a few minute
 class Webhooks:
     """The voice webhook and the status callback, and the signature checks every Twilio request goes through."""
 
-    def __init__(self, cfg: Config, pool: RingPool, tokens: StreamTokens, shared: TransportShared) -> None:
-        self.cfg = cfg
+    def __init__(self, tokens: StreamTokens, shared: TransportShared) -> None:
+        self.cfg = shared.cfg
         self.admission = shared.admission
         self.reservations = shared.reservations
-        self.pool = pool
+        self.pool = shared.pool
         self.tokens = tokens
         self.counters = shared.counters
         self.recorder = shared.recorder
@@ -90,9 +88,9 @@ class Webhooks:
 
     def _unverifiable(self, path: str) -> web.Response | None:
         """Why no signature can be checked yet (a setting missing), as the refusal to answer with."""
-        for missing, name in ((self.cfg.twilio.auth_token, "twilio.auth_token (TWILIO_AUTH_TOKEN)"),
+        for setting, name in ((self.cfg.twilio.auth_token, "twilio.auth_token (TWILIO_AUTH_TOKEN)"),
                               (self.cfg.transport.public_url, "transport.public_url, the URL Twilio signs,")):
-            if not missing:
+            if not setting:
                 log.warning("refused %s: %s is not set, so X-Twilio-Signature cannot be checked", path, name)
                 return web.Response(status=403, text="signature cannot be validated\n")
         return None
