@@ -134,25 +134,37 @@ class HostCpu:
         return 100.0 * (1 - (now[1] - last[1]) / (now[0] - last[0]))
 
 
+@dataclass(frozen=True)
+class Party:
+    """Who is on the other end of a call, as the voice webhook learned it: their number, and who called whom."""
+
+    number: str = ""
+    """The caller's number on an inbound call, the number called on an outbound one (E.164; empty: unknown)."""
+    outbound: bool = False
+
+
 class Reservations:
     """Lines promised to callers the voice webhook let in, until their stream starts or `hold_s` passes.
 
     Twilio connects the stream a moment after the webhook answers; counting those calls as up from the answer
-    on means a burst of callers cannot all be told yes and then find no line when their streams arrive.
+    on means a burst of callers cannot all be told yes and then find no line when their streams arrive. Each
+    promise keeps who the call is with (`Party`), which the stream's own messages never say.
     """
 
     def __init__(self, hold_s: float) -> None:
         self.hold_s = hold_s
-        self._held: dict[str, float] = {}  # call sid -> when the promise lapses (monotonic s)
+        self._held: dict[str, tuple[float, Party]] = {}  # call sid -> when the promise lapses (monotonic s), party
 
     def held(self, now: float, besides: str = "") -> int:
         """Promises still open at `now`, not counting `besides` (a call asking again is not a second call)."""
-        self._held = {sid: until for sid, until in self._held.items() if until > now}
+        self._held = {sid: kept for sid, kept in self._held.items() if kept[0] > now}
         return len(self._held) - (besides in self._held)
 
-    def reserve(self, call_sid: str, now: float) -> None:
-        self._held[call_sid] = now + self.hold_s
+    def reserve(self, call_sid: str, now: float, party: Party | None = None) -> None:
+        self._held[call_sid] = (now + self.hold_s, party or Party())
 
-    def claim(self, call_sid: str) -> bool:
-        """The call's stream started: its promise is kept (it now holds a ring pair). False if it had none."""
-        return self._held.pop(call_sid, None) is not None
+    def claim(self, call_sid: str) -> Party | None:
+        """The call's stream started: its promise is kept (it now holds a ring pair). Who it is with; None if it
+        had no promise."""
+        kept = self._held.pop(call_sid, None)
+        return None if kept is None else kept[1]

@@ -13,6 +13,7 @@ Phases:
 - INTERRUPTED: the caller cut the reply short; waiting for what they say.
 - ENDING: a last line (goodbye, time limit) is playing; the call ends when it has.
 - ENDED: the caller hung up or we did.
+- SCREENING: a call we placed, until Twilio says who answered (engine.screening): nothing said or answered.
 
 Heard-only history: the TTS reports which ring frames carry which text (`Spoken`
 spans); the transport marks the last frame of each span; Twilio echoes a mark once
@@ -26,17 +27,14 @@ it to a restarted LLM process before anything else.
 
 from __future__ import annotations
 
-import enum
 import re
 
 from engine.conductor_io import (
     Action,
+    Answered,
     AudioStarted,
-    CancelReply,
-    Clear,
     CommitReply,
     Connected,
-    DiscardReply,
     Event,
     HangUp,
     HungUp,
@@ -45,28 +43,19 @@ from engine.conductor_io import (
     Note,
     PeerRestarted,
     PrepareReply,
-    ReportHeard,
+    Remembered,
     RequestReply,
     RestoreHistory,
-    Speak,
     Tick,
+    Transfer,
+    TransferFailed,
 )
 from engine.config import ConversationSection
-from engine.heard_history import HeardHistory
-from engine.reply_track import ReplyTrack, Span, heard_words
+from engine.handoff import asks_for_person
+from engine.replies import Phase, Replies
+from engine.reply_track import ReplyTrack, Span
+from engine.screening import Screening, Verdict
 from ipc.schema import EndOfTurn, ProcName, SpeechResumed, SpeechStarted, SpeechSustained, Spoken, Transcript
-
-
-class Phase(enum.Enum):
-    """Where a call's conversation stands (see the module docstring)."""
-
-    LISTENING = "listening"
-    THINKING = "thinking"
-    SPEAKING = "speaking"
-    INTERRUPTED = "interrupted"
-    ENDING = "ending"
-    ENDED = "ended"
-
 
 _PUNCTUATION = re.compile(r"[^\w\s']")
 
@@ -76,7 +65,7 @@ def same_words(a: str, b: str) -> bool:
     return _PUNCTUATION.sub(" ", a.lower()).split() == _PUNCTUATION.sub(" ", b.lower()).split()
 
 
-class Conductor:
+class Conductor(Replies):
     """One call's conversation. `handle(event, now, played)` returns the actions to carry out, in order.
 
     `now` is monotonic seconds. `played` is the ring seq of the last outbound frame the caller has heard
@@ -84,11 +73,9 @@ class Conductor:
     """
 
     def __init__(self, cfg: ConversationSection, now: float) -> None:
+        super().__init__()
         self.cfg = cfg
-        self.phase = Phase.LISTENING
         self.started_s = now
-        self.gen = 0
-        self.reply: ReplyTrack | None = None
         self.caller_speaking = False
         self.barged_this_turn = False
         self.idle_since = now
@@ -98,16 +85,29 @@ class Conductor:
         self.interruptions = 0
         self.backchannels = 0
         self.provisional = {"started": 0, "committed": 0, "discarded": 0}
-        self.history = HeardHistory()
+        self.transferring = False
+        self.screening: Screening | None = None
 
     # --- dispatch -------------------------------------------------------------------------
     def handle(self, event: Event, now: float, played: int | None = None) -> list[Action]:
+        if isinstance(event, TransferFailed):  # the call ended as far as the bot knew: it goes on after all
+            return self._transfer_failed(event.why, now)
         if self.phase is Phase.ENDED:
             return []
         if isinstance(event, HungUp):
-            self.phase = Phase.ENDED
+            self.phase, self.transferring = Phase.ENDED, False
             return []  # CallEnded, which the transport sends anyway, stops every process's work for the call
+        if isinstance(event, Remembered):  # before the call begins: the dialogue it goes on from
+            self.history.restore(event.turns)
+            return [RestoreHistory(tuple(self.history.turns())), Note("remembered", 0, f"{len(event.turns)} turns")]
+        if self.phase is Phase.SCREENING:  # only who answered, or the time, moves it on
+            return self._screened(event, now) if isinstance(event, Answered | Tick) else []
+        if isinstance(event, Answered):  # before `Connected` (which brings it again), or late, or twice: no change
+            return [Note(f"answered by {event.by}: too late to matter", self.gen)] if self.screening else []
         if isinstance(event, Connected):
+            if event.screen:
+                self.phase, self.screening = Phase.SCREENING, Screening(self.cfg, now)
+                return self._screened(Answered(event.answered), now) if event.answered else []
             return self._say_via_llm(self.cfg.greeting, now) if self.cfg.greeting else []
         if isinstance(event, SpeechStarted):
             self._speech_started()
@@ -119,7 +119,8 @@ class Conductor:
             self.idle_since = now
             return []
         if isinstance(event, Transcript):
-            return self._caller_said(event.text, now) if event.final else self._provisional_reply(event.text, now)
+            return self._caller_said(event.text, now, played) if event.final \
+                else self._provisional_reply(event.text, now)
         if isinstance(event, SpeechResumed):
             return self._discard_provisional("the caller went on")
         if isinstance(event, KeyPressed):
@@ -140,6 +141,20 @@ class Conductor:
             return self._peer_restarted(event.proc, now, played)
         raise TypeError(f"not a conductor event: {event!r}")
 
+    def _screened(self, event: Answered | Tick, now: float) -> list[Action]:
+        """A call we placed, on an answering-machine detection result or a tick: start it as the verdict says."""
+        assert self.screening is not None
+        verdict, why = self.screening.judge(event.by if isinstance(event, Answered) else None, now)
+        if verdict is Verdict.WAIT:
+            return []
+        self.phase, self.idle_since = Phase.LISTENING, now
+        if verdict is Verdict.VOICEMAIL:
+            return [Note(why, self.gen), *self._speak(self.cfg.voicemail_message, now, closing=True)]
+        if verdict is Verdict.HANG_UP:
+            self.phase = Phase.ENDED
+            return [Note(why, self.gen), HangUp(why)]
+        return [Note(why, self.gen), *(self._say_via_llm(self.cfg.greeting, now) if self.cfg.greeting else [])]
+
     # --- the caller -----------------------------------------------------------------------
     def _speech_started(self) -> None:
         self.caller_speaking = True
@@ -150,10 +165,13 @@ class Conductor:
         return self.phase in (Phase.THINKING, Phase.SPEAKING) and self.reply is not None \
             and not self.reply.closing
 
-    def _caller_said(self, text: str, now: float) -> list[Action]:
+    def _caller_said(self, text: str, now: float, played: int | None) -> list[Action]:
         self.caller_speaking = False
         self.idle_since = now
         text = text.strip()
+        if self.phase is not Phase.ENDING and (phrase := asks_for_person(text, self.cfg.transfer_phrases)):
+            return [*self._discard_provisional("the caller asked for a person"),
+                    *self._hand_off(now, played, f'said "{phrase}"')]
         reply = self.reply
         if reply is not None and reply.provisional:
             if text and same_words(reply.caller_text, text):
@@ -177,7 +195,8 @@ class Conductor:
     def _provisional_reply(self, text: str, now: float) -> list[Action]:
         """A transcript made at a pause: start the reply now, its audio held until the turn is over."""
         text = text.strip()
-        if not (self.cfg.speculative_reply and text) or self.phase not in (Phase.LISTENING, Phase.INTERRUPTED):
+        if not (self.cfg.speculative_reply and text) or self.phase not in (Phase.LISTENING, Phase.INTERRUPTED) \
+                or asks_for_person(text, self.cfg.transfer_phrases):
             return []
         actions = self._discard_provisional("a later pause")
         self.gen += 1
@@ -209,49 +228,11 @@ class Conductor:
         digits, self.digits = self.digits, ""
         if not digits or self.phase is Phase.ENDING:
             return []
+        if digits == self.cfg.transfer_digit:  # the key alone (then '#' or a pause), not a number that starts with it
+            return self._hand_off(now, None, f"pressed {digits}")
         return self._request(now, caller_text=f"[pressed on the keypad: {' '.join(digits)}]")
 
     # --- replies --------------------------------------------------------------------------
-    def _new_reply(self, now: float, caller_text: str = "", closing: bool = False) -> ReplyTrack:
-        self.gen += 1
-        self.reply = ReplyTrack(self.gen, now, caller_text=caller_text, closing=closing)
-        self.phase = Phase.ENDING if self.reply.closing else Phase.THINKING
-        return self.reply
-
-    def _request(self, now: float, caller_text: str) -> list[Action]:
-        actions = self._abandon()
-        reply = self._new_reply(now, caller_text=caller_text)
-        self.history.asked(caller_text)
-        return [*actions, RequestReply(reply.gen, caller_text=caller_text)]
-
-    def _say_via_llm(self, text: str, now: float, closing: bool = False) -> list[Action]:
-        actions = self._abandon()
-        reply = self._new_reply(now, closing=closing)
-        return [*actions, RequestReply(reply.gen, say=text)]
-
-    def _speak(self, text: str, now: float, closing: bool = False) -> list[Action]:
-        actions = self._abandon()
-        reply = self._new_reply(now, closing=closing)
-        reply.llm = False
-        return [*actions, Speak(reply.gen, text)]
-
-    def _abandon(self) -> list[Action]:
-        """Whatever reply is in progress is superseded: stop it (the caller may be hearing it)."""
-        reply = self.reply
-        if reply is None or reply.done:
-            return []
-        return self._stop(reply, None)[0]
-
-    def _stop(self, reply: ReplyTrack, played: int | None) -> tuple[list[Action], str]:
-        """Silence and cancel `reply`, telling the LLM what of it the caller heard; the actions, and that text.
-        A provisional reply was never heard: it is only cancelled and its held audio dropped."""
-        self.reply = None
-        if reply.provisional:
-            return [CancelReply(reply.gen), DiscardReply(reply.gen)], ""
-        heard = heard_words(reply, played)
-        self.history.heard(reply.gen, heard)
-        return [Clear(reply.gen), CancelReply(reply.gen), ReportHeard(reply.gen, heard)], heard
-
     def _interrupt(self, played: int | None, why: str) -> list[Action]:
         reply = self.reply
         assert reply is not None
@@ -283,7 +264,7 @@ class Conductor:
             self.history.played(reply.gen, " ".join(s.text for s in reply.in_order() if s.text))
         if reply.closing:
             self.phase = Phase.ENDED
-            return [HangUp("said goodbye")]
+            return [Transfer(self.cfg.transfer_to)] if self.transferring else [HangUp("said goodbye")]
         self.phase = Phase.LISTENING
         return [Note("reply played", reply.gen)]
 
@@ -294,7 +275,8 @@ class Conductor:
             assert self.reply is not None
             if now - self.reply.requested_s >= cfg.ending_timeout_s:
                 self.phase = Phase.ENDED
-                return [HangUp("last line did not finish playing")]
+                late = "last line did not finish playing"
+                return [Transfer(cfg.transfer_to)] if self.transferring else [HangUp(late)]
             return []
         if now - self.started_s >= cfg.max_call_s:
             actions: list[Action] = [Note("time limit", self.gen)]
@@ -314,6 +296,23 @@ class Conductor:
             self.reprompts += 1
             return self._say_via_llm(cfg.reprompt, now)
         return []
+
+    # --- hand-off to a person (engine.handoff) ----------------------------------------------
+    def _hand_off(self, now: float, played: int | None, asked: str) -> list[Action]:
+        """The caller asked for a person: stop talking; say the transfer line, then put them through."""
+        actions = self._interrupt(played, "asked for a person") if self._may_interrupt() else self._abandon()
+        if not self.cfg.transfer_to:
+            return [*actions, Note("transfer asked for, none set", self.gen, asked),
+                    *self._speak(self.cfg.transfer_unavailable, now)]
+        self.transferring = True
+        return [*actions, Note("transfer", self.gen, asked), *self._speak(self.cfg.transfer_line, now, closing=True)]
+
+    def _transfer_failed(self, why: str, now: float) -> list[Action]:
+        if not self.transferring:
+            return []
+        self.transferring = False
+        self.phase = Phase.LISTENING
+        return [Note("transfer failed", self.gen, why), *self._speak(self.cfg.transfer_failed, now)]
 
     # --- faults ---------------------------------------------------------------------------
     def _peer_restarted(self, proc: ProcName, now: float, played: int | None) -> list[Action]:

@@ -25,7 +25,33 @@ from ipc.schema import (
 
 @dataclass(frozen=True)
 class Connected:
-    """The call's media stream started."""
+    """The call's media stream started. A `screen`ed call (one we placed) says nothing until it is `Answered`;
+    `answered` is an answering-machine detection result that came before this did ("" if none)."""
+
+    screen: bool = False
+    answered: str = ""
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Twilio's answering-machine detection says who picked up a call we placed: its `AnsweredBy`
+    (engine.screening)."""
+
+    by: str
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What this caller's earlier calls left in the engine's memory (engine.memory), before the call begins."""
+
+    turns: tuple[HistoryTurn, ...]
+
+
+@dataclass(frozen=True)
+class TransferFailed:
+    """Twilio would not put the call through to a person (`Transfer`): the call goes on with the bot."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -66,8 +92,8 @@ class HungUp:
     """The call is over (the caller hung up, or the socket is gone)."""
 
 
-Event = (Connected | KeyPressed | AudioStarted | MarkPlayed | Tick | PeerRestarted | HungUp
-         | SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken)
+Event = (Connected | Answered | Remembered | TransferFailed | KeyPressed | AudioStarted | MarkPlayed | Tick
+         | PeerRestarted | HungUp | SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken)
 """What a conductor is fed: the call's own events, and the speech and TTS processes' messages about it."""
 
 
@@ -150,6 +176,13 @@ class HangUp:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """Put the live call through to a person at `to` (Twilio's REST API, `<Dial>`): the bot's part is over."""
+
+    to: str
+
+
+@dataclass(frozen=True)
 class Note:
     """Something worth a log line and a trace event: `what` happened to reply `gen`."""
 
@@ -159,4 +192,4 @@ class Note:
 
 
 Action = (Clear | CancelReply | RequestReply | PrepareReply | CommitReply | DiscardReply | Speak | ReportHeard
-          | RestoreHistory | HangUp | Note)
+          | RestoreHistory | HangUp | Transfer | Note)

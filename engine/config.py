@@ -111,6 +111,9 @@ class TwilioSection(_Section):
     account_sid: str = ""
     auth_token: str = ""
     from_number: str = ""
+    api_url: str = ""
+    """Twilio's REST API at another address (a regional endpoint such as https://api.dublin.ie1.twilio.com, or a
+    proxy); empty: https://api.twilio.com."""
 
 
 class SupervisorSection(_Section):
@@ -257,8 +260,56 @@ class ConversationSection(_Section):
     """Keypresses are collected until '#' or this long without another, then given to the LLM."""
     ending_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     """A last line that has not finished playing by then does not hold the line open."""
+    end_webhook: str = ""
+    """When a call ends, its transcript (the transcript.json written beside its recording) is POSTed here as JSON,
+    signed with `end_webhook_secret` (README: "After a call"). Empty: off. Delivery never holds up a call."""
+    end_webhook_secret: str = ""
+    """HMAC-SHA256 key of the `X-Engine-Signature` header on each end-of-call POST; needed with `end_webhook`."""
+    end_webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    """One delivery attempt's limit, connecting to the last byte of the answer."""
+    end_webhook_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 4
+    """Attempts at most (the waits between them 1, 2, 4... s): a 2xx answer or a 4xx other than 408/429 ends them."""
+    transfer_to: str = ""
+    """Where a caller who asks for a person is put through (Twilio `<Dial>`): an E.164 number or a sip: URI.
+    Empty: no hand-off; a caller who asks hears `transfer_unavailable`."""
+    transfer_digit: Annotated[str, msgspec.Meta(pattern=r"^[0-9*]?$")] = "0"
+    """The keypad key that asks for a person, pressed alone (then '#', or `dtmf_timeout_s` without another key): a
+    number keyed in that starts with it is a number. Empty: no key."""
+    transfer_phrases: list[str] = msgspec.field(default_factory=lambda: [
+        "speak to a person", "talk to a person", "speak to a human", "talk to a human", "real person",
+        "speak to someone", "talk to someone", "an agent", "a representative", "the operator"])
+    """Words in what the caller says that ask for a person (matched ignoring case and punctuation)."""
+    transfer_line: str = "Connecting you to a person now. Please hold."
+    """Said before the call is put through."""
+    transfer_unavailable: str = "Sorry, there is nobody I can put you through to on this line, but I can keep helping."
+    transfer_failed: str = "Sorry, I could not put you through just now. Can I help with anything else?"
     tick_s: Annotated[float, msgspec.Meta(gt=0, le=5)] = 0.1
     """How often the transport gives every call's conductor the time (timeouts, re-prompts)."""
+    machine_detection: bool = True
+    """Calls placed with `python -m engine call` ask Twilio who answered (answering-machine detection, async,
+    DetectMessageEnd). Until it says, nothing is said and nothing answered; a person (or `unknown`) then hears
+    the greeting, a machine `voicemail_message` after its beep, a fax a hang-up. Inbound calls are not screened."""
+    machine_detection_timeout_s: Annotated[int, msgspec.Meta(ge=3, le=59)] = 30
+    """How long Twilio listens before it answers `unknown` (its MachineDetectionTimeout). With no answer by then
+    (and a few seconds' margin), the call goes on as with a person."""
+    voicemail_message: str = ("Hello, this is an automated call. Sorry we missed you; please call us back when "
+                              "you can. Goodbye!")
+    """Left on an answering machine after its beep, verbatim (without the LLM); then the call ends. It must play
+    within `ending_timeout_s`. Empty: hang up on a machine without a word."""
+
+
+class MemorySection(_Section):
+    """[memory]: what the engine remembers of each caller between calls (engine/memory.py)."""
+
+    enabled: bool = False
+    """Keep each caller's heard-only dialogue (their words, and what they heard of the replies) and give its
+    latest turns to the model in that number's next call. `python -m engine forget NUMBER` deletes a caller's."""
+    path: str = "~/.local/share/voice-engine/memory.sqlite3"
+    """The SQLite database (WAL mode), private to this user."""
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=200)] = 12
+    """The latest turns of earlier calls a new call starts with."""
+    retention_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """A call's turns are deleted this long after it ended."""
 
 
 class FaultsSection(_Section):
@@ -280,6 +331,7 @@ class Config(_Section):
     llm: LlmSection = msgspec.field(default_factory=LlmSection)
     conversation: ConversationSection = msgspec.field(default_factory=ConversationSection)
     tts: TtsSection = msgspec.field(default_factory=TtsSection)
+    memory: MemorySection = msgspec.field(default_factory=MemorySection)
     faults: FaultsSection = msgspec.field(default_factory=FaultsSection)
 
     @property

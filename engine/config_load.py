@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from engine.config import Config
 
@@ -38,6 +39,14 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _string_keys(section: str) -> set[str]:
+    """The keys of `[section]` whose values are strings."""
+    struct = next(f.type for f in msgspec.structs.fields(Config) if f.name == section)
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name for f in info.fields if isinstance(f.type, msgspec.inspect.StrType)}
+
+
 def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     sections = {f.name for f in msgspec.structs.fields(Config)}
     overrides: dict[str, dict[str, Any]] = {}
@@ -49,7 +58,11 @@ def _env_overrides(environ: dict[str, str]) -> tuple[dict[str, dict[str, Any]], 
         section, key = m.group(1).lower(), m.group(2).lower()
         if section not in sections:
             raise ConfigError(f"config error: {var}: no section [{section}] (sections: {', '.join(sorted(sections))})")
-        overrides.setdefault(section, {})[key] = _parse_env_value(raw)
+        # A string setting takes the value as written unless it is a quoted TOML string: a phone number (+15551234567)
+        # or digits would parse as a number.
+        value = _parse_env_value(raw)
+        overrides.setdefault(section, {})[key] = raw if key in _string_keys(section) and not isinstance(value, str) \
+            else value
         origin[f"{section}.{key}"] = var
     return overrides, origin
 
@@ -137,5 +150,14 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     if cfg.transport.public_url and not re.fullmatch(r"https?://[^/\s]+", cfg.transport.public_url.rstrip("/")):
         fail("transport.public_url", cfg.transport.public_url,
              "must be an http(s) URL with no path, such as https://voice.example.com")
+    conversation = cfg.conversation
+    if conversation.end_webhook and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", conversation.end_webhook):
+        fail("conversation.end_webhook", conversation.end_webhook, "must be an http(s) URL")
+    if conversation.end_webhook and len(conversation.end_webhook_secret) < 16:
+        fail("conversation.end_webhook_secret", "(redacted)" if conversation.end_webhook_secret else "",
+             "conversation.end_webhook needs a secret of at least 16 characters to sign what it sends")
+    if conversation.transfer_to and not re.fullmatch(r"\+[1-9]\d{6,14}|sips?:\S+@\S+", conversation.transfer_to):
+        fail("conversation.transfer_to", conversation.transfer_to,
+             "must be an E.164 number such as +15551234567 or a sip: URI")
     if cfg.twilio.from_number and not re.fullmatch(r"\+[1-9]\d{6,14}", cfg.twilio.from_number):
         fail("twilio.from_number", cfg.twilio.from_number, "must be an E.164 number such as +15551234567")

@@ -12,7 +12,7 @@ new process (`History`) before any new reply is asked for.
 
 from __future__ import annotations
 
-from engine.dialogue import Dialogue
+from engine.dialogue import Dialogue, Turn
 from ipc.schema import HistoryTurn
 
 MAX_TURNS = 40
@@ -27,6 +27,10 @@ class HeardHistory:
     def __init__(self, max_turns: int = MAX_TURNS, max_chars: int = MAX_CHARS) -> None:
         self.dialogue = Dialogue("", max_turns)
         self.max_chars = max_chars
+
+    def restore(self, turns: tuple[HistoryTurn, ...]) -> None:
+        """Begin from `turns` (an earlier call's, engine.memory): they answer to no reply of this call (no gen)."""
+        self.dialogue.turns = [Turn(t.role, t.text, None, t.interrupted) for t in turns][-self.dialogue.max_turns:]
 
     def asked(self, caller_text: str) -> None:
         """A reply to `caller_text` was asked for (or a provisional one committed): the caller's turn."""

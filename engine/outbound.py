@@ -2,7 +2,8 @@
 
 Twilio dials the number; when it answers, Twilio fetches our voice webhook (the
 same one inbound calls use), so an outbound call gets a stream token and joins
-the engine exactly like an inbound one.
+the engine exactly like an inbound one. With `conversation.machine_detection` Twilio
+also says who answered, a person or an answering machine (engine.screening).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from typing import Any
 
 from engine.config import Config
-from engine.telephony import STATUS_PATH, VOICE_PATH
+from engine.telephony import AMD_PATH, STATUS_PATH, VOICE_PATH
 
 E164 = re.compile(r"\+[1-9]\d{6,14}")
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -33,6 +34,16 @@ def missing_settings(cfg: Config) -> list[str]:
     return [name for value, name in need if not value]
 
 
+def machine_detection(cfg: Config, base: str) -> dict[str, Any]:
+    """Twilio's answering-machine detection, asynchronous (the call connects at once, the result is posted to
+    our AMD callback) and waiting for a machine's greeting to end, so a message left then follows the beep."""
+    if not cfg.conversation.machine_detection:
+        return {}
+    return {"machine_detection": "DetectMessageEnd", "async_amd": "true",
+            "async_amd_status_callback": base + AMD_PATH, "async_amd_status_callback_method": "POST",
+            "machine_detection_timeout": cfg.conversation.machine_detection_timeout_s}
+
+
 def place_call(cfg: Config, to: str, http_client: Any = None) -> str:
     """Ask Twilio to call `to` and connect the call to this engine; returns the new CallSid."""
     if not E164.fullmatch(to):
@@ -48,7 +59,7 @@ def place_call(cfg: Config, to: str, http_client: Any = None) -> str:
     try:
         call = client.calls.create(to=to, from_=cfg.twilio.from_number, url=base + VOICE_PATH, method="POST",
                                    status_callback=base + STATUS_PATH, status_callback_method="POST",
-                                   status_callback_event=STATUS_EVENTS)
+                                   status_callback_event=STATUS_EVENTS, **machine_detection(cfg, base))
     except TwilioException as exc:
         raise OutboundCallError(f"Twilio refused the call: {exc}") from exc
     return str(call.sid)

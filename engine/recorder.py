@@ -60,9 +60,11 @@ class _WavFile:
 
 
 class _CallFiles:
-    """One call's three files, each new, 0600, in a new 0700 directory (engine/private_files.py)."""
+    """One call's files, each new, 0600, in a new 0700 directory (engine/private_files.py): the audio both ways
+    and the events as the call goes, and its `transcript.json` at the end. Owns `dir_fd` from here on."""
 
     def __init__(self, dir_fd: int) -> None:
+        self.dir_fd = dir_fd
         opened: list[IO[bytes]] = []
         try:
             for name in ("inbound.wav", "outbound.wav", "events.jsonl"):
@@ -70,6 +72,7 @@ class _CallFiles:
         except BaseException:
             for f in opened:
                 f.close()
+            os.close(dir_fd)
             raise
         self.inbound = _WavFile(opened[0], 8000)
         self.outbound = _WavFile(opened[1], 8000)
@@ -80,10 +83,17 @@ class _CallFiles:
         self.outbound.flush()
         self.events.flush()
 
+    def write_transcript(self, transcript: bytes) -> None:
+        with new_private_file(self.dir_fd, "transcript.json") as f:
+            f.write(transcript)
+
     def close(self) -> None:
-        self.inbound.close()
-        self.outbound.close()
-        self.events.close()
+        try:
+            self.inbound.close()
+            self.outbound.close()
+            self.events.close()
+        finally:
+            os.close(self.dir_fd)
 
 
 class Recorder:
@@ -131,13 +141,14 @@ class Recorder:
             self._queued_events += 1
         self._queue.put((call_id, "event", event))
 
-    def close(self, call_id: str) -> None:
+    def close(self, call_id: str, transcript: dict[str, Any] | None = None) -> None:
+        """The call is over: its files are closed, with `transcript` written beside them as transcript.json."""
         with self._lock:
             dropped = self._dropping.pop(call_id, None)
         if dropped:
             log.warning("recording %s is missing %d bytes of audio and %d events: the disk fell behind", call_id,
                         dropped.get("audio_bytes", 0), dropped.get("events", 0))
-        self._queue.put((call_id, "close", dropped))
+        self._queue.put((call_id, "close", (dropped, transcript)))
 
     def stop(self) -> None:
         """Flush and close everything; waits for the writer thread."""
@@ -174,10 +185,18 @@ class Recorder:
                 break
             except FileExistsError:
                 n += 1
+        return _CallFiles(dir_fd)
+
+    @staticmethod
+    def _close_call(files: _CallFiles, dropped: dict[str, int] | None, transcript: dict[str, Any] | None,
+                    encoder: msgspec.json.Encoder) -> None:
         try:
-            return _CallFiles(dir_fd)
+            if dropped:  # the recording has gaps: say so where it is read
+                files.events.write(encoder.encode({"event": "recording_dropped", **dropped}) + b"\n")
+            if transcript is not None:
+                files.write_transcript(msgspec.json.format(encoder.encode(transcript), indent=2) + b"\n")
         finally:
-            os.close(dir_fd)
+            files.close()
 
     def _run(self) -> None:
         calls: dict[str, _CallFiles] = {}
@@ -206,10 +225,8 @@ class Recorder:
                     elif kind == "event":
                         files.events.write(encoder.encode(payload) + b"\n")
                     elif kind == "close":
-                        files = calls.pop(call_id)
-                        if payload:  # the recording has gaps: say so where it is read
-                            files.events.write(encoder.encode({"event": "recording_dropped", **payload}) + b"\n")
-                        files.close()
+                        dropped, transcript = payload
+                        self._close_call(calls.pop(call_id), dropped, transcript, encoder)
             except Exception as exc:  # a full disk, a planted symlink, anything: the transport goes on
                 self.errors += 1
                 log.error("recording %s failed: %s", call_id or "(all)", exc)

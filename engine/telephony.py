@@ -19,6 +19,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
 STREAM_PATH = "/twilio/stream"
+AMD_PATH = "/twilio/amd"
 TOKEN_PARAMETER = "token"
 
 

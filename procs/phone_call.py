@@ -19,12 +19,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from engine.admission import Party
 from engine.call_audio import CallAudio
+from engine.call_transcript import CallTranscript
 from engine.conductor import Conductor
 from engine.conductor_io import (
     Action,
@@ -41,13 +42,18 @@ from engine.conductor_io import (
     MarkPlayed,
     Note,
     PrepareReply,
+    Remembered,
     ReportHeard,
     RequestReply,
     RestoreHistory,
     Speak,
+    Transfer,
+    TransferFailed,
 )
+from engine.handoff import put_through
 from engine.media_stream import Audio, Dtmf, MarkEcho, Started
 from engine.privacy import spoken
+from engine.reply_track import heard_words
 from ipc.pool import Lease
 from ipc.ring import RingReader, RingWriter
 from ipc.schema import (
@@ -68,6 +74,7 @@ from ipc.schema import (
     Spoken,
     Transcript,
 )
+from procs.call_stages import CallStages
 from procs.media_socket import CallerNotReading, MediaSocket, StreamEvent
 from procs.transport_shared import TransportShared
 
@@ -76,23 +83,14 @@ log = logging.getLogger("engine.transport")
 CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken
 
 
-@dataclass
-class TurnTimes:
-    """When the caller's latest turn passed each speech stage (monotonic ns), kept until its reply is asked for."""
-
-    speech_end: int = 0
-    end_of_turn: int = 0
-    transcript: int = 0
-    onset: int = 0
-    heard: int = 0
-
-
 class PhoneCall:
     """A call from its stream's `start` to its end."""
 
-    def __init__(self, shared: TransportShared, lease: Lease, socket: MediaSocket, started: Started) -> None:
+    def __init__(self, shared: TransportShared, lease: Lease, socket: MediaSocket, started: Started,
+                 party: Party) -> None:
         cfg = shared.cfg
         self.shared = shared
+        self.party = party
         self.lease = lease
         self.call_id = lease.call_id
         self.socket = socket
@@ -104,13 +102,13 @@ class PhoneCall:
                                lead_s=cfg.transport.outbound_lead_ms / 1000,
                                spill_s=cfg.transport.inbound_spill_s, record=record)
         self.conductor = Conductor(cfg.conversation, time.monotonic())
-        self.turn = TurnTimes()
-        self._answering: dict[int, int] = {}  # reply gen -> when the caller stopped speaking, until it sounds
+        self.stages = CallStages(shared, self.call_id)
+        self.transcript = CallTranscript(time.monotonic(), time.time())
+        self._transfer: asyncio.Future[None] | None = None
         self.hangup_reason: str | None = None
         self._waiter = shared.doorbell.waiter(shared.pool.outbound[lease.slot])
         self._sender: asyncio.Task[None] | None = None
         self._control: list[tuple[str, int]] = []  # (clear message, its reply's gen): sent before any audio
-        self._barge_in_onset = 0  # the speech onset of a barge-in whose `clear` is still to go
         self._closing: set[asyncio.Future[None]] = set()  # socket closes in flight (kept referenced)
 
     @property
@@ -133,7 +131,10 @@ class PhoneCall:
                      "epoch": self.lease.epoch, "custom_parameters": sorted(self.started.custom_parameters)})
         log.info("call %s streaming on ring pair %d (epoch %d)", self.call_id, self.lease.slot, self.lease.epoch)
         try:
-            await self.feed(Connected())
+            if shared.after is not None and (remembered := await shared.after.recall(self.party)):
+                await self.feed(Remembered(tuple(remembered)))
+            await self.feed(Connected(screen=self.party.outbound and shared.cfg.conversation.machine_detection,
+                                      answered=shared.answers.take(self.call_id, time.monotonic())))
             async for t_ns, event in events:
                 await self._on_stream(t_ns, event)
         finally:
@@ -155,12 +156,8 @@ class PhoneCall:
     async def on_bus(self, msg: CallerMsg) -> None:
         """What the speech or TTS process says about this call."""
         self.record({"event": type(msg).__name__, **msgspec.to_builtins(msg)})
-        if isinstance(msg, SpeechStarted):
-            self.turn = TurnTimes(onset=msg.onset_t_ns, heard=time.monotonic_ns())
-        elif isinstance(msg, EndOfTurn):
-            self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
-        elif isinstance(msg, Transcript):  # provisional (at a pause) or final: a reply asked for now answers it
-            self.turn.transcript, self.turn.speech_end = msg.t_ns, msg.speech_end_t_ns
+        if isinstance(msg, SpeechStarted | EndOfTurn | Transcript):
+            self.stages.caller(msg)
         await self.feed(msg)
 
     async def feed(self, event: Event) -> None:
@@ -170,7 +167,9 @@ class PhoneCall:
             return
         try:
             now = time.monotonic()
-            for action in self.conductor.handle(event, now, self.audio.played_seq(now)):
+            actions = self.conductor.handle(event, now, self.audio.played_seq(now))
+            self.transcript.observe(event, actions, now)
+            for action in actions:
                 await self._act(action)
         except Exception as exc:
             if self.closed:
@@ -202,7 +201,7 @@ class PhoneCall:
                 self.audio.hold(action.gen)
             bus.send("llm", Respond(call_id=self.call_id, gen=action.gen, caller_text=action.caller_text,
                                     say=action.say, provisional=action.provisional))
-            self._stamp_request(action.gen, bool(action.caller_text), action.provisional)
+            self.stages.requested(action.gen, bool(action.caller_text), action.provisional)
             self.record({"event": "respond", "gen": action.gen, "caller_text": action.caller_text,
                          "say": action.say, "provisional": action.provisional})
         elif isinstance(action, PrepareReply):
@@ -210,64 +209,49 @@ class PhoneCall:
         elif isinstance(action, CommitReply):
             self.audio.release(action.gen)
             bus.send("llm", Commit(call_id=self.call_id, gen=action.gen))
-            if self.turn.end_of_turn:
-                self.stamp(action.gen, "end_of_turn", self.turn.end_of_turn)
-            self.stamp(action.gen, "reply_committed", time.monotonic_ns())
-            self._turn_metrics(time.monotonic_ns())
+            self.stages.committed(action.gen)
             self.record({"event": "commit", "gen": action.gen})
         elif isinstance(action, DiscardReply):
             self.audio.discard(time.monotonic(), action.gen)
-            self.stamp(action.gen, "reply_discarded", time.monotonic_ns())
+            self.stages.stamp(action.gen, "reply_discarded", time.monotonic_ns())
             self.record({"event": "discard", "gen": action.gen})
         elif isinstance(action, Speak):
             bus.send("tts", Sentence(call_id=self.call_id, gen=action.gen, index=0, text=action.text, last=True))
-            self._stamp_request(action.gen, False)
+            self.stages.requested(action.gen, False)
             self.record({"event": "speak", "gen": action.gen, "text": action.text})
         elif isinstance(action, HangUp):
             self.hangup_reason = action.reason
             log.info("call %s: hanging up (%s)", self.call_id, action.reason)
             self.close_soon(1000, action.reason)
+        elif isinstance(action, Transfer):
+            self.record({"event": "transfer", "to": action.to})
+            self._transfer = asyncio.ensure_future(self._put_through(action.to))
         elif isinstance(action, Note):
             self._note(action)
+
+    async def _put_through(self, to: str) -> None:
+        """Ask Twilio to put the call through to a person (a REST request: on a worker thread). Once it has, the
+        engine's part is over: its stream is closed here, as Twilio would."""
+        twilio = self.shared.cfg.twilio
+        try:
+            await asyncio.to_thread(put_through, twilio.account_sid, twilio.auth_token, self.call_id, to,
+                                    self.shared.twilio_http)
+        except Exception as exc:  # TransferError, or the network: the caller stays with the bot
+            log.warning("call %s: not put through: %s", self.call_id, exc)
+            self.shared.counters["transfers_failed"] += 1
+            await self.feed(TransferFailed(str(exc)))
+            return
+        self.shared.counters["transfers"] += 1
+        self.hangup_reason = "put through to a person"
+        log.info("call %s: put through to a person", self.call_id)
+        self.close_soon(1000, "transferred")
 
     def _note(self, note: Note) -> None:
         detail = f": {spoken(note.detail, self.shared.cfg.engine.log_private)}" if note.detail else ""
         log.info("call %s gen %d: %s%s", self.call_id, note.gen, note.what, detail)
         self.record({"event": "note", "what": note.what, "gen": note.gen, "detail": note.detail})
-        if note.what == "barge-in" and self.turn.onset:
-            self._barge_in_onset = self.turn.onset
-            self.stamp(note.gen, "speech_onset", self.turn.onset)
-            self.stamp(note.gen, "barge_in_heard", self.turn.heard)
-
-    def _stamp_request(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
-        turn = self.turn
-        now_ns = time.monotonic_ns()
-        if answers_caller:
-            if turn.speech_end:
-                self._answering[gen] = turn.speech_end
-            for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
-                                ("transcript", turn.transcript)):
-                if t_ns and not (provisional and stage == "end_of_turn"):
-                    self.stamp(gen, stage, t_ns)
-            if not provisional:  # a provisional reply's turn counts when it is committed
-                self._turn_metrics(now_ns)
-        self.stamp(gen, "reply_requested", now_ns)
-        if provisional:
-            self.stamp(gen, "reply_provisional", now_ns)
-
-    def _turn_metrics(self, requested_ns: int) -> None:
-        """A caller's turn is answered: it counts, with when each of its stages came after the speech end."""
-        metrics, turn = self.shared.metrics, self.turn
-        metrics.turn()
-        if turn.speech_end:
-            for stage, t_ns in (("end_of_turn", turn.end_of_turn), ("transcript", turn.transcript),
-                                ("reply_requested", requested_ns)):
-                if t_ns:
-                    metrics.stage(stage, (t_ns - turn.speech_end) / 1e9)
-
-    def stamp(self, gen: int, stage: str, t_ns: int) -> None:
-        if self.shared.trace is not None:
-            self.shared.trace.add(self.call_id, gen, stage, t_ns)
+        if note.what == "barge-in":
+            self.stages.barge_in(note.gen)
 
     def record(self, event: dict[str, Any]) -> None:
         if self.shared.recorder is not None:
@@ -285,11 +269,7 @@ class PhoneCall:
             while self._control:
                 message, gen = self._control.pop(0)
                 await socket.send(message)
-                sent_ns = time.monotonic_ns()
-                self.stamp(gen, "clear_sent", sent_ns)
-                if self._barge_in_onset:
-                    self.shared.metrics.barge_in((sent_ns - self._barge_in_onset) / 1e9)
-                    self._barge_in_onset = 0
+                self.stages.cleared(gen)
             t0 = time.perf_counter_ns()
             audio.pull()
             messages = audio.due_messages(time.monotonic())
@@ -299,13 +279,7 @@ class PhoneCall:
                 self.shared.outbound_us.add((time.perf_counter_ns() - t0) / 1000 / len(messages))
             while audio.gens_started:
                 gen = audio.gens_started.pop(0)
-                now_ns = time.monotonic_ns()
-                self.stamp(gen, "first_audio_out", now_ns)
-                if (speech_end := self._answering.pop(gen, None)) is not None:
-                    self.shared.admission.reply((now_ns - speech_end) / 1e6, len(self.shared.calls))
-                    self.shared.metrics.reply_sounded((now_ns - speech_end) / 1e9)
-                    self.shared.metrics.stage("first_audio_out", (now_ns - speech_end) / 1e9)
-                self._answering = {g: t for g, t in self._answering.items() if g > gen}  # superseded: never sound
+                self.stages.sounded(gen)
                 await self.feed(AudioStarted(gen))
             if self._control:  # a clear queued meanwhile goes before anything else
                 continue
@@ -349,6 +323,9 @@ class PhoneCall:
         shared = self.shared
         shared.calls.pop(self.call_id, None)
         outcome = f"engine hung up: {self.hangup_reason}" if self.hangup_reason else self.socket.outcome
+        now = time.monotonic()
+        reply, played = self.conductor.reply, self.audio.played_seq(now)
+        heard_now = {reply.gen: heard_words(reply, played)} if reply is not None and not reply.done else {}
         await self.feed(HungUp())
         if self._sender is not None:
             self._sender.cancel()
@@ -367,7 +344,12 @@ class PhoneCall:
         summary = self.summary(outcome)
         shared.ended.append(summary)
         self.record({"event": "end", **summary})
-        if shared.recorder is not None:
+        transcript = self.transcript.document(now, outcome, heard_now, call_sid=self.call_id,
+                                              stream_sid=self.started.stream_sid, number=self.party.number,
+                                              direction="outbound" if self.party.outbound else "inbound")
+        if shared.after is not None:
+            shared.after.call_over(self.call_id, transcript, self.party, self.conductor.history.turns())
+        elif shared.recorder is not None:
             shared.recorder.close(self.call_id)
         shared.counters["calls_ended"] += 1
         shared.metrics.call_ended(outcome)

@@ -24,7 +24,6 @@ import signal
 import socket as socket_
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,10 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.admission import Admission, HostCpu, Reservations
+from engine.admission import Admission, HostCpu, Party, Reservations
 from engine.conductor_io import PeerRestarted, Tick
 from engine.config import Config
+from engine.handoff import twilio_http
 from engine.health import build_health
 from engine.media_stream import CLOSE_POLICY, MediaStreamSession, Started
 from engine.metrics import CallMetrics, Snapshot
@@ -56,7 +56,9 @@ from ipc.schema import (
     Status,
     Transcript,
 )
+from procs.after_call import AfterCall
 from procs.child import bootstrap, watch_parent
+from procs.connection_cap import ConnectionCap
 from procs.doorbell import OutboundDoorbell
 from procs.media_socket import MediaSocket, SocketLimits, StreamEvent
 from procs.phone_call import PhoneCall
@@ -85,6 +87,8 @@ class TransportProc:
                                                           cfg.engine.admit_max_cpu_pct),
                                       reservations=Reservations(cfg.transport.stream_token_ttl_s))
         self.shared.metrics = CallMetrics(self._snapshot)
+        self.shared.after = AfterCall(cfg, self.shared.recorder, self.shared.counters)
+        self.shared.twilio_http = twilio_http(cfg.twilio.api_url)
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
         self.webhooks = Webhooks(self.tokens, self.shared)
@@ -190,13 +194,13 @@ class TransportProc:
     async def _start_call(self, socket: MediaSocket, started: Started,
                           events: AsyncIterator[tuple[int, StreamEvent]]) -> None:
         call_id = started.call_sid
-        self.shared.reservations.claim(call_id)
+        party = self.shared.reservations.claim(call_id) or Party()
         lease = None if call_id in self.shared.calls else self.pool.lease(call_id)
         if lease is None:
             await self._refuse(socket, call_id)
             return
         self.shared.counters["calls_started"] += 1
-        await PhoneCall(self.shared, lease, socket, started).run(events)
+        await PhoneCall(self.shared, lease, socket, started, party).run(events)
 
     def _verify_token(self, params: dict[str, str], call_sid: str, account_sid: str) -> str | None:
         account = self.cfg.twilio.account_sid
@@ -309,6 +313,8 @@ class TransportProc:
                 with contextlib.suppress(Exception):
                     await call.socket.close(1001, "engine shutting down")
             await runner.cleanup()
+            if self.shared.after is not None:
+                await self.shared.after.close()
             self._close()
 
     def _close(self) -> None:
@@ -344,30 +350,6 @@ async def supervise(stopping: asyncio.Event, loops: Iterable[Callable[[], Corout
         why = "returned" if task.cancelled() or task.exception() is None else repr(task.exception())
         log.critical("transport's %s loop %s: exiting so the supervisor restarts the transport", task.get_name(), why)
         raise LoopDied(f"{task.get_name()} {why}") from (None if task.cancelled() else task.exception())
-
-
-class ConnectionCap:
-    """The listening socket's protocol factory: aiohttp's handler for each connection, up to `limit` open at once;
-    past that a connection is dropped at accept, counted, and logged (at most once a second)."""
-
-    def __init__(self, server: web.Server, limit: int, counters: Counter[str]) -> None:
-        self.server, self.limit, self.counters = server, limit, counters
-        self._logged_at = 0.0
-
-    def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) < self.limit:
-            return self.server()
-        self.counters["connections_shed"] += 1
-        if (now := time.monotonic()) - self._logged_at >= 1.0:
-            self._logged_at = now
-            log.warning("connection shed: %d open, transport.max_connections is %d (%d shed so far)",
-                        len(self.server.connections), self.limit, self.counters["connections_shed"])
-        return _Dropped()
-
-
-class _Dropped(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
 
 
 async def _first_start(events: AsyncIterator[tuple[int, StreamEvent]]) -> Started | None:

@@ -14,10 +14,12 @@ from engine.admission import Admission, Reservations
 from engine.config import Config
 from engine.metrics import CallMetrics, Snapshot
 from engine.recorder import Recorder
+from engine.screening import PendingAnswers
 from engine.stats import Recent
 from engine.trace import TraceSink
 from ipc.bus import AsyncBus
 from ipc.pool import RingPool
+from procs.after_call import AfterCall
 from procs.doorbell import OutboundDoorbell
 
 if TYPE_CHECKING:
@@ -48,8 +50,14 @@ class TransportShared:
     """The measured load that decides whether a new caller is let in (engine.admission)."""
     reservations: Reservations = field(default_factory=lambda: Reservations(60.0))
     """Lines promised to callers whose streams have not started yet."""
+    answers: PendingAnswers = field(default_factory=PendingAnswers)
+    """Who answered calls we placed (answering-machine detection), kept for each until its conversation begins."""
     metrics: CallMetrics = field(default_factory=lambda: CallMetrics(lambda: Snapshot(0, None, {}, {}, 0, 0)))
     """What /metrics reports: the transport process gives it the snapshot of what it keeps."""
+    twilio_http: Any = None
+    """The HTTP client of Twilio's REST requests (engine.handoff.twilio_http)."""
+    after: AfterCall | None = None
+    """What outlives each call: its transcript, the call-end webhook, the caller's memory (procs.after_call)."""
 
 
 def recordings_of(cfg: Config) -> Recorder | None:

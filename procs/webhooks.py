@@ -1,4 +1,4 @@
-"""The transport's Twilio HTTP endpoints: the voice webhook (TwiML), the status callback, and signatures.
+"""The transport's Twilio HTTP endpoints: the voice webhook (TwiML), the status and AMD callbacks, and signatures.
 
 Every request must carry a valid `X-Twilio-Signature`, computed over the URL Twilio
 requested: `transport.public_url` plus the path and the raw query string. Nothing a
@@ -20,8 +20,12 @@ import time
 
 from aiohttp import web
 
+from engine.admission import Party
+from engine.conductor_io import Answered
 from engine.privacy import phone_number
+from engine.screening import ANSWERED_BY
 from engine.telephony import (
+    AMD_PATH,
     STATUS_PATH,
     STREAM_PATH,
     VOICE_PATH,
@@ -39,8 +43,14 @@ CALL_OVER = frozenset({"completed", "busy", "failed", "no-answer", "canceled", "
 BUSY_LINE = "All our lines are busy right now. Please call again in a few minutes."
 
 
+def party_of(params: dict[str, str]) -> Party:
+    """Who a call is with, from the voice webhook's form: the caller, or on a call we placed, the number called."""
+    outbound = params.get("Direction", "inbound").startswith("outbound")
+    return Party(params.get("To" if outbound else "From", ""), outbound)
+
+
 class Webhooks:
-    """The voice webhook and the status callback, and the signature checks every Twilio request goes through."""
+    """The voice webhook, the status and AMD callbacks, and the signature checks every Twilio request goes through."""
 
     def __init__(self, tokens: StreamTokens, shared: TransportShared) -> None:
         self.cfg = shared.cfg
@@ -50,6 +60,8 @@ class Webhooks:
         self.tokens = tokens
         self.counters = shared.counters
         self.recorder = shared.recorder
+        self.calls = shared.calls
+        self.answers = shared.answers
 
     def public_url(self, request: web.Request) -> str:
         """The configured public URL; only with signatures off (a trusted test network) the request's own."""
@@ -119,7 +131,7 @@ class Webhooks:
             log.info("call %s (%s -> %s, %s) answered", call_sid,
                      phone_number(params.get("From"), self.cfg.engine.log_private),
                      phone_number(params.get("To"), self.cfg.engine.log_private), params.get("Direction", "inbound"))
-            self.reservations.reserve(call_sid, now)
+            self.reservations.reserve(call_sid, now, party_of(params))
             twiml = connect_twiml(self.public_url(request), self.tokens.issue(call_sid))
         return web.Response(text=twiml, content_type="text/xml")
 
@@ -137,6 +149,28 @@ class Webhooks:
             self.recorder.event(call_sid, {"t_ns": time.monotonic_ns(), "event": "status", "params": params})
         return web.Response(status=204)
 
+    async def amd_callback(self, request: web.Request) -> web.Response:
+        """Who answered a call we placed (Twilio's async answering-machine detection): kept for the call until its
+        conversation begins, and given to its conductor if it is streaming."""
+        params = await self.twilio_form(request, AMD_PATH)
+        if isinstance(params, web.Response):
+            return params
+        call_sid, answered_by = params.get("CallSid", ""), params.get("AnsweredBy", "")
+        if not call_sid or answered_by not in ANSWERED_BY:
+            self.counters["amd_malformed"] += 1
+            log.warning("AMD callback from %s refused: CallSid or AnsweredBy missing or not Twilio's", request.remote)
+            return web.Response(status=400, text="CallSid or AnsweredBy missing or unknown\n")
+        self.counters[f"amd_{answered_by}"] += 1
+        log.info("call %s answered by %s (detected in %s ms)", call_sid, answered_by,
+                 params.get("MachineDetectionDuration", "?")[:12])
+        if self.recorder is not None:  # kept with the call's recording, if it is being recorded
+            self.recorder.event(call_sid, {"t_ns": time.monotonic_ns(), "event": "amd", "params": params})
+        # Kept even for a streaming call: one whose conversation has not begun yet takes it when it does.
+        self.answers.keep(call_sid, answered_by, time.monotonic())
+        if (call := self.calls.get(call_sid)) is not None:
+            await call.feed(Answered(answered_by))
+        return web.Response(status=204)
+
     def upgrade_signed(self, request: web.Request) -> bool:
         """Twilio signs the Media Streams upgrade too: the stream URL, no parameters. That URL never changes, so a
         captured upgrade header opens sockets again; what stops it is the `start`: a single-use stream token within
@@ -152,3 +186,4 @@ class Webhooks:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(VOICE_PATH, self.voice)
         app.router.add_post(STATUS_PATH, self.status_callback)
+        app.router.add_post(AMD_PATH, self.amd_callback)

@@ -43,7 +43,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("[llm]\nbackend = \"gpt\"\n", {}, "llm.backend = 'gpt'"),
         ("[transport]\nprot = 1\n", {}, "transport.prot (from {path}): unknown key"),
         ("[trasnport]\nport = 1\n", {}, "[trasnport]: unknown section"),
-        ("", {"ENGINE_TTS__VOICE": "[1, 2]"}, "tts.voice"),
+        ("", {"ENGINE_TTS__STREAM": "[1, 2]"}, "tts.stream"),
         ("", {"ENGINE_NOPE__X": "1"}, "ENGINE_NOPE__X: no section [nope]"),
         ("[engine\n", {}, "not valid TOML"),
         ("[supervisor]\nheartbeat_timeout_s = 0.5\n", {}, "supervisor.heartbeat_timeout_s = 0.5"),
@@ -88,3 +88,10 @@ def test_cli_prints_a_valid_config_as_toml_that_reads_back(tmp_path: Path) -> No
     again = tmp_path / "printed.toml"
     again.write_text(result.stdout)
     assert load_config(again, environ={}) == load_config(path, environ=env)
+
+
+def test_a_string_setting_from_the_environment_is_taken_as_written() -> None:
+    cfg = load_config(environ={"ENGINE_CONVERSATION__TRANSFER_TO": "+15551234567", "ENGINE_TTS__VOICE": "[1, 2]",
+                               "ENGINE_CONVERSATION__GREETING": '"Hi there"', "ENGINE_TRANSPORT__PORT": "9100"})
+    assert cfg.conversation.transfer_to == "+15551234567"  # TOML would read a number, and the key would be refused
+    assert cfg.tts.voice == "[1, 2]" and cfg.conversation.greeting == "Hi there" and cfg.transport.port == 9100

@@ -45,6 +45,22 @@ def test_places_the_call_pointing_twilio_at_our_webhook() -> None:
     assert data["Url"] == "https://voice.example.test/twilio/voice"
     assert data["StatusCallback"] == "https://voice.example.test/twilio/status"
     assert req["auth"] == (FULL["TWILIO_ACCOUNT_SID"], "secret")
+    # Answering-machine detection, asynchronous, its result posted (and signed) to our AMD callback.
+    assert data["MachineDetection"] == "DetectMessageEnd" and data["AsyncAmd"] == "true"
+    assert data["AsyncAmdStatusCallback"] == "https://voice.example.test/twilio/amd"
+    assert data["AsyncAmdStatusCallbackMethod"] == "POST" and data["MachineDetectionTimeout"] == 30
+
+
+def test_machine_detection_follows_the_config() -> None:
+    http = RecordingHttpClient()
+    place_call(load_config(environ={**FULL, "ENGINE_CONVERSATION__MACHINE_DETECTION_TIMEOUT_S": "12"}),
+               "+15557654321", http_client=http)
+    assert http.requests[0]["data"]["MachineDetectionTimeout"] == 12
+    http = RecordingHttpClient()
+    place_call(load_config(environ={**FULL, "ENGINE_CONVERSATION__MACHINE_DETECTION": "false"}), "+15557654321",
+               http_client=http)
+    (req,) = http.requests
+    assert not any(key.startswith(("MachineDetection", "AsyncAmd")) for key in req["data"])
 
 
 @pytest.mark.parametrize("drop", sorted(FULL))

@@ -1,5 +1,5 @@
 """The engine's command line, run as `python -m engine`: `supervisor [--config FILE]`, `check-config`, `call NUMBER`,
-`trace FILE`, `soak`.
+`forget NUMBER`, `trace FILE`, `soak`.
 
 It ties the layers together (the supervisor in procs/, the soak tool in tools/, the trace report in engine/), so it
 lives in the top layer. Each command imports what it needs when it runs: `check-config` or `trace` never load the
@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+from engine.config import Config
 from engine.config_load import ConfigError, load_config
 
 DEFAULT_CONFIG_ENV = "ENGINE_CONFIG"
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check-config", help="validate the configuration and print it as TOML, secrets redacted")
     call = sub.add_parser("call", help="place an outbound call through Twilio that connects to this engine")
     call.add_argument("to", help="number to call, E.164 (+15551234567)")
+    forget = sub.add_parser("forget", help="delete what the engine remembers of a caller (memory.path)")
+    forget.add_argument("number", help="the caller's number, E.164 (+15551234567)")
     trace = sub.add_parser("trace", help="latency report from a trace file (engine.trace_file)")
     trace.add_argument("file", help="the JSONL trace file")
     trace.add_argument("--perfetto", metavar="OUT", help="also write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
@@ -69,12 +72,35 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "forget":
+        return _forget(cfg, args.number)
     from procs.child import setup_logging
     from procs.supervisor import run_supervisor
 
     setup_logging(cfg.engine.log_level, "supervisor")
     logging.getLogger(__name__).debug("config: %s", redacted(cfg))
     return run_supervisor(cfg)
+
+
+def _forget(cfg: Config, number: str) -> int:
+    from pathlib import Path
+
+    from engine.memory import CallerMemory
+    from engine.outbound import E164
+
+    if not E164.fullmatch(number):
+        print(f"error: {number!r} is not an E.164 number (like +15551234567)", file=sys.stderr)
+        return 2
+    path = Path(cfg.memory.path).expanduser()
+    if not path.exists():
+        print(f"nothing is remembered of {number}: {path} does not exist")
+        return 0
+    memory = CallerMemory(path, cfg.memory.max_turns, cfg.memory.retention_days)
+    try:
+        print(f"forgot {number}: {memory.forget(number)} turns deleted from {path}")
+    finally:
+        memory.close()
+    return 0
 
 
 def _trace(args: argparse.Namespace) -> int:
