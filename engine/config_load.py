@@ -159,5 +159,9 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     if conversation.transfer_to and not re.fullmatch(r"\+[1-9]\d{6,14}|sips?:\S+@\S+", conversation.transfer_to):
         fail("conversation.transfer_to", conversation.transfer_to,
              "must be an E.164 number such as +15551234567 or a sip: URI")
+    if conversation.transfer_to and not (cfg.twilio.account_sid and cfg.twilio.auth_token):
+        fail("conversation.transfer_to", conversation.transfer_to,
+             "putting a call through needs twilio.account_sid and twilio.auth_token (TWILIO_ACCOUNT_SID, "
+             "TWILIO_AUTH_TOKEN) for Twilio's REST API")
     if cfg.twilio.from_number and not re.fullmatch(r"\+[1-9]\d{6,14}", cfg.twilio.from_number):
         fail("twilio.from_number", cfg.twilio.from_number, "must be an E.164 number such as +15551234567")

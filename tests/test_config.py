@@ -92,6 +92,16 @@ def test_cli_prints_a_valid_config_as_toml_that_reads_back(tmp_path: Path) -> No
 
 def test_a_string_setting_from_the_environment_is_taken_as_written() -> None:
     cfg = load_config(environ={"ENGINE_CONVERSATION__TRANSFER_TO": "+15551234567", "ENGINE_TTS__VOICE": "[1, 2]",
+                               "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "token",
                                "ENGINE_CONVERSATION__GREETING": '"Hi there"', "ENGINE_TRANSPORT__PORT": "9100"})
     assert cfg.conversation.transfer_to == "+15551234567"  # TOML would read a number, and the key would be refused
     assert cfg.tts.voice == "[1, 2]" and cfg.conversation.greeting == "Hi there" and cfg.transport.port == 9100
+
+
+def test_settings_that_need_others_name_what_is_missing() -> None:
+    with pytest.raises(ConfigError, match=r"end_webhook_secret.*at least 16"):
+        load_config(environ={"ENGINE_CONVERSATION__END_WEBHOOK": "https://ops.example.com/ended"})
+    with pytest.raises(ConfigError, match=r"twilio\.account_sid and twilio\.auth_token"):
+        load_config(environ={"ENGINE_CONVERSATION__TRANSFER_TO": "+15557654321"})
+    with pytest.raises(ConfigError, match=r"E\.164 number"):
+        load_config(environ={"ENGINE_CONVERSATION__TRANSFER_TO": "reception"})
