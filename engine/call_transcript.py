@@ -162,6 +162,12 @@ class CallTranscript:
             entry["verbatim"] = True  # a fixed line (greeting, re-prompt, apology), not the model's words
         self.entries.append(entry)
 
+    def live(self, now: float) -> dict[str, Any]:
+        """The turns so far, a reply still in progress as what it said so far (`heard` None, `playing`)."""
+        playing = [{"t_s": r.t_s, "speaker": "bot", "gen": r.gen, "said": r.said, "heard": None, "playing": True}
+                   for r in self._replies.values() if not r.provisional and r.spans]
+        return {"duration_s": self._t(now), "turns": sorted([*self.entries, *playing], key=lambda e: e["t_s"])}
+
     def document(self, now: float, outcome: str, heard_now: dict[int, str], **about: Any) -> dict[str, Any]:
         """The whole transcript. `heard_now`: what the caller heard of replies still playing when the call
         ended (the conductor's reckoning by the play-out clock), by gen."""

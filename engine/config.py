@@ -312,6 +312,17 @@ class MemorySection(_Section):
     """A call's turns are deleted this long after it ended."""
 
 
+class PlaygroundSection(_Section):
+    """[playground]: talk to the engine from a browser, without a phone (procs/playground.py)."""
+
+    enabled: bool = False
+    """Serve the page at /playground/ and take calls from it (off: those paths do not exist)."""
+    secret: str = ""
+    """Empty: loopback clients only. Set: anyone presenting it too (open /playground/#key=<secret>)."""
+    token_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 60.0
+    """How long a line the page asked for may take to start its stream."""
+
+
 class FaultsSection(_Section):
     """Deliberate faults, for testing the supervisor. Leave empty in production."""
 
@@ -332,6 +343,7 @@ class Config(_Section):
     conversation: ConversationSection = msgspec.field(default_factory=ConversationSection)
     tts: TtsSection = msgspec.field(default_factory=TtsSection)
     memory: MemorySection = msgspec.field(default_factory=MemorySection)
+    playground: PlaygroundSection = msgspec.field(default_factory=PlaygroundSection)
     faults: FaultsSection = msgspec.field(default_factory=FaultsSection)
 
     @property

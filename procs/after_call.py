@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from ipc.schema import HistoryTurn
 log = logging.getLogger("engine.transport")
 
 MAX_DELIVERIES = 256
+KEPT_TRANSCRIPTS = 200
 SHUTDOWN_GRACE_S = 5.0
 GIVE_UP_STATUS = range(400, 500)
 RETRY_STATUS = frozenset({408, 429})
@@ -49,6 +50,8 @@ class AfterCall:
         self.counters = counters
         mem = cfg.memory
         self.memory = CallerMemory(Path(mem.path), mem.max_turns, mem.retention_days) if mem.enabled else None
+        self.transcripts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        """The latest `KEPT_TRANSCRIPTS` calls' transcripts, by call sid (GET /calls/{sid}/transcript)."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -65,6 +68,9 @@ class AfterCall:
 
     def call_over(self, call_id: str, transcript: dict[str, Any], party: Party, heard: list[HistoryTurn]) -> None:
         """The call ended with this transcript and heard-only dialogue: keep and send them. Never waits."""
+        self.transcripts[call_id] = transcript
+        while len(self.transcripts) > KEPT_TRANSCRIPTS:
+            self.transcripts.popitem(last=False)
         if self.recorder is not None:
             self.recorder.close(call_id, transcript)
         if self.cfg.end_webhook:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -62,7 +61,8 @@ from procs.connection_cap import ConnectionCap
 from procs.doorbell import OutboundDoorbell
 from procs.media_socket import MediaSocket, SocketLimits, StreamEvent
 from procs.phone_call import PhoneCall
-from procs.transport_shared import TransportShared, recordings_of
+from procs.playground import Playground, Verify
+from procs.transport_shared import TransportShared, loopback, recordings_of
 from procs.webhooks import Webhooks
 
 log = logging.getLogger("engine.transport")
@@ -92,6 +92,7 @@ class TransportProc:
         self.host_cpu = HostCpu()
         self.tokens = StreamTokens(cfg.transport.stream_secret.encode(), cfg.transport.stream_token_ttl_s)
         self.webhooks = Webhooks(self.tokens, self.shared)
+        self.playground = Playground(self.shared, self._operator, self.media_stream)
         self.status: Status | None = None
         self.status_at = 0.0
         self.stopping = asyncio.Event()
@@ -143,7 +144,7 @@ class TransportProc:
         if token and hmac.compare_digest(request.headers.get("Authorization", "").encode(),
                                          f"Bearer {token}".encode()):
             return True
-        return request.remote is not None and _loopback(request.remote)
+        return loopback(request.remote)
 
     def _file_counters(self) -> dict[str, int]:
         """What the recorder and the trace sink could not write (a slow or full disk): dropped, never queued."""
@@ -155,12 +156,17 @@ class TransportProc:
         return out
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        """A Media Stream: refused unless signed; read up to its `start`, which makes it a call."""
-        cfg = self.cfg.transport
-        if cfg.validate_signatures and not self.webhooks.upgrade_signed(request):
+        """A Media Stream from Twilio: refused unless signed; then a call like any other (`media_stream`)."""
+        if self.cfg.transport.validate_signatures and not self.webhooks.upgrade_signed(request):
             log.warning("refused media stream upgrade from %s: bad or missing X-Twilio-Signature", request.remote)
             self.shared.counters["streams_refused_signature"] += 1
             return web.Response(status=403, text="invalid signature\n")
+        return await self.media_stream(request, self._verify_token)
+
+    async def media_stream(self, request: web.Request, verify: Verify) -> web.StreamResponse:
+        """A Media Stream (Twilio's, or the playground's): read up to its `start`, which `verify` lets in or not
+        (None: in; else why not), and which makes it a call."""
+        cfg = self.cfg.transport
         if self.unstarted >= cfg.max_unstarted_streams:
             log.warning("media stream upgrade from %s shed: %d sockets have not said start yet "
                         "(transport.max_unstarted_streams)", request.remote, self.unstarted)
@@ -175,7 +181,7 @@ class TransportProc:
                                    writer_limit=cfg.send_buffer_bytes)
         await ws.prepare(request)
         limits = SocketLimits(cfg.start_timeout_s, cfg.stream_idle_timeout_s, cfg.send_timeout_s)
-        media = MediaSocket(ws, MediaStreamSession(self._verify_token), limits, self.shared.counters,
+        media = MediaSocket(ws, MediaStreamSession(verify), limits, self.shared.counters,
                             request.remote, transport)
         events = media.events()
         try:
@@ -229,6 +235,7 @@ class TransportProc:
         app.router.add_get("/metrics", self.metrics)
         self.webhooks.add_routes(app)
         app.router.add_get(STREAM_PATH, self.stream)
+        self.playground.add_routes(app)
         return app
 
     async def listen(self, runner: web.AppRunner) -> asyncio.Server:
@@ -360,14 +367,6 @@ async def _first_start(events: AsyncIterator[tuple[int, StreamEvent]]) -> Starte
     return None
 
 
-def _loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 async def _serve(cfg: Config, run: RunInfo) -> None:

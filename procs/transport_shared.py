@@ -5,6 +5,7 @@ The transport process makes one `TransportShared`; its webhooks and each `procs.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,3 +64,14 @@ class TransportShared:
 def recordings_of(cfg: Config) -> Recorder | None:
     """The recorder `transport.recordings_dir` asks for, if any."""
     return Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
+
+
+def loopback(host: str | None) -> bool:
+    """Whether a client address is this host's own (an IPv4 address mapped into IPv6 too)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

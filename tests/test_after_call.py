@@ -183,3 +183,15 @@ def test_pressing_zero_puts_the_caller_through_to_a_person(engine: EngineRun, re
     assert transcript["outcome"] == "engine hung up: put through to a person"
     line = next(t for t in transcript["turns"] if t.get("speaker") == "bot")
     assert line["said"] == "Connecting you to a person now. Please hold." and line["heard"] == line["said"]
+
+
+def test_the_playground_is_off_unless_enabled(engine: EngineRun) -> None:
+    import urllib.error
+    import urllib.request
+
+    for method, path in (("GET", "/playground/"), ("POST", "/playground/token"), ("GET", "/playground/stream")):
+        request = urllib.request.Request(f"http://127.0.0.1:{engine.port}{path}", method=method,
+                                         data=b"" if method == "POST" else None)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 404, path

@@ -13,6 +13,8 @@ if [[ "${1:-}" == "--test" ]]; then extras="[test,csm]"; fi
 debs=()
 python3 -c "import venv, ensurepip" 2>/dev/null || debs+=(python3-venv)
 if [[ -n "$extras" ]] && ! command -v espeak-ng >/dev/null; then debs+=(espeak-ng); fi
+# Chromium: the browser playground's test drives a real headless browser (tests/test_playground_browser.py).
+if [[ -n "$extras" ]] && ! command -v chromium >/dev/null; then debs+=(chromium); fi
 if (( ${#debs[@]} )); then
     if command -v apt-get >/dev/null; then
         SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
