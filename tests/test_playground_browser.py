@@ -22,6 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from tests.test_playground import own_address
 from tools.caller import piper_speech
 from tools.engine_run import EngineRun, serve
 from tools.solo import free_port
@@ -30,12 +31,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tools/setup.sh --test)")
 
 SENTENCE = "What is the capital of France?"
+SECRET = "playground-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineRun]:
     tmp = tmp_path_factory.mktemp("playground")
-    run = EngineRun(tmp, ENGINE_PLAYGROUND__ENABLED="true", ENGINE_LLM__BACKEND="echo",
+    run = EngineRun(tmp, ENGINE_PLAYGROUND__ENABLED="true", ENGINE_PLAYGROUND__SECRET=SECRET,
+                    ENGINE_TRANSPORT__HOST="0.0.0.0", ENGINE_LLM__BACKEND="echo",
                     ENGINE_CONVERSATION__GREETING="Hello.", ENGINE_TRANSPORT__RECORDINGS_DIR=str(tmp / "recordings"))
     yield from serve(run)
 
@@ -55,13 +58,14 @@ def speech_wav(path: Path) -> Path:
 class Browser:
     """Headless Chromium and one page of it, over the DevTools protocol."""
 
-    def __init__(self, tmp: Path, microphone: Path) -> None:
+    def __init__(self, tmp: Path, microphone: Path, origin: str) -> None:
         assert CHROMIUM is not None
         self.port = free_port()
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
              f"--use-file-for-fake-audio-capture={microphone}", "--autoplay-policy=no-user-gesture-required",
+             f"--unsafely-treat-insecure-origin-as-secure={origin}",  # the microphone off localhost, over http
              f"--remote-debugging-port={self.port}", f"--user-data-dir={tmp / 'chromium'}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(tmp / "chromium.log", "w"))  # noqa: SIM115
         self.ids = itertools.count(1)
@@ -118,14 +122,20 @@ def recorded_marks(engine: EngineRun, call_sid: str) -> list[str]:
     return [e["name"] for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "mark"]
 
 
-def test_a_browser_call_is_heard_answered_and_its_marks_echoed(engine: EngineRun, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["loopback", "off loopback, with the key"])
+def test_a_browser_call_is_heard_answered_and_its_marks_echoed(engine: EngineRun, tmp_path: Path, where: str) -> None:
     shot = tmp_path / "playground-mid-call.png"
+    host = "127.0.0.1" if where == "loopback" else own_address()
+    if host is None:
+        pytest.skip("this host has no address but loopback")
+    origin = f"http://{host}:{engine.port}"
+    page = f"{origin}/playground/?autostart=1" + ("" if where == "loopback" else f"#key={SECRET}")
 
     async def scenario() -> dict[str, Any]:
-        browser = Browser(tmp_path, speech_wav(tmp_path / "microphone.wav"))
+        browser = Browser(tmp_path, speech_wav(tmp_path / "microphone.wav"), origin)
         try:
             await browser.open()
-            await browser.call("Page.navigate", url=f"http://127.0.0.1:{engine.port}/playground/?autostart=1")
+            await browser.call("Page.navigate", url=page)
             deadline = time.monotonic() + 90
             pg: dict[str, Any] = {}
             while time.monotonic() < deadline:
