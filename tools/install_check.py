@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.metadata
+import importlib.resources
 import json
 import os
 import pkgutil
@@ -62,7 +63,10 @@ def check_installed() -> str:
         if imported != installed:
             raise CheckFailed(f"{package} is imported from {imported.parent}, not from the installed wheel "
                               f"({installed.parent}): an editable install or a source tree is on sys.path")
-    return f"{DISTRIBUTION} {dist.version} installed in {Path(str(dist.locate_file(''))).resolve()}"
+    page = importlib.resources.files("procs").joinpath("playground.html")
+    if not page.is_file():
+        raise CheckFailed("procs/playground.html (the browser playground's page) is missing from the wheel")
+    return f"{DISTRIBUTION} {dist.version} installed in {Path(str(dist.locate_file(''))).resolve()}, with its page"
 
 
 def check_config() -> str:
