@@ -79,10 +79,10 @@ class CallerMemory:
 
     def remember(self, number: str, call_sid: str, turns: list[HistoryTurn], now: float | None = None) -> int:
         """`number`'s call `call_sid` ended with this dialogue (what it began with included): its latest
-        `max_turns` turns replace what was kept. Returns how many were kept."""
-        if not number:
-            return 0
+        `max_turns` turns replace what was kept. Returns how many were kept (none said: nothing changes)."""
         kept = [t for t in turns if t.text.strip()][-self.max_turns:]
+        if not (number and kept):  # a call with nothing said (a hang-up at once, a voicemail) leaves memory be
+            return 0
         ended_at = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

@@ -50,6 +50,12 @@ def test_the_next_call_replaces_what_was_kept(memory: CallerMemory) -> None:
     assert [t.text for t in memory.recall("+15550001111", now=2000.0)] == ["one", "1", "two", "2"]
 
 
+def test_a_call_with_nothing_said_leaves_memory_be(memory: CallerMemory) -> None:
+    memory.remember("+15550001111", "CA1", [turn("user", "a"), turn("assistant", "b")], now=1000.0)
+    assert memory.remember("+15550001111", "CA2", [], now=2000.0) == 0
+    assert [t.text for t in memory.recall("+15550001111", now=2000.0)] == ["a", "b"]
+
+
 def test_retention_and_forget(memory: CallerMemory) -> None:
     memory.remember("+15550001111", "CA1", [turn("user", "a"), turn("assistant", "b")], now=1000.0)
     memory.remember("+15550002222", "CA2", [turn("user", "c"), turn("assistant", "d")], now=1000.0 + 20 * DAY)
