@@ -1,5 +1,5 @@
 """The engine's command line, run as `python -m engine`: `supervisor [--config FILE]`, `check-config`, `call NUMBER`,
-`forget NUMBER`, `trace FILE`, `soak`.
+`forget NUMBER`, `trace FILE`, `soak`, `dial`.
 
 It ties the layers together (the supervisor in procs/, the soak tool in tools/, the trace report in engine/), so it
 lives in the top layer. Each command imports what it needs when it runs: `check-config` or `trace` never load the
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from tools.soak import add_arguments
 
     add_arguments(soak)
+    dial = sub.add_parser("dial", help="call a running engine as Twilio would (or through its playground) and "
+                                       "print the call as it happens; its audio to a WAV")
+    from tools.dial import add_arguments as add_dial_arguments
+
+    add_dial_arguments(dial)
     args = parser.parse_args(argv)
     if args.command == "trace":
         return _trace(args)
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "forget":
         return _forget(cfg, args.number)
+    if args.command == "dial":
+        from tools.dial import run_dial
+
+        return run_dial(cfg, args)
     from procs.child import setup_logging
     from procs.supervisor import run_supervisor
 
