@@ -247,7 +247,8 @@ class Conductor(Replies):
         reply = self.reply
         if reply is None or event.gen != reply.gen:
             return []  # a cancelled reply's span, or a stale one from before a restart
-        reply.add(Span(event.index, event.seq_first, event.seq_last, event.text, event.last))
+        reply.add(Span(event.index, event.seq_first, event.seq_last, event.text, event.last,
+                       words_ms=tuple((start, end) for start, end in event.words_ms)))
         return []
 
     def _mark(self, seq: int, now: float) -> list[Action]:

@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import shutil
+import unicodedata
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,14 @@ FIRST_FRAMES = 16  # 16 x 256 samples = 186 ms of 22.05 kHz audio in the first c
 NEXT_FRAMES = 128  # then 1.5 s at a time: each chunk decodes 2 x CONTEXT frames more than it keeps
 CONTEXT = 16
 VOCODER_INPUT = "/dec/conv_pre/Conv"
+DURATIONS = "/Ceil_output_0"  # the duration predictor's frames per phoneme id, rounded up: where each word is
 GAIN = 1.4  # the raw voice peaks at ~0.45-0.7 of full scale: about Piper's own loudness, seldom clipped
 
 
 def split_voice(model: Path, cache_dir: Path) -> tuple[Path, Path]:
     """The voice's encoder and decoder graphs, made once into `cache_dir` (keyed by the model file's hash)."""
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
-    target = cache_dir / "piper-split" / f"{model.stem}-{digest}"
+    target = cache_dir / "piper-split" / f"{model.stem}-{digest}-v2"  # v2: the encoder says its durations too
     encoder, decoder = target / "encoder.onnx", target / "decoder.onnx"
     if encoder.is_file() and decoder.is_file():
         return encoder, decoder
@@ -51,10 +54,11 @@ def split_voice(model: Path, cache_dir: Path) -> tuple[Path, Path]:
     if node is None:
         raise ValueError(f"{model}: no {VOCODER_INPUT} node: not a Piper VITS voice this engine can stream")
     latent = node.input[0]
+    durations = [DURATIONS] if any(DURATIONS in n.output for n in graph.node) else []
     inputs = [i.name for i in graph.input]
     tmp = target.with_name(f".{target.name}-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    onnx.utils.extract_model(str(model), str(tmp / "encoder.onnx"), inputs, [latent])
+    onnx.utils.extract_model(str(model), str(tmp / "encoder.onnx"), inputs, [latent, *durations])
     onnx.utils.extract_model(str(model), str(tmp / "decoder.onnx"), [latent], [graph.output[0].name])
     (tmp / "split.json").write_text(json.dumps({"model": str(model), "latent": latent}))
     try:
@@ -84,6 +88,46 @@ def chunks(frames: int, first: int = FIRST_FRAMES, then: int = NEXT_FRAMES) -> l
     return out
 
 
+@dataclass
+class Plan:
+    """A sentence's audio, and what is known of it before the first sample: how many samples it makes in all,
+    and where each of its words starts and ends in them (None when the voice's words could not be matched to the
+    text's)."""
+
+    samples: int
+    words: list[tuple[int, int]] | None
+    audio: Iterator[Pcm16]
+
+
+def sounds(phonemes: list[str], durations: np.ndarray, hop: int) -> list[tuple[int, int]]:
+    """Where each phoneme that makes a sound (not a word break, not punctuation's pause) starts and ends, in
+    samples. `durations` are frames per phoneme id: BOS, PAD, then each phoneme followed by its PAD, then EOS
+    (piper.phoneme_ids)."""
+    ends = np.cumsum(durations.reshape(-1)) * hop
+    return [(int(ends[2 + 2 * i - 1]), int(ends[2 + 2 * i])) for i, phoneme in enumerate(phonemes)
+            if sounding(phoneme)]
+
+
+def sounding(phoneme: str) -> bool:
+    return phoneme != " " and not unicodedata.category(phoneme[0]).startswith("P")
+
+
+def word_times(counts: list[int], times: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each word's start and end: word k has `counts[k]` of the sentence's sounding phonemes (`times`), in order.
+    espeak reads words apart a little differently than in a sentence ("in the" as one word there), so when the
+    counts do not add up to the sentence's, each word gets its share of the sentence's phonemes."""
+    total, have = sum(counts), len(times)
+    if not total or not have:
+        return []
+    out, done = [], 0
+    for n in counts:
+        first = round(done * have / total)
+        done += n
+        last = max(first, round(done * have / total) - 1)
+        out.append((times[min(first, have - 1)][0], times[min(last, have - 1)][1]))
+    return out
+
+
 class StreamingPiper:
     """Piper's voice, synthesised a sentence at a time and decoded in chunks: a `TtsBackend`."""
 
@@ -101,16 +145,19 @@ class StreamingPiper:
         self._encoder = cpu_session(encoder, threads, arena=arena)
         self._decoder = cpu_session(decoder, threads, arena=arena)
         self._latent_name = self._decoder.get_inputs()[0].name
+        self._ids = self._voice.config.phoneme_id_map  # a phoneme missing from it is dropped from the ids
 
-    def latents(self, text: str) -> Iterator[np.ndarray]:
-        """Each sentence of `text` as its latent, (1, channels, frames)."""
+    def latents(self, text: str) -> Iterator[tuple[np.ndarray, list[tuple[int, int]] | None]]:
+        """Each sentence of `text` as its latent, (1, channels, frames), and where its sounding phonemes are
+        (samples; None if the voice does not say its durations)."""
         for phonemes in self._voice.phonemize(text):
             if not phonemes:
                 continue
             ids = np.array([self._voice.phonemes_to_ids(phonemes)], np.int64)
-            latent, = self._encoder.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], np.int64),
-                                               "scales": self._scales})
-            yield latent
+            latent, *durations = self._encoder.run(None, {"input": ids, "scales": self._scales,
+                                                          "input_lengths": np.array([ids.shape[1]], np.int64)})
+            known = durations and durations[0].size == ids.shape[1] and all(p in self._ids for p in phonemes)
+            yield latent, sounds(phonemes, durations[0], self.hop) if known else None
 
     def decode(self, latent: np.ndarray, start: int, end: int) -> np.ndarray:
         """Audio of latent frames [start, end), decoded with up to CONTEXT frames of latent on either side."""
@@ -119,14 +166,28 @@ class StreamingPiper:
         return np.asarray(audio[(start - lo) * self.hop:(end - lo) * self.hop], np.float32)
 
     def synthesize(self, text: str) -> Iterator[Pcm16]:
-        yield from self.planned(text)[1]
+        yield from self.planned(text).audio
 
-    def planned(self, text: str) -> tuple[int, Iterator[Pcm16]]:
-        """How many samples `text` will make in all, known once its latents are made (the encoder is the cheap
-        part), and the audio. The TTS uses the count to tell the transport, with the sentence's first frame,
-        which frames will carry it: a caller who cuts in mid-sentence then heard a known share of it."""
-        latents = list(self.latents(text))
-        return sum(latent.shape[2] for latent in latents) * self.hop, self._decoded(latents)
+    def planned(self, text: str) -> Plan:
+        """How many samples `text` will make in all and where its words are, known once its latents are made (the
+        encoder is the cheap part), and the audio. The TTS tells the transport, with the sentence's first frame,
+        which frames will carry it and when each word is: a caller who cuts in mid-sentence heard known words.
+        Each word of the text (split at spaces) gets a time: "49" as the two words espeak says for it."""
+        made = list(self.latents(text))
+        times: list[tuple[int, int]] | None = []
+        offset = 0
+        for latent, sentence in made:
+            if times is not None and sentence is not None:
+                times += [(offset + start, offset + end) for start, end in sentence]
+            else:
+                times = None
+            offset += latent.shape[2] * self.hop
+        words = None if times is None else word_times([self._sounds_in(word) for word in text.split()], times)
+        return Plan(offset, words or None, self._decoded([latent for latent, _ in made]))
+
+    def _sounds_in(self, word: str) -> int:
+        """How many sounding phonemes espeak makes of `word` on its own."""
+        return sum(sounding(p) for sentence in self._voice.phonemize(word) for p in sentence)
 
     def _decoded(self, latents: list[np.ndarray]) -> Iterator[Pcm16]:
         for latent in latents:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+FRAME_MS = 20  # a ring frame: 20 ms of audio, at whatever rate
+
 
 @dataclass
 class Span:
@@ -21,6 +23,7 @@ class Span:
     text: str
     last: bool
     played: bool = False
+    words_ms: tuple[tuple[int, int], ...] = ()  # where each word of `text` is, ms from the span's first frame
 
 
 @dataclass
@@ -57,10 +60,23 @@ def heard_words(reply: ReplyTrack, played: int | None) -> str:
             words += span.text.split()
             continue
         if played is not None and played >= span.seq_first:
-            share = (played - span.seq_first + 1) / (span.seq_last - span.seq_first + 1)
-            words += words_within(span.text, share)
+            played_ms = (played - span.seq_first + 1) * FRAME_MS
+            share = played_ms / ((span.seq_last - span.seq_first + 1) * FRAME_MS)
+            timed = len(span.words_ms) == len(span.text.split())
+            words += words_timed(span.text, span.words_ms, played_ms) if timed else words_within(span.text, share)
         break
     return " ".join(words)
+
+
+def words_timed(text: str, words_ms: tuple[tuple[int, int], ...], played_ms: float) -> list[str]:
+    """The words of `text` the caller heard in its first `played_ms`, by the voice's own timing: a word counts
+    once its middle has played."""
+    out = []
+    for word, (start, end) in zip(text.split(), words_ms, strict=True):
+        if (start + end) / 2 > played_ms:
+            break
+        out.append(word)
+    return out
 
 
 def words_within(text: str, share: float) -> list[str]:

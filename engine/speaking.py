@@ -107,11 +107,15 @@ class SentenceFrames:
         self.seq_first: int | None = None
         self.seq_last = -1
         self.frames_planned: int | None = None  # all the sentence's frames, when the backend said its length
+        self.words_ms: list[tuple[int, int]] = []  # where each word is, when the backend said
         self.told = False  # its span went out early, with its first frame
 
-    def plan(self, samples: int) -> None:
-        """The sentence will make `samples` of audio in all: its frames, the last one padded (`tail`), are known."""
+    def plan(self, samples: int, words: list[tuple[int, int]] | None = None) -> None:
+        """The sentence will make `samples` of audio in all: its frames, the last one padded (`tail`), are known;
+        with `words`, where each word starts and ends in those samples."""
         self.frames_planned = samples // self.samples + 1
+        ms = 1000 / (self.samples * FRAMES_PER_SECOND)
+        self.words_ms = [(round(start * ms), round(end * ms)) for start, end in words or []]
 
     def add(self, chunk: Pcm16) -> list[Pcm16]:
         """The next audio of the sentence; the whole frames it completes."""
@@ -144,7 +148,8 @@ class SentenceFrames:
         s = self.sentence
         assert self.seq_first is not None, "no frame of the sentence was written"
         return Spoken(call_id=s.call_id, gen=s.gen, index=s.index, seq_first=self.seq_first,
-                      seq_last=self.seq_last if seq_last is None else seq_last, text=s.text, last=s.last)
+                      seq_last=self.seq_last if seq_last is None else seq_last, text=s.text, last=s.last,
+                      words_ms=self.words_ms)
 
     def early(self) -> Spoken | None:
         """The span, once the first frame is written, for a sentence whose length is planned: the frames follow
@@ -209,9 +214,9 @@ class SentenceRun:
         planned = getattr(self._backend, "planned", None)
         if planned is None:
             return self._backend.synthesize(self._text)
-        samples, audio = planned(self._text)
-        self.framer.plan(int(samples))
-        return iter(audio)
+        plan = planned(self._text)
+        self.framer.plan(int(plan.samples), plan.words)
+        return iter(plan.audio)
 
     def close(self, outcome: Outcome = "stopped") -> Outcome:
         """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""

@@ -262,6 +262,9 @@ class Spoken(Msg):
     seq_last: int
     text: str
     last: bool = False
+    words_ms: list[tuple[int, int]] = []
+    """Where each word of `text` starts and ends, ms from the span's first frame, when the voice knows (streaming
+    Piper's durations); empty when it does not: then a word's time is reckoned from its letters."""
 
 
 AnyMsg = (Ready | Heartbeat | Shutdown | Status | CallStarted | CallEnded | Cancel | SpeechStarted | SpeechSustained

@@ -36,7 +36,7 @@ def test_chunked_decoding_matches_the_whole_graph_without_noise(piper: Streaming
     Piper's own whole graph gives for the whole sentence."""
     model = bundled_piper_voice()
     piper._scales = np.array([0.0, piper._scales[1], 0.0], np.float32)  # noise off, same length scale
-    latent = next(piper.latents(SENTENCE))
+    latent, _ = next(piper.latents(SENTENCE))
     chunked = np.concatenate([piper.decode(latent, a, b) for a, b in chunks(latent.shape[2])])
     whole = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     ids = np.array([piper._voice.phonemes_to_ids(piper._voice.phonemize(SENTENCE)[0])], np.int64)
@@ -67,5 +67,25 @@ def test_the_first_audio_is_a_short_chunk(piper: StreamingPiper) -> None:
 def test_the_planned_length_is_the_length_made(piper: StreamingPiper) -> None:
     """What the TTS tells the transport with a sentence's first frame rests on this count being exact."""
     for text in (SENTENCE, "Yes.", "One moment. Let me check that for you, it will not take long."):
-        samples, audio = piper.planned(text)
-        assert samples == sum(len(chunk) for chunk in audio)
+        plan = piper.planned(text)
+        assert plan.samples == sum(len(chunk) for chunk in plan.audio)
+
+
+def test_the_voice_says_where_each_word_is_and_the_audio_agrees(piper: StreamingPiper) -> None:
+    """Word times from the duration predictor: one per word of the text, in order, inside the audio; the pause
+    after a comma is quiet where the words around it are not."""
+    text = "Paris, a city of light and art, is lovely in the spring."
+    plan = piper.planned(text)
+    audio = np.concatenate(list(plan.audio)).astype(np.float32)
+    assert plan.words is not None and len(plan.words) == len(text.split())
+    assert all(start < end <= later for (start, end), (later, _) in zip(plan.words, plan.words[1:], strict=False))
+    assert plan.words[-1][1] <= plan.samples
+
+    def rms(lo: int, hi: int) -> float:
+        return float(np.sqrt(np.mean(audio[lo:hi] ** 2)))
+
+    paris, a = plan.words[0], plan.words[1]
+    assert a[0] - paris[1] > 0.1 * piper.sample_rate  # the comma's pause, not counted in either word
+    assert rms(paris[1], a[0]) < 0.2 * rms(*paris)
+    costs = piper.planned("It costs 49 dollars, in the end.").words  # "forty nine" for "49"; "in the" as one
+    assert costs is not None and len(costs) == 7

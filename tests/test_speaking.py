@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from engine.codec import Pcm16
+from engine.piper_stream import Plan
 from engine.speaking import SentenceJob, Speaking, Stage, speak
 from ipc.ring import FLAG_END, FLAG_MARK, flags_gen, gen_flags
 from ipc.schema import CallEnded, CallStarted, Cancel, Sentence, Spoken
@@ -144,8 +145,10 @@ def test_a_call_that_ends_stops_its_speech() -> None:
 class PlannedToneTts(ToneTts):
     """The tone backend, saying first how long each sentence will be (as the streaming Piper voice does)."""
 
-    def planned(self, text: str) -> tuple[int, Iterator[Pcm16]]:
-        return len(text.split()) * RATE // 10, self.synthesize(text)
+    def planned(self, text: str) -> Plan:
+        """Each word a tenth of a second: the first half sounding, the second silent."""
+        words = [(i * RATE // 10, i * RATE // 10 + RATE // 20) for i in range(len(text.split()))]
+        return Plan(len(text.split()) * RATE // 10, words, self.synthesize(text))
 
 
 def test_a_planned_sentence_is_told_with_its_first_frame_so_a_cut_mid_sentence_is_known() -> None:
@@ -168,6 +171,7 @@ def test_a_planned_sentence_is_told_with_its_first_frame_so_a_cut_mid_sentence_i
     assert len(spans) == 1  # once, not again at the end
     assert (spans[0].seq_first, spans[0].seq_last) == (0, len(ring.frames) - 1)
     assert told_at == [1]  # right behind the first frame: the ring held one frame when it went out
+    assert spans[0].words_ms[:3] == [(0, 50), (100, 150), (200, 250)]  # where each word is, for a cut mid-way
 
 
 def test_a_reply_cut_mid_sentence_reports_the_words_within_the_played_share() -> None:
@@ -178,3 +182,19 @@ def test_a_reply_cut_mid_sentence_reports_the_words_within_the_played_share() ->
     assert words_within(text, 0.5) == ["A", "cat", "in", "the", "neighbor's"]  # 24.5 of 49 characters
     assert words_within(text, 0.58) == ["A", "cat", "in", "the", "neighbor's", "house"]  # past the middle of "house"
     assert words_within(text, 1.0) == text.split()
+
+
+def test_with_the_voices_word_times_a_cut_reports_the_words_whose_middle_played() -> None:
+    """Letters spread evenly over a sentence's frames misplace words where the voice lingers (a comma's pause, a
+    long word); the voice's own durations say where each word is."""
+    from engine.reply_track import ReplyTrack, Span, heard_words
+
+    text = "Paris, a city of light."
+    timed = ((0, 400), (900, 960), (1000, 1300), (1320, 1400), (1420, 1800))  # a long pause after "Paris,"
+    reply = ReplyTrack(1, 0.0)
+    reply.add(Span(0, 100, 194, text, True, words_ms=timed))  # 95 frames: 1.9 s
+    assert heard_words(reply, 100 + 44) == "Paris,"  # 900 ms in: only the pause after "Paris," has played
+    assert heard_words(reply, 100 + 46) == "Paris, a"  # 940 ms: past the middle of "a"
+    untimed = ReplyTrack(1, 0.0)
+    untimed.add(Span(0, 100, 194, text, True))
+    assert heard_words(untimed, 100 + 44) == "Paris, a"  # by letters (47% of them): a word the caller never heard
