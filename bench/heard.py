@@ -140,6 +140,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"heard-{label}-"))
         # Greedy decoding: both engines say the same replies, so what differs is what each reports heard.
         engine = RecordingEngine(label, root, work, ["conversation.greeting=Hello.", "llm.max_sentences=6",
+                                                     "conversation.max_call_s=3600",  # one call for all the cuts
                                                      "llm.max_tokens=160", "llm.temperature=0.0"])
         try:
             engine.wait_healthy(180)

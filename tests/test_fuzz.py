@@ -276,9 +276,11 @@ async def engine_close_code(ws: aiohttp.ClientWebSocketResponse) -> int | str:
 
 requests = st.tuples(
     st.sampled_from(["POST", "GET", "PUT", "DELETE"]),
-    st.sampled_from(["/twilio/voice", "/twilio/status", "/twilio/stream", "/health", "/", "/twilio/voice/../x"])
+    st.sampled_from(["/twilio/voice", "/twilio/status", "/twilio/amd", "/twilio/stream", "/health", "/metrics", "/",
+                     "/twilio/voice/../x", "/calls/CA1/transcript", "/calls/%00/transcript", "/playground/token"])
     | st.text(alphabet="abcdefghijklmnopqrstuvwxyz/%.-_", max_size=20).map(lambda p: "/" + p),
-    st.dictionaries(st.sampled_from(["CallSid", "From", "To", "AccountSid", "CallStatus", "Direction"])
+    st.dictionaries(st.sampled_from(["CallSid", "From", "To", "AccountSid", "CallStatus", "Direction", "AnsweredBy",
+                                     "MachineDetectionDuration"])
                     | st.text(max_size=8), st.text(max_size=40), max_size=6),
     st.sampled_from(["valid", "none", "garbage"]),
     st.sampled_from(["form", "json", "huge", "binary"]),
