@@ -6,6 +6,7 @@ overrides) and validates it at start-up.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +15,8 @@ import msgspec
 
 from ipc.schema import ProcName
 
+E164 = re.compile(r"\+[1-9]\d{6,14}")
+"""A phone number as Twilio takes it: +, country code and number, no spaces."""
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect
 
-from engine.config import Config
+from engine.config import E164, Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -156,12 +156,13 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
     if conversation.end_webhook and len(conversation.end_webhook_secret) < 16:
         fail("conversation.end_webhook_secret", "(redacted)" if conversation.end_webhook_secret else "",
              "conversation.end_webhook needs a secret of at least 16 characters to sign what it sends")
-    if conversation.transfer_to and not re.fullmatch(r"\+[1-9]\d{6,14}|sips?:\S+@\S+", conversation.transfer_to):
+    transfer_to = conversation.transfer_to
+    if transfer_to and not (E164.fullmatch(transfer_to) or re.fullmatch(r"sips?:\S+@\S+", transfer_to)):
         fail("conversation.transfer_to", conversation.transfer_to,
              "must be an E.164 number such as +15551234567 or a sip: URI")
     if conversation.transfer_to and not (cfg.twilio.account_sid and cfg.twilio.auth_token):
         fail("conversation.transfer_to", conversation.transfer_to,
              "putting a call through needs twilio.account_sid and twilio.auth_token (TWILIO_ACCOUNT_SID, "
              "TWILIO_AUTH_TOKEN) for Twilio's REST API")
-    if cfg.twilio.from_number and not re.fullmatch(r"\+[1-9]\d{6,14}", cfg.twilio.from_number):
+    if cfg.twilio.from_number and not E164.fullmatch(cfg.twilio.from_number):
         fail("twilio.from_number", cfg.twilio.from_number, "must be an E.164 number such as +15551234567")

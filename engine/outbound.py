@@ -8,13 +8,11 @@ also says who answered, a person or an answering machine (engine.screening).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from engine.config import Config
+from engine.config import E164, Config
 from engine.telephony import AMD_PATH, STATUS_PATH, VOICE_PATH
 
-E164 = re.compile(r"\+[1-9]\d{6,14}")
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 

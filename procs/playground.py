@@ -22,7 +22,6 @@ fragment, which the browser never sends).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import time
@@ -34,7 +33,7 @@ from aiohttp import web
 
 from engine.admission import Party
 from engine.telephony import StreamTokens
-from procs.transport_shared import TransportShared, loopback
+from procs.transport_shared import TransportShared, bearer_is, loopback
 
 log = logging.getLogger("engine.transport")
 
@@ -70,11 +69,7 @@ class Playground:
 
     def allowed(self, request: web.Request) -> bool:
         """Loopback; elsewhere only with the configured secret."""
-        if loopback(request.remote):
-            return True
-        secret = self.cfg.secret
-        return bool(secret) and hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                                    f"Bearer {secret}".encode())
+        return loopback(request.remote) or bearer_is(request, self.cfg.secret)
 
     async def to_page(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound(PAGE_PATH)
@@ -95,8 +90,7 @@ class Playground:
             return web.Response(status=403, text="the playground answers loopback clients, or the playground.secret\n")
         now = time.monotonic()
         call_sid = "PG" + secrets.token_hex(16)
-        active = len(shared.pool.leases()) + shared.reservations.held(now)
-        if active >= shared.pool.max_calls or not shared.admission.verdict(active).admit:
+        if shared.no_line(now) is not None:
             shared.counters["playground_busy"] += 1
             return web.Response(status=503, text="all lines are busy\n")
         shared.reservations.reserve(call_sid, now, Party())

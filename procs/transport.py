@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -62,7 +61,7 @@ from procs.doorbell import OutboundDoorbell
 from procs.media_socket import MediaSocket, SocketLimits, StreamEvent
 from procs.phone_call import PhoneCall
 from procs.playground import Playground, Verify
-from procs.transport_shared import TransportShared, loopback, recordings_of
+from procs.transport_shared import TransportShared, bearer_is, loopback, recordings_of
 from procs.webhooks import Webhooks
 
 log = logging.getLogger("engine.transport")
@@ -140,11 +139,7 @@ class TransportProc:
         return web.Response(status=code, body=msgspec.json.encode(body), content_type="application/json")
 
     def _operator(self, request: web.Request) -> bool:
-        token = self.cfg.transport.health_token
-        if token and hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                         f"Bearer {token}".encode()):
-            return True
-        return loopback(request.remote)
+        return bearer_is(request, self.cfg.transport.health_token) or loopback(request.remote)
 
     def _file_counters(self) -> dict[str, int]:
         """What the recorder and the trace sink could not write (a slow or full disk): dropped, never queued."""

@@ -5,11 +5,14 @@ The transport process makes one `TransportShared`; its webhooks and each `procs.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
 
 from engine.admission import Admission, Reservations
 from engine.config import Config
@@ -60,10 +63,26 @@ class TransportShared:
     after: AfterCall | None = None
     """What outlives each call: its transcript, the call-end webhook, the caller's memory (procs.after_call)."""
 
+    def no_line(self, now: float, besides: str = "") -> tuple[str, str] | None:
+        """Why a new call gets no line now, as (what, words for the log), or None when it may have one: every
+        line is taken or promised ("capacity"), or the measured load says no more ("load", engine.admission).
+        `besides`: a call asking again, whose own promise is not counted against it."""
+        active = len(self.pool.leases()) + self.reservations.held(now, besides=besides)
+        if active >= self.pool.max_calls:
+            return "capacity", f"all {self.pool.max_calls} lines busy"
+        verdict = self.admission.verdict(active)
+        return None if verdict.admit else ("load", verdict.why)
+
 
 def recordings_of(cfg: Config) -> Recorder | None:
     """The recorder `transport.recordings_dir` asks for, if any."""
     return Recorder(Path(cfg.transport.recordings_dir)) if cfg.transport.recordings_dir else None
+
+
+def bearer_is(request: web.Request, secret: str) -> bool:
+    """Whether the request says `Authorization: Bearer <secret>` (never, for an empty secret)."""
+    return bool(secret) and hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                f"Bearer {secret}".encode())
 
 
 def loopback(host: str | None) -> bool:

@@ -53,10 +53,10 @@ class Webhooks:
     """The voice webhook, the status and AMD callbacks, and the signature checks every Twilio request goes through."""
 
     def __init__(self, tokens: StreamTokens, shared: TransportShared) -> None:
+        self.shared = shared
         self.cfg = shared.cfg
         self.admission = shared.admission
         self.reservations = shared.reservations
-        self.pool = shared.pool
         self.tokens = tokens
         self.counters = shared.counters
         self.recorder = shared.recorder
@@ -115,16 +115,12 @@ class Webhooks:
         if not call_sid:
             return web.Response(status=400, text="CallSid missing\n")
         now = time.monotonic()
-        active = len(self.pool.leases()) + self.reservations.held(now, besides=call_sid)
-        verdict = self.admission.verdict(active)
-        if active >= self.pool.max_calls:
-            self.counters["calls_refused_capacity"] += 1
-            log.warning("call %s refused: all %d lines busy", call_sid, self.pool.max_calls)
-            twiml = reject_twiml(BUSY_LINE)
-        elif not verdict.admit:
-            self.counters["calls_refused_load"] += 1
-            self.admission.turned_away += 1
-            log.warning("call %s refused: %s", call_sid, verdict.why)
+        if (refused := self.shared.no_line(now, besides=call_sid)) is not None:
+            what, why = refused
+            self.counters[f"calls_refused_{what}"] += 1
+            if what == "load":
+                self.admission.turned_away += 1
+            log.warning("call %s refused: %s", call_sid, why)
             twiml = reject_twiml(BUSY_LINE)
         else:
             self.counters["webhooks_answered"] += 1

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from engine.config import Config
+from engine.config import E164, Config
 from engine.config_load import ConfigError, load_config
 
 DEFAULT_CONFIG_ENV = "ENGINE_CONFIG"
@@ -95,7 +95,6 @@ def _forget(cfg: Config, number: str) -> int:
     from pathlib import Path
 
     from engine.memory import CallerMemory
-    from engine.outbound import E164
 
     if not E164.fullmatch(number):
         print(f"error: {number!r} is not an E.164 number (like +15551234567)", file=sys.stderr)
