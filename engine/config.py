@@ -234,6 +234,9 @@ class TtsSection(_Section):
     whole-sentence synthesis."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
+    line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0
+    """The audio of fixed lines (greeting, re-prompt, goodbye...) is kept once made, up to this much (8 MB: about
+    three minutes of Piper's 22 kHz voice), so later calls get it with no synthesis (engine/line_cache.py). 0: off."""
 
 
 class ConversationSection(_Section):

@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.calls import CallTable, EarlyMessages
 from engine.codec import Pcm16
+from engine.line_cache import Line, LineCache
 from engine.tts import TtsBackend
 from ipc.ring import FLAG_END, FLAG_MARK, gen_flags
 from ipc.schema import CallEnded, CallStarted, Cancel, Sentence, Spoken
@@ -164,8 +165,10 @@ class SentenceRun:
     """One sentence being spoken a piece at a time, so the process can turn to a more urgent call between
     pieces: `step` writes the frames there is room for, making the next piece of audio when none is ready."""
 
-    def __init__(self, job: SentenceJob, backend: TtsBackend, emit: Callable[[Spoken | Stage], None]) -> None:
-        self.job, self.emit = job, emit
+    def __init__(self, job: SentenceJob, backend: TtsBackend, emit: Callable[[Spoken | Stage], None],
+                 lines: LineCache | None = None) -> None:
+        """`lines`: where a fixed line's sentences are kept once spoken whole, and found (engine/line_cache.py)."""
+        self.job, self.emit, self.lines = job, emit, lines
         self.framer = SentenceFrames(job.sentence, backend.sample_rate)
         text = job.sentence.text
         self._chunks: Iterator[Pcm16] = iter(())
@@ -208,15 +211,37 @@ class SentenceRun:
         return None
 
     def _synthesis(self) -> Iterator[Pcm16]:
-        """The backend's audio for the sentence; with its length first where the backend can plan it."""
+        """The backend's audio for the sentence, with its length first where the backend can plan it; a fixed
+        line's kept audio, planned, where it was spoken before."""
         if not self._text.strip():
             return iter(())
+        keep = self.lines is not None and self.job.sentence.fixed
+        if keep and self.lines is not None and (line := self.lines.get(self._text)) is not None:
+            self.framer.plan(len(line.audio), line.words)
+            return iter((line.audio,))
         planned = getattr(self._backend, "planned", None)
+        words = None
         if planned is None:
-            return self._backend.synthesize(self._text)
-        plan = planned(self._text)
-        self.framer.plan(int(plan.samples), plan.words)
-        return iter(plan.audio)
+            audio = self._backend.synthesize(self._text)
+        else:
+            plan = planned(self._text)
+            self.framer.plan(int(plan.samples), plan.words)
+            audio, words = iter(plan.audio), plan.words
+        return self._keeping(audio, words) if keep else audio
+
+    def _keeping(self, audio: Iterator[Pcm16], words: list[tuple[int, int]] | None) -> Iterator[Pcm16]:
+        """`audio` as it comes; once it has all come, kept as the line's (a sentence cut short is not)."""
+        made: list[Pcm16] = []
+        try:
+            for chunk in audio:
+                made.append(chunk)
+                yield chunk
+        finally:
+            close = getattr(audio, "close", None)
+            if close is not None:
+                close()
+        if self.lines is not None and made:
+            self.lines.put(self._text, Line(np.concatenate(made), words))
 
     def close(self, outcome: Outcome = "stopped") -> Outcome:
         """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""
@@ -227,9 +252,9 @@ class SentenceRun:
 
 
 def speak(job: SentenceJob, backend: TtsBackend, write: Callable[[Pcm16, int], int],
-          emit: Callable[[Spoken | Stage], None]) -> Outcome:
+          emit: Callable[[Spoken | Stage], None], lines: LineCache | None = None) -> Outcome:
     """Speak `job`'s whole sentence into `write`, as fast as the backend makes it (there is always room)."""
-    run = SentenceRun(job, backend, emit)
+    run = SentenceRun(job, backend, emit, lines)
     while (outcome := run.step(1 << 30, write)) is None:
         pass
     return outcome

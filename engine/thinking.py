@@ -264,7 +264,8 @@ class Reply:
         return out
 
     def _sentence(self, text: str, last: bool) -> Sentence:
-        sentence = Sentence(call_id=self.job.call_id, gen=self.job.gen, index=self._index, text=text, last=last)
+        sentence = Sentence(call_id=self.job.call_id, gen=self.job.gen, index=self._index, text=text, last=last,
+                            fixed=bool(self.job.say))
         self._index += 1
         return sentence
 

@@ -223,6 +223,7 @@ class Sentence(Msg):
     index: int
     text: str
     last: bool = False
+    fixed: bool = False  # of a line said verbatim (a greeting, a re-prompt): the same on every call, so kept
 
 
 class Heard(Msg):

@@ -216,7 +216,8 @@ class PhoneCall:
             self.stages.stamp(action.gen, "reply_discarded", time.monotonic_ns())
             self.record({"event": "discard", "gen": action.gen})
         elif isinstance(action, Speak):
-            bus.send("tts", Sentence(call_id=self.call_id, gen=action.gen, index=0, text=action.text, last=True))
+            bus.send("tts", Sentence(call_id=self.call_id, gen=action.gen, index=0, text=action.text, last=True,
+                                     fixed=True))
             self.stages.requested(action.gen, False)
             self.record({"event": "speak", "gen": action.gen, "text": action.text})
         elif isinstance(action, HangUp):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.codec import Pcm16
 from engine.config import Config
+from engine.line_cache import LineCache
 from engine.privacy import spoken
 from engine.speaking import SentenceJob, SentenceRun, Speaking, Stage, Voice
 from engine.trace import TraceSink
@@ -51,6 +52,7 @@ class TtsProc(SyncChild):
         self.failures = 0
         self._jobs: queue.SimpleQueue[SentenceJob | None] = queue.SimpleQueue()
         self.schedule = Schedule()  # the worker's own
+        self.lines = LineCache(int(cfg.tts.line_cache_mb * 1e6)) if cfg.tts.line_cache_mb else None  # the worker's
         self._worker: threading.Thread | None = None
 
     def setup(self) -> None:
@@ -107,7 +109,7 @@ class TtsProc(SyncChild):
         job.voice.stalled_since = None
         try:
             if item.run is None:
-                item.run = SentenceRun(job, self.tts, lambda out: self._emit(job, out, sender))
+                item.run = SentenceRun(job, self.tts, lambda out: self._emit(job, out, sender), self.lines)
             outcome = item.run.step(self._room(job.voice), lambda frame, flags: self._write(job, frame, flags))
         except Exception:  # one bad sentence must not silence every later call
             self.failures += 1
@@ -161,7 +163,9 @@ class TtsProc(SyncChild):
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.speaking.calls), "queued": self._jobs.qsize() + len(self.schedule),
                 "cancels": self.speaking.cancels, "sentences": self.sentences,
-                "frames_out": self.frames_out, "failures": self.failures}
+                "frames_out": self.frames_out, "failures": self.failures,
+                "lines_kept": len(self.lines) if self.lines is not None else 0,
+                "line_hits": self.lines.hits if self.lines is not None else 0}
 
     def teardown(self) -> None:
         if self._worker is not None:

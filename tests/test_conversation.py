@@ -115,6 +115,31 @@ def test_the_caller_is_greeted_then_asks_and_hears_a_relevant_answer(engine: Eng
     assert len({"paris", "peris", "france", "capital", "french", "city"} & words(answer)) >= 2, answer
 
 
+def test_the_greeting_is_made_once_and_every_caller_hears_the_same_audio(engine: EngineRun) -> None:
+    """The greeting is the same words on every call: the TTS keeps its audio once made (tts.line_cache_mb), so
+    later calls cost no synthesis. Made afresh, Piper's noise would make each call's copy differ."""
+    async def greeted() -> np.ndarray:
+        async with caller(engine) as c:
+            await dial_past_greeting(c)
+            audio = c.heard_audio()
+            await c.hangup()
+            return audio
+
+    def line_hits() -> int:
+        h = engine.health()
+        assert h is not None
+        return int(h[1]["processes"]["tts"]["stats"]["line_hits"])
+
+    made = asyncio.run(greeted())  # the first call since start-up may make it
+    hits = line_hits()
+    first, second = asyncio.run(greeted()), asyncio.run(greeted())
+    deadline = time.monotonic() + 3  # the TTS's heartbeat carries its stats every 0.2 s
+    while line_hits() < hits + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line_hits() >= hits + 2
+    assert len(made) > 8000 and np.array_equal(made, first) and np.array_equal(first, second)
+
+
 def test_interrupting_the_bot_silences_it_and_only_heard_words_are_kept(engine: EngineRun) -> None:
     async def scenario() -> tuple[SyntheticCaller, list[dict[str, Any]], float]:
         async with caller(engine) as c:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from engine.codec import Pcm16
+from engine.line_cache import Line, LineCache
 from engine.piper_stream import Plan
 from engine.speaking import SentenceJob, Speaking, Stage, speak
 from ipc.ring import FLAG_END, FLAG_MARK, flags_gen, gen_flags
@@ -198,3 +199,92 @@ def test_with_the_voices_word_times_a_cut_reports_the_words_whose_middle_played(
     untimed = ReplyTrack(1, 0.0)
     untimed.add(Span(0, 100, 194, text, True))
     assert heard_words(untimed, 100 + 44) == "Paris, a"  # by letters (47% of them): a word the caller never heard
+
+
+class CountingTts(PlannedToneTts):
+    """The planned tone backend, counting the sentences it is asked to make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[str] = []
+
+    def planned(self, text: str) -> Plan:
+        self.made.append(text)
+        return super().planned(text)
+
+
+def fixed(text: str, call_id: str, gen: int = 1) -> Sentence:
+    return Sentence(call_id=call_id, gen=gen, index=0, text=text, last=True, fixed=True)
+
+
+def test_a_fixed_lines_audio_is_made_once_and_every_later_call_gets_it_planned() -> None:
+    """Every call opens with the same greeting: its audio is kept once spoken whole, and a later call hears the
+    same audio with its span (and word times) told with the first frame, with no synthesis."""
+    speaking, tts, lines = Speaking(), CountingTts(), LineCache(1 << 20)
+    heard: dict[str, list[Pcm16]] = {}
+    spans: dict[str, list[Spoken]] = {}
+    for n, call_id in enumerate(("CA1", "CA2", "CA3")):
+        assert speaking.handle(CallStarted(call_id=call_id, slot=n, epoch=1, inbound_rate=16000)) == []
+        ring, outs = ListRing(), []
+        assert speak(job_for(speaking, fixed("Hello! How can I help?", call_id)), tts, ring.write, outs.append,
+                     lines) == "spoken"
+        heard[call_id] = [samples for _, samples, _ in ring.frames]
+        spans[call_id] = [o for o in outs if isinstance(o, Spoken)]
+    assert tts.made == ["Hello! How can I help?"]
+    assert lines.hits == 2 and len(lines) == 1
+    for call_id in ("CA2", "CA3"):
+        assert np.array_equal(np.concatenate(heard[call_id]), np.concatenate(heard["CA1"]))
+        assert [(s.seq_first, s.seq_last, s.words_ms) for s in spans[call_id]] == \
+            [(s.seq_first, s.seq_last, s.words_ms) for s in spans["CA1"]]
+
+
+def test_a_backend_that_cannot_plan_is_planned_from_its_kept_line() -> None:
+    """A voice that cannot say a sentence's length up front (espeak, CSM) tells its span after the last frame;
+    a kept line's length is known, so its span goes with its first frame."""
+    speaking, lines = Speaking(), LineCache(1 << 20)
+    call(speaking)
+    for gen in (1, 2):
+        ring = ListRing()
+        told_after: list[int] = []  # frames written when the span went out
+        speak(job_for(speaking, fixed("Are you still there?", "CA1", gen=gen)), ToneTts(), ring.write,
+              lambda o, r=ring, t=told_after: t.append(len(r.frames)) if isinstance(o, Spoken) else None, lines)
+        assert told_after == ([len(ring.frames)] if gen == 1 else [1])
+
+
+def test_only_fixed_lines_spoken_whole_are_kept() -> None:
+    speaking, tts, lines = Speaking(), CountingTts(), LineCache(1 << 20)
+    call(speaking)
+    ring = ListRing()
+    # The model's own words are not kept (they seldom come twice, and would crowd the lines out).
+    speak(job_for(speaking, sentence("one two three", gen=1)), tts, ring.write, lambda o: None, lines)
+    speak(job_for(speaking, sentence("one two three", gen=2)), tts, ring.write, lambda o: None, lines)
+    assert tts.made == ["one two three"] * 2 and len(lines) == 0
+
+    ring = ListRing()
+
+    def cancel_at_4(samples: Pcm16, flags: int) -> int:
+        seq = ring.write(samples, flags)
+        if seq == 4:
+            speaking.handle(Cancel(call_id="CA1", gen=3))
+        return seq
+
+    job = job_for(speaking, fixed("one two three four five six seven eight", "CA1", gen=3))
+    assert speak(job, tts, cancel_at_4, lambda o: None, lines) == "stopped"
+    assert tts.closed_early and len(lines) == 0  # cut short: not kept, and the synthesis was closed
+
+
+def test_the_line_cache_keeps_to_its_bytes_dropping_the_least_recently_spoken() -> None:
+    def line(samples: int) -> Line:
+        return Line(np.zeros(samples, np.int16), None)
+
+    lines = LineCache(1000)
+    lines.put("a", line(200))  # 400 bytes
+    lines.put("b", line(200))
+    assert lines.get("a") is not None  # "b" is now the least recently spoken
+    lines.put("c", line(200))
+    assert lines.get("b") is None and lines.get("a") is not None and lines.get("c") is not None
+    assert lines.bytes == 800
+    lines.put("d", line(600))  # larger than the whole cache: not kept, nothing dropped for it
+    assert lines.get("d") is None and len(lines) == 2 and lines.bytes == 800
+    lines.put("a", line(100))  # a line said anew replaces its old audio
+    assert lines.bytes == 600 and len(lines.get("a").audio) == 100  # type: ignore[union-attr]
