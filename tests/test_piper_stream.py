@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engine.piper_stream import CONTEXT, StreamingPiper, chunks, split_voice
+from engine.codec import mulaw_to_pcm16, pcm16_to_mulaw
+from engine.piper_stream import StreamingPiper, chunks, split_voice
 from engine.tts import bundled_piper_voice
 
 SENTENCE = "Your table for four is booked for Friday evening at half past seven, under the name of Smith."
@@ -43,12 +44,15 @@ def test_chunked_decoding_matches_the_whole_graph_without_noise(piper: Streaming
     reference = whole.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], np.int64),
                                  "scales": piper._scales})[0].reshape(-1)
     assert len(chunked) == len(reference) == latent.shape[2] * piper.hop
-    assert snr_db(reference, chunked) > 90, snr_db(reference, chunked)
+    # The seams are far below what the phone line adds: the mu-law codec's own noise on the same audio.
+    pcm = np.clip(reference * 32767, -32768, 32767).astype(np.int16)
+    codec = mulaw_to_pcm16(pcm16_to_mulaw(pcm)).astype(np.float32) / 32767
+    assert snr_db(reference, chunked) > snr_db(reference, codec) + 20 > 55, \
+        (snr_db(reference, chunked), snr_db(reference, codec))
     # Without the latent context on both sides the seams are heard: the context is what makes it match.
     bare = np.concatenate([piper._decoder.run(None, {piper._latent_name: latent[:, :, a:b]})[0].reshape(-1)
                            for a, b in chunks(latent.shape[2])])
     assert snr_db(reference, bare) < snr_db(reference, chunked) - 20
-    assert CONTEXT >= 16
 
 
 def test_the_split_is_made_once_into_the_cache(tmp_path: Path) -> None:
