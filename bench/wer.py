@@ -13,11 +13,11 @@ synthesis, robotic) and Piper en_US-joe-medium (neural, much closer to a person)
          16 kHz by soxr, no μ-law and no engine resampler, to tell what the 4 kHz bandwidth of a
          phone line costs apart from what the codec and the engine's resampler cost
 
-Each tier is `engine.stt.WhisperTranscriber` with the engine's defaults (int8, greedy, no timestamps,
-one thread): `tiny.en` (the default) and `base`; tiny.en also runs with two threads, for latency.
+Each tier is `engine.stt.WhisperTranscriber` with the engine's defaults (int8, one thread, the beam of
+speech.stt_beam_size): `tiny.en` (the default) and `base`; tiny.en also runs with two threads, for latency.
 Each runs with each encoder window of `--windows` (default: 8 s, the engine's: the utterance plus 4 s
-of silence, 8 s at least; and 30 s, every utterance padded as faster-whisper does), so the two are
-compared on the same audio in one run; a tier is named `tiny.en@8s`.
+of silence, 8 s at least; and 30 s, every utterance padded as faster-whisper does) and each decoder beam
+of `--beams`, so they are compared on the same audio in one run; a tier is named `tiny.en@8s/b2`.
 
 Before scoring, both sides go through the same normaliser: lowercase, punctuation dropped, and every
 number, whether written in digits ("4", "14th", "3:30", "$49.95") or in words ("four", "fourteenth",
@@ -65,6 +65,7 @@ import numpy.typing as npt  # noqa: E402
 import soxr  # noqa: E402
 
 from bench.common import guarded, loadavg, machine_info, wait_for_idle  # noqa: E402
+from engine.config import SpeechSection  # noqa: E402
 from engine.stt import WhisperTranscriber, resolve_model  # noqa: E402
 from tests.speech_helpers import phone_path, spoken  # noqa: E402
 from tools.caller import piper_speech, speech_from_text  # noqa: E402
@@ -426,6 +427,8 @@ def main() -> None:
     ap.add_argument("--tiers", nargs="+", default=["tiny.en", "base"], help="models, as speech.stt_model names them")
     ap.add_argument("--windows", nargs="+", type=float, default=[8.0, 30.0],
                     help="encoder windows (speech.stt_min_window_s) to compare; the first is the target's")
+    ap.add_argument("--beams", nargs="+", type=int, default=[SpeechSection().stt_beam_size],
+                    help="decoder beams to compare (speech.stt_beam_size; 1 = greedy); the first is the target's")
     ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
     ap.add_argument("--extra-threads", type=int, default=2,
                     help="also run tiny.en on the phone path with this many threads (0 = skip)")
@@ -444,8 +447,8 @@ def main() -> None:
           flush=True)
     plan: list[tuple[str, int, str]] = []  # each model's cases together: it is loaded once
     for model in args.tiers:
-        for window in args.windows:
-            tier = f"{model}@{window:g}s"
+        for window, beam in [(w, b) for w in args.windows for b in args.beams]:
+            tier = f"{model}@{window:g}s/b{beam}"
             plan += [(tier, 1, cond) for cond in args.conditions]
             if model == "tiny.en" and args.bandwidth_check:
                 plan.append((tier, 1, "8k"))
@@ -465,8 +468,8 @@ def main() -> None:
     stt: WhisperTranscriber | None = None
     for tier, threads, cond in plan:
         if loaded != (tier, threads) or stt is None:
-            model, window = tier.split("@")
-            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=float(window.rstrip("s")))
+            model, window, beam = re.fullmatch(r"(.+)@([\d.]+)s/b(\d+)", tier).groups()  # type: ignore[union-attr]
+            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=float(window), beam_size=int(beam))
             loaded = (tier, threads)
         print(f"{tier} ({threads} thread{'s' * (threads > 1)}), {cond}: {len(UTTERANCES)} utterances ...",
               flush=True)
@@ -482,7 +485,7 @@ def main() -> None:
         print_sweep(sweeps)
     print_utterances(cases)
     analysis = {f"{c['tier']}/{c['threads']}/{c['condition']}": error_analysis(c) for c in cases}
-    target_tier = f"{TARGET[0]}@{args.windows[0]:g}s"
+    target_tier = f"{TARGET[0]}@{args.windows[0]:g}s/b{args.beams[0]}"
     target_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == (target_tier, *TARGET[1:])),
                        None)
     target: dict[str, Any] = {"tier": TARGET[0], "condition": TARGET[2], "wer_max": TARGET_WER}
@@ -513,7 +516,7 @@ def main() -> None:
         "machine": machine_info(**versions()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "conditions": {**idle, "loadavg_1m_at_end": loadavg(),
-                       "transcriber": "engine.stt.WhisperTranscriber: int8, beam 1, no timestamps, cpu"},
+                       "transcriber": "engine.stt.WhisperTranscriber: int8, cpu; tier = model@window/beam"},
         "duration_s": round(time.monotonic() - started, 1),
         "target": target, "cases": cases, "latency_sweep": sweeps, "error_analysis": analysis,
     }

@@ -99,7 +99,8 @@ TIMESTAMP_S = 0.02
 
 
 class WhisperTranscriber:
-    """faster-whisper's model, greedy, English, no timestamps: the lowest-latency settings for short turns.
+    """faster-whisper's model, English, greedy or with a small beam (`beam_size`; the engine's is
+    speech.stt_beam_size): the low-latency settings for short turns.
 
     The encoder costs what its input costs (here ~84 ms for 8 s of audio, ~640 ms for 30 s), and faster-whisper
     pads every input to 30 s. A turn is a few seconds, so it is encoded in a window just big enough: the
@@ -110,7 +111,7 @@ class WhisperTranscriber:
     """
 
     def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "int8", threads: int = 1, *,
-                 pad_s: float = 4.0, min_window_s: float = 8.0) -> None:
+                 pad_s: float = 4.0, min_window_s: float = 8.0, beam_size: int = 1) -> None:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -125,13 +126,14 @@ class WhisperTranscriber:
         self._prompt = list(self._tokenizer.sot_sequence)  # with timestamps: they say where the speech ended
         self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
         self._max_length = int(self.model.max_length)
+        self.beam_size = beam_size
 
     def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
         return self.transcribe_many([audio])[0]
 
     def transcribe_many(self, audios: list[npt.NDArray[np.float32]]) -> list[str]:
         """Several utterances (different calls' turns, ready together) in one batch: one encoder pass over
-        windows of the longest one's size and one batched greedy decode. Each text is cut where its own audio
+        windows of the longest one's size and one batched decode. Each text is cut where its own audio
         ends, so the extra silence a short one gets changes nothing. Utterances too long for a short window take
         faster-whisper's own path, one by one."""
         full = int(FULL_WINDOW_S * SAMPLE_RATE)
@@ -147,7 +149,7 @@ class WhisperTranscriber:
         encoded = self.model.encode(features)
         longest = max(len(audios[i]) for i in short)
         max_length = min(self._max_length, len(self._prompt) + 24 + int(TOKENS_PER_S * longest / SAMPLE_RATE))
-        results = self.model.model.generate(encoded, [self._prompt] * len(short), beam_size=1,
+        results = self.model.model.generate(encoded, [self._prompt] * len(short), beam_size=self.beam_size,
                                             max_length=max_length, suppress_blank=True,
                                             suppress_tokens=self._suppress, max_initial_timestamp_index=50)
         for i, result in zip(short, results, strict=True):
@@ -173,6 +175,6 @@ class WhisperTranscriber:
 
     def _transcribe_full(self, audio: npt.NDArray[np.float32]) -> str:
         segments, _ = self.model.transcribe(
-            audio, language="en" if self.multilingual else None, beam_size=1, best_of=1, temperature=0.0,
+            audio, language="en" if self.multilingual else None, beam_size=self.beam_size, best_of=1, temperature=0.0,
             condition_on_previous_text=False, without_timestamps=True, vad_filter=False)
         return " ".join(seg.text.strip() for seg in segments).strip()

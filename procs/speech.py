@@ -60,7 +60,8 @@ class SpeechProc(SyncChild):
         t0 = time.monotonic()
         model_dir = resolve_model(s.stt_model, Path(s.model_cache_dir).expanduser())
         self.transcriber = WhisperTranscriber(model_dir, s.stt_device, s.stt_compute_type, s.stt_threads,
-                                              pad_s=s.stt_pad_s, min_window_s=s.stt_min_window_s)
+                                              pad_s=s.stt_pad_s, min_window_s=s.stt_min_window_s,
+                                              beam_size=s.stt_beam_size)
         if s.turn_model == "smart-turn":
             self.turn_model = SmartTurn()
             self.turn_model.complete([np.zeros(16000, np.float32)])  # warm it before the first caller pauses

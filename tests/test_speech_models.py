@@ -63,13 +63,18 @@ def test_whisper_transcribes_a_phone_call_sentence(whisper: WhisperTranscriber) 
     assert words(text) & {"four", "4", "for"}
 
 
+@pytest.mark.parametrize("beam", [1, SpeechSection().stt_beam_size])
 def test_utterances_ready_together_are_transcribed_in_one_batch_as_they_would_be_alone(
-        whisper: WhisperTranscriber) -> None:
+        whisper: WhisperTranscriber, beam: int) -> None:
     short = phone_path(spoken("Yes please.")).astype(np.float32) / 32768
     two = f"{SENTENCE} And could we sit by the window, away from the door?"  # a longer window than the short one's
     long = phone_path(spoken(two)).astype(np.float32) / 32768
-    alone = [whisper.transcribe(short), whisper.transcribe(long)]
-    together = whisper.transcribe_many([short, long])
+    whisper.beam_size = beam  # greedy, and the engine's beam
+    try:
+        alone = [whisper.transcribe(short), whisper.transcribe(long)]
+        together = whisper.transcribe_many([short, long])
+    finally:
+        whisper.beam_size = 1
     print(alone, together)
     assert together == alone  # the short one's extra silence (the long one's window) changes nothing
     assert "yes" in words(together[0]) and "friday" in words(together[1])
