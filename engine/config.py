@@ -176,10 +176,10 @@ class SpeechSection(_Section):
     stt_min_window_s: Annotated[float, msgspec.Meta(ge=1, le=30)] = 8.0
     """The shortest window Whisper encodes; 30 = every utterance padded to 30 s, as faster-whisper does (slow)."""
     stt_beam_size: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
-    """Whisper's beam (1: greedy). tiny.en on bench/wer.py's phone path (bench/results/wer_beams.json and a run
-    before it on freshly made audio; Piper's voice differs run to run): Piper's voice 33 edits in 678 words with 2
-    against 45 greedy (-27%) and 25 with 3; espeak-ng 131 against 141 (-7%) with 2, but 145 with 3. About 20 ms
-    more per utterance with 2 (p50 252 vs 235 ms), 30-50 with 3."""
+    """Whisper's beam (1: greedy). tiny.en on bench/wer.py's phone path, three runs, each on freshly made audio
+    (bench/results/wer_beams_run0.json, wer_beams.json, wer_beams_run2.json): Piper's voice 57 edits in 1017 words
+    with 2 against 71 greedy (-20%), 45 with 3 (-37%); espeak-ng (the same audio every run) 131 against 141 (-7%)
+    with 2, 145 with 3. Per utterance, p50, 2 costs 17-66 ms more than greedy (about 30 on average)."""
     stt_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     """Most utterances (different calls' turns ready together) transcribed in one Whisper batch."""
     model_cache_dir: str = "~/.cache/voice-engine"
