@@ -30,17 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, wait_for_idle  # noqa: E402
-
-
-def env_of(settings: list[str]) -> dict[str, str]:
-    """This environment with `section.key=value` settings as ENGINE_SECTION__KEY=value."""
-    env = dict(os.environ)
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        section, _, name = key.partition(".")
-        env[f"ENGINE_{section.upper()}__{name.upper()}"] = value
-    return env
+from bench.common import machine_info, setting_env, wait_for_idle  # noqa: E402
 
 
 def soak(callers: int, duration: float, config: Path, settings: list[str]) -> dict[str, Any]:
@@ -48,7 +38,7 @@ def soak(callers: int, duration: float, config: Path, settings: list[str]) -> di
         out = Path(tmp) / "soak.json"
         subprocess.run([sys.executable, "-m", "engine", "--config", str(config), "soak", "--callers", str(callers),
                         "--duration", str(duration), "--json", str(out)], cwd=ROOT, check=False,
-                       stdout=subprocess.DEVNULL, env=env_of(settings))
+                       stdout=subprocess.DEVNULL, env={**os.environ, **setting_env(settings)})
         report: dict[str, Any] = json.loads(out.read_text())
     v2v = report["latency_ms"]["voice_to_voice_no_fault"]
     calls = {k: v for k, v in report["calls"].items() if isinstance(v, int)}

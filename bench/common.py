@@ -85,6 +85,16 @@ def guarded(run: Callable[[], dict[str, Any]], no_wait: bool, retries: int = 3) 
     raise AssertionError("unreachable")
 
 
+def setting_env(settings: list[str]) -> dict[str, str]:
+    """`section.key=value` settings as the environment overrides the engine reads (ENGINE_SECTION__KEY=value)."""
+    env = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        env[f"ENGINE_{section.upper()}__{name.upper()}"] = value
+    return env
+
+
 def machine_info(**versions: str) -> dict[str, Any]:
     """The box a figure was measured on, plus the versions of what was measured."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine_info, wait_for_idle
+from bench.common import machine_info, setting_env, wait_for_idle
 from engine.trace import read_events
 from engine.trace_report import Reply, percentiles, replies, summarize
 from tools.caller import SyntheticCaller, piper_speech
@@ -80,10 +80,7 @@ class Engine:
                     "ENGINE_ENGINE__TRACE_FILE": str(trace), "ENGINE_TRANSPORT__HOST": "127.0.0.1",
                     "ENGINE_TRANSPORT__PORT": str(self.port), "ENGINE_TRANSPORT__PUBLIC_URL": PUBLIC,
                     "ENGINE_TWILIO__AUTH_TOKEN": AUTH, "ENGINE_CONVERSATION__IDLE_REPROMPT_S": "60"})
-        for setting in settings or []:  # section.key=value, as ENGINE_SECTION__KEY=value
-            key, _, value = setting.partition("=")
-            section, _, name = key.partition(".")
-            env[f"ENGINE_{section.upper()}__{name.upper()}"] = value
+        env.update(setting_env(settings or []))
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "engine", "supervisor"], env=env, cwd=root,
                                      stdout=self._log, stderr=subprocess.STDOUT)

@@ -1,6 +1,6 @@
 """What a fixed line costs the TTS process: made afresh on every call, or kept once made (engine/line_cache.py).
 
-Speaks the default greeting, as the LLM process sends it (one `Sentence` per piece, `fixed`), through
+Speaks the default greeting, as the LLM process sends it (its `Reply`: one `fixed` `Sentence` per piece), through
 `engine.speaking.speak` with the embedded voice (streaming Piper), `--calls` times with no line cache and
 `--calls` times from a warm one, and reports the process CPU time and wall time per call (median, p90).
 A soak cannot show this: its TTS CPU moves by more than a greeting's cost with how long the model's replies
@@ -23,25 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import loadavg, machine_info, wait_for_idle  # noqa: E402
-from engine.chunker import SentenceChunker  # noqa: E402
 from engine.config import ConversationSection, LlmSection  # noqa: E402
 from engine.line_cache import LineCache  # noqa: E402
-from engine.speakable import speakable  # noqa: E402
 from engine.speaking import Speaking, speak  # noqa: E402
+from engine.thinking import Reply, Thinking, generate  # noqa: E402
 from engine.tts import TtsBackend, make_tts  # noqa: E402
-from ipc.schema import CallStarted, Sentence  # noqa: E402
+from ipc.schema import CallStarted, Respond, Sentence  # noqa: E402
 
 
-def pieces(line: str) -> list[str]:
-    """The line as the LLM process cuts it for the TTS (engine.thinking.Reply: the chunker, then speakable)."""
-    chunker = SentenceChunker(first_min_words=LlmSection().first_clause_words)
-    return [piece for p in (*chunker.push(line), *chunker.flush()) if (piece := speakable(p))]
+def sentences(line: str) -> list[Sentence]:
+    """The `Sentence`s the LLM process sends the TTS to say `line` verbatim (its own `Reply`)."""
+    llm = LlmSection()
+    thinking = Thinking(llm.system_prompt)
+    thinking.handle(CallStarted(call_id="CA", slot=0, epoch=1, inbound_rate=8000))
+    job = thinking.handle(Respond(call_id="CA", gen=1, say=line))
+    assert job is not None
+    outs: list[Any] = []
+    generate(Reply(job, first_clause_words=llm.first_clause_words), None, 0, outs.append)  # type: ignore[arg-type]
+    return [out for out in outs if isinstance(out, Sentence)]
 
 
-def one_call(tts: TtsBackend, texts: list[str], lines: LineCache | None, n: int) -> tuple[float, float, int]:
+def one_call(tts: TtsBackend, said: list[Sentence], lines: LineCache | None, n: int) -> tuple[float, float, int]:
     """CPU ms, wall ms and frames of one call's greeting."""
     speaking = Speaking()
     speaking.handle(CallStarted(call_id=f"CA{n}", slot=0, epoch=1, inbound_rate=8000))
@@ -52,10 +58,9 @@ def one_call(tts: TtsBackend, texts: list[str], lines: LineCache | None, n: int)
         return len(frames) - 1
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for i, text in enumerate(texts):
-        [job] = speaking.handle(Sentence(call_id=f"CA{n}", gen=1, index=i, text=text, last=i == len(texts) - 1,
-                                         fixed=True))
-        speak(job, tts, write, lambda out: None, lines)
+    for sentence in said:
+        for job in speaking.handle(msgspec.structs.replace(sentence, call_id=f"CA{n}")):
+            speak(job, tts, write, lambda out: None, lines)
     return (time.process_time() - cpu0) * 1000, (time.perf_counter() - t0) * 1000, len(frames)
 
 
@@ -75,11 +80,12 @@ def main() -> None:
     tts = make_tts("piper", "en_US-joe-medium")
     for _ in tts.synthesize("Hello."):  # warm, as the TTS process does
         pass
-    texts = pieces(args.line)
-    made = summary([one_call(tts, texts, None, n) for n in range(args.calls)])
+    said = sentences(args.line)
+    texts = [s.text for s in said]
+    made = summary([one_call(tts, said, None, n) for n in range(args.calls)])
     cache = LineCache(8_000_000)
-    one_call(tts, texts, cache, -1)  # the first call makes it
-    kept = summary([one_call(tts, texts, cache, n) for n in range(args.calls)])
+    one_call(tts, said, cache, -1)  # the first call makes it
+    kept = summary([one_call(tts, said, cache, n) for n in range(args.calls)])
     print(f"{args.line!r} as {texts}")
     print(f"{'':<16}{'CPU p50':>9}{'CPU p90':>9}{'wall p50':>10}{'audio':>7}")
     for name, r in (("made each call", made), ("kept", kept)):

@@ -446,9 +446,11 @@ def main() -> None:
     print(f"synthesising {len(UTTERANCES)} utterances x {len(args.conditions)} conditions (espeak-ng, Piper) ...",
           flush=True)
     plan: list[tuple[str, int, str]] = []  # each model's cases together: it is loaded once
+    tiers: dict[str, tuple[str, float, int]] = {}  # name: model, window, beam
     for model in args.tiers:
         for window, beam in [(w, b) for w in args.windows for b in args.beams]:
             tier = f"{model}@{window:g}s/b{beam}"
+            tiers[tier] = (model, window, beam)
             plan += [(tier, 1, cond) for cond in args.conditions]
             if model == "tiny.en" and args.bandwidth_check:
                 plan.append((tier, 1, "8k"))
@@ -468,8 +470,8 @@ def main() -> None:
     stt: WhisperTranscriber | None = None
     for tier, threads, cond in plan:
         if loaded != (tier, threads) or stt is None:
-            model, window, beam = re.fullmatch(r"(.+)@([\d.]+)s/b(\d+)", tier).groups()  # type: ignore[union-attr]
-            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=float(window), beam_size=int(beam))
+            model, window, beam = tiers[tier]
+            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=window, beam_size=beam)
             loaded = (tier, threads)
         print(f"{tier} ({threads} thread{'s' * (threads > 1)}), {cond}: {len(UTTERANCES)} utterances ...",
               flush=True)

@@ -33,7 +33,6 @@ class LineCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = 0
-        self.misses = 0
         self._lines: OrderedDict[str, Line] = OrderedDict()
 
     def __len__(self) -> int:
@@ -42,7 +41,6 @@ class LineCache:
     def get(self, text: str) -> Line | None:
         line = self._lines.get(text)
         if line is None:
-            self.misses += 1
             return None
         self.hits += 1
         self._lines.move_to_end(text)

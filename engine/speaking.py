@@ -215,8 +215,8 @@ class SentenceRun:
         line's kept audio, planned, where it was spoken before."""
         if not self._text.strip():
             return iter(())
-        keep = self.lines is not None and self.job.sentence.fixed
-        if keep and self.lines is not None and (line := self.lines.get(self._text)) is not None:
+        lines = self.lines if self.job.sentence.fixed else None  # only a fixed line's audio is kept
+        if lines is not None and (line := lines.get(self._text)) is not None:
             self.framer.plan(len(line.audio), line.words)
             return iter((line.audio,))
         planned = getattr(self._backend, "planned", None)
@@ -227,10 +227,11 @@ class SentenceRun:
             plan = planned(self._text)
             self.framer.plan(int(plan.samples), plan.words)
             audio, words = iter(plan.audio), plan.words
-        return self._keeping(audio, words) if keep else audio
+        return audio if lines is None else self._keeping(audio, words, lines)
 
-    def _keeping(self, audio: Iterator[Pcm16], words: list[tuple[int, int]] | None) -> Iterator[Pcm16]:
-        """`audio` as it comes; once it has all come, kept as the line's (a sentence cut short is not)."""
+    def _keeping(self, audio: Iterator[Pcm16], words: list[tuple[int, int]] | None,
+                 lines: LineCache) -> Iterator[Pcm16]:
+        """`audio` as it comes; once it has all come, kept in `lines` (a sentence cut short is not)."""
         made: list[Pcm16] = []
         try:
             for chunk in audio:
@@ -240,8 +241,8 @@ class SentenceRun:
             close = getattr(audio, "close", None)
             if close is not None:
                 close()
-        if self.lines is not None and made:
-            self.lines.put(self._text, Line(np.concatenate(made), words))
+        if made:
+            lines.put(self._text, Line(np.concatenate(made), words))
 
     def close(self, outcome: Outcome = "stopped") -> Outcome:
         """Stop making audio (leaving the generator early cancels the synthesis); answers `outcome`."""
