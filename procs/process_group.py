@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
+from typing import Any
 
 
 def lead_own_group() -> None:
@@ -29,3 +31,34 @@ def end_group(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def stop_resource_tracker(timeout: float = 5.0) -> int | None:
+    """End multiprocessing's resource tracker and reap it; its pid, or None if none was running.
+
+    Spawning a child starts the tracker in the parent (the spawn start method hands every child its fd). It
+    ends by itself once every copy of that fd is closed, but only some time after its parent has exited:
+    a supervisor that has "stopped cleanly" would still leave a process of its run behind for a moment.
+    Called last, once the children are gone, it closes our copy, waits for the tracker to see the end
+    (at most `timeout`: a copy still held elsewhere would keep it waiting), then kills it if it has not.
+    The tracker has nothing to clean for us: `ipc.shm` does not register segments with it.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker: Any = resource_tracker._resource_tracker  # private: the stdlib offers no way to stop and reap it
+    fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+    if not isinstance(fd, int) or not isinstance(pid, int):
+        return None
+    tracker._fd = tracker._pid = None
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+    return pid

@@ -13,8 +13,9 @@ behind (vLLM's engine-core process) is killed with it (`procs.process_group`).
 
 SIGINT/SIGTERM: Shutdown(drain) to every child, wait `drain_timeout_s`, SIGKILL
 the rest. A second signal skips the wait. On every exit path the ring pool is
-unlinked and the socket directory removed; at start-up, leftovers of runs whose
-supervisor died (even by SIGKILL) are swept.
+unlinked, the socket directory removed and multiprocessing's resource tracker
+reaped: once the supervisor has exited, no process of its run is left. At
+start-up, leftovers of runs whose supervisor died (even by SIGKILL) are swept.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from ipc.schema import (
 )
 from ipc.shm import segment_name, sweep_dead_runs
 from procs import llm, speech, transport, tts
-from procs.process_group import end_group
+from procs.process_group import end_group, stop_resource_tracker
 
 log = logging.getLogger("engine.supervisor")
 
@@ -383,6 +384,7 @@ class Supervisor:
                         bus, self.bus = self.bus, None
                         bus.close()
                 finally:
+                    stop_resource_tracker()  # the children are gone: so is the tracker, before we exit
                     shutil.rmtree(self.runtime_dir, ignore_errors=True)
                     signal.set_wakeup_fd(-1)
                     for sig, handler in self._old_handlers.items():

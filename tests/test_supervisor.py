@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ipc.schema import PROC_NAMES as CHILDREN
-from tools.engine_run import EngineRun, pid_exists
+from tools.engine_run import EngineRun, instance_pids, pid_exists
 
 
 @pytest.fixture
@@ -85,11 +85,51 @@ def test_sigterm_drains_and_leaves_nothing_behind(engine) -> None:
     run = engine()
     pids = run.child_pids(run.wait_healthy())
     assert run.stop(signal.SIGTERM) == 0
+    # The moment the supervisor has exited, no process of its run is left: not even the resource tracker that
+    # spawning started, which would otherwise end a moment later on its own.
+    assert instance_pids(run.instance) == []
     log = run.log
     for name in CHILDREN:
         assert f"{name} stopped (exit code 0)" in log
     assert "engine stopped cleanly" in log
     assert_no_leftovers(run, pids)
+
+
+TRACKER_SCRIPT = """
+import multiprocessing, os, sys, time
+from procs.process_group import stop_resource_tracker
+
+if __name__ == "__main__":
+    mp = multiprocessing.get_context("spawn")
+    child = mp.Process(target=time.sleep, args=(float(sys.argv[1]),))
+    child.start()  # spawning starts the tracker and hands the child a copy of its fd
+    if sys.argv[1] == "0":
+        child.join()
+    pid = stop_resource_tracker(timeout=0.5)
+    try:
+        os.kill(pid, 0)
+        print(pid, "alive")  # or a zombie: not reaped
+    except ProcessLookupError:
+        print(pid, "gone")
+    print(stop_resource_tracker())  # nothing left to stop
+    child.kill()
+    child.join()
+"""
+
+
+@pytest.mark.parametrize("child_s", ["0", "30"])
+def test_the_resource_tracker_is_ended_and_reaped(tmp_path: Path, child_s: str) -> None:
+    """With its children gone, the tracker ends on its own once our fd closes; with a child still holding a
+    copy it never would, and is killed after the timeout. Either way it is reaped, not left as a zombie."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "tracker.py"
+    script.write_text(TRACKER_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(script), child_s], capture_output=True, text=True, timeout=60,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True).stdout.split()
+    assert out[0].isdigit() and out[1:] == ["gone", "None"], out
 
 
 def test_sigint_drains_too(engine) -> None:
