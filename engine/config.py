@@ -204,6 +204,9 @@ class LlmSection(_Section):
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """llamacpp: compute threads. 1 on a small box: with 2, ggml's threads spin-wait for each other while speech and
     TTS hold the cores (3 callers: 4.2-5.0 CPU s an answer with 2 threads, 3.1 with 1; one caller as fast)."""
+    prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """llamacpp: threads for a batch of more than one token (a turn's new words, or several calls' tokens decoded
+    together); 0: as many as `threads`."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""

@@ -70,8 +70,8 @@ def resolve_gguf(name: str) -> Path:
 class LlamaCppBackend:
     """llama.cpp in the process (xllamacpp), streaming through its server's chat handler."""
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, temperature: float = 0.6,
-                 slots: int = 1) -> None:
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, prefill_threads: int = 0,
+                 temperature: float = 0.6, slots: int = 1) -> None:
         """`n_ctx` tokens of context per slot; `slots` calls' generations batched together, each in its own KV."""
         import xllamacpp
 
@@ -80,7 +80,7 @@ class LlamaCppBackend:
         params.n_ctx = n_ctx * slots  # the server divides it among its slots
         params.n_parallel = slots
         params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
+        params.cpuparams_batch.n_threads = prefill_threads or threads
         params.verbosity = -1
         # The server's RAM prompt cache keeps every distinct conversation (default cap 8 GiB): measured
         # ~4 MiB per 200-token call, unbounded in practice. Off, the slot's own KV still reuses the
@@ -202,4 +202,4 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
     if cfg.backend == "echo":
         return EchoBackend()
     return LlamaCppBackend(resolve_gguf(cfg.model), n_ctx=cfg.context_per_call, threads=cfg.threads,
-                           temperature=cfg.temperature, slots=cfg.slots)
+                           prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots)
