@@ -206,7 +206,13 @@ class LlmSection(_Section):
     TTS hold the cores (3 callers: 4.2-5.0 CPU s an answer with 2 threads, 3.1 with 1; one caller as fast)."""
     prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     """llamacpp: threads for a batch of more than one token (a turn's new words, or several calls' tokens decoded
-    together); 0: as many as `threads`."""
+    together); 0: as many as `threads`. More than `threads` costs under load: 3-4 callers, 2 against 1, v2v p95
+    1643/2044 vs 1446/1881 ms and the llm's CPU +9-16% (bench/results/soak_capacity_prefill_threads.json)."""
+    solo_prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
+    """llamacpp: a call that begins while no other call is live gets a context of its own, whose batches (its
+    turns' new words) run on this many threads: every core of an idle box reads in the caller's words. One call,
+    2 against 1: v2v p50 874 vs 982 ms (bench/results/e2e_prefill_threads2.json). Calls that begin beside
+    others use the shared slots. 0: no such context."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""

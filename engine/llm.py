@@ -44,6 +44,10 @@ class LlmBackend(Protocol):
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None: ...
 
+    @property
+    def solo_slot(self) -> int | None:
+        """The slot kept for a call alone on the box (`LlamaCppBackend`), or None: every slot is alike."""
+
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """Read `messages` into the model's context cache ahead of the reply that will extend them (a no-op for
         backends whose server caches prefixes by itself)."""
@@ -68,11 +72,31 @@ def resolve_gguf(name: str) -> Path:
 
 
 class LlamaCppBackend:
-    """llama.cpp in the process (xllamacpp), streaming through its server's chat handler."""
+    """llama.cpp in the process (xllamacpp), streaming through its server's chat handler.
+
+    Slots 0 .. `slots`-1 are the shared server's, each a call's KV. With `solo_prefill_threads`, slot `slots` is a
+    second server's only one: a context for a call that has the box to itself, whose multi-token batches (the
+    prefill of each turn's new words) run on that many threads. ggml's threads wait for each other at every
+    operation, so more threads than free cores makes a batch slower, not faster: the shared slots keep `threads`.
+    The weights are memory-mapped once; the second server adds only its KV.
+    """
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, prefill_threads: int = 0,
-                 temperature: float = 0.6, slots: int = 1) -> None:
+                 temperature: float = 0.6, slots: int = 1, solo_prefill_threads: int = 0) -> None:
         """`n_ctx` tokens of context per slot; `slots` calls' generations batched together, each in its own KV."""
+        self.temperature = temperature
+        self.slots = slots
+        self._server: Any = self._start(model_path, n_ctx, slots, threads, prefill_threads or threads)
+        self._solo: Any = (self._start(model_path, n_ctx, 1, threads, solo_prefill_threads)
+                           if solo_prefill_threads else None)
+
+    @property
+    def solo_slot(self) -> int | None:
+        """The slot of the context for a call alone on the box, if there is one."""
+        return self.slots if self._solo is not None else None
+
+    @staticmethod
+    def _start(model_path: Path, n_ctx: int, slots: int, threads: int, batch_threads: int) -> Any:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -80,14 +104,13 @@ class LlamaCppBackend:
         params.n_ctx = n_ctx * slots  # the server divides it among its slots
         params.n_parallel = slots
         params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = prefill_threads or threads
+        params.cpuparams_batch.n_threads = batch_threads
         params.verbosity = -1
         # The server's RAM prompt cache keeps every distinct conversation (default cap 8 GiB): measured
         # ~4 MiB per 200-token call, unbounded in practice. Off, the slot's own KV still reuses the
         # shared system-prompt prefix, which is what time-to-first-token needs.
         params.cache_ram_mib = 0
-        self.temperature = temperature
-        self._server: Any = xllamacpp.Server(params)
+        return xllamacpp.Server(params)
 
     def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
         errors: list[str] = []
@@ -104,9 +127,12 @@ class LlamaCppBackend:
 
         request = {"messages": messages, "stream": True, "max_tokens": max_tokens, "temperature": self.temperature,
                    "cache_prompt": True}
+        server = self._server
+        if slot is not None and slot == self.solo_slot:
+            server, slot = self._solo, 0
         if slot is not None:
             request["id_slot"] = slot  # the call's own KV: its dialogue's prefix is read in once
-        self._server.handle_chat_completions(request, callback)
+        server.handle_chat_completions(request, callback)
         if errors:
             raise LlmError(f"llama.cpp: {errors[0]}")
 
@@ -117,11 +143,13 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         """The server, its model and its KV memory go (no request may be in flight)."""
-        self._server = None
+        self._server = self._solo = None
 
 
 class OpenAIBackend:
     """Any OpenAI-compatible streaming chat server (a vLLM fleet), over HTTP server-sent events."""
+
+    solo_slot = None
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", temperature: float = 0.6,
                  timeout_s: float = 30.0) -> None:
@@ -172,6 +200,8 @@ class EchoBackend:
     it was built on.
     """
 
+    solo_slot = None
+
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """No model: nothing to read in."""
 
@@ -202,4 +232,5 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
     if cfg.backend == "echo":
         return EchoBackend()
     return LlamaCppBackend(resolve_gguf(cfg.model), n_ctx=cfg.context_per_call, threads=cfg.threads,
-                           prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots)
+                           prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots,
+                           solo_prefill_threads=cfg.solo_prefill_threads)

@@ -36,6 +36,8 @@ class VllmBackend:
     """vLLM's AsyncLLM in this process, on an event loop of its own thread; requests stream deltas and abort on
     stop."""
 
+    solo_slot = None  # its scheduler batches every request: no slot is special
+
     def __init__(self, model_dir: str | Path, *, temperature: float = 0.6, gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 4096, dtype: str = "auto", enforce_eager: bool = False) -> None:
         path = Path(model_dir).expanduser()

@@ -118,9 +118,11 @@ class ReplyJob:
 class Thinking:
     """Every call's mind in the LLM process; `handle` a message, get the reply job it asks for, if any."""
 
-    def __init__(self, system_prompt: str, slots: int = 1) -> None:
+    def __init__(self, system_prompt: str, slots: int = 1, solo_slot: int | None = None) -> None:
+        """`slots` contexts that live calls share; `solo_slot`, if any, is for a call that begins alone."""
         self.system_prompt = system_prompt
         self.slots = slots
+        self.solo_slot = solo_slot
         self.calls: CallTable[Mind] = CallTable()
         self.cancels = 0
         self._early: EarlyMessages[Cancel | History] = EarlyMessages()
@@ -171,11 +173,20 @@ class Thinking:
             return self._respond(msg)
         return None
 
+    @property
+    def contexts(self) -> int:
+        """How many slots there are, the solo one included: a worker each."""
+        return self.slots + (self.solo_slot is not None)
+
     def _free_slot(self) -> int:
-        """The slot fewest live calls use (a call keeps its slot while it lasts; past `slots` calls, they share)."""
+        """The solo slot for a call that begins with no other live; else the shared slot fewest live calls use (a
+        call keeps its slot while it lasts; past `slots` calls, they share)."""
+        if self.solo_slot is not None and not self.calls:
+            return self.solo_slot
         used = [0] * self.slots
         for call in self.calls.values():
-            used[call.state.slot] += 1
+            if call.state.slot < self.slots:
+                used[call.state.slot] += 1
         return used.index(min(used))
 
     def _respond(self, msg: Respond) -> ReplyJob | None:

@@ -2,7 +2,8 @@
 
 Bus messages go to `Thinking` on the main thread; the reply jobs it answers go to the
 worker thread of the call's slot (`llm.slots` of them, so that many calls' replies
-are made at once, each call's in order), which runs `generate` with the configured
+are made at once, each call's in order, and one more for a call that begins alone:
+`llm.solo_prefill_threads`), which runs `generate` with the configured
 backend and sends each `Sentence` to the TTS the moment it is speakable. `Cancel` arrives on the urgent
 lane and is seen by the worker at the next delta. Trace stages go straight to this
 process's own trace sink.
@@ -53,15 +54,18 @@ class LlmProc(SyncChild):
         self.generations = 0
         self.prepared = 0
         self.failures = 0
-        self._jobs: list[queue.SimpleQueue[ReplyJob | None]] = [queue.SimpleQueue() for _ in range(cfg.llm.slots)]
+        self._jobs: list[queue.SimpleQueue[ReplyJob | None]] = []
         self._workers: list[threading.Thread] = []
 
     def setup(self) -> None:
         t0 = time.monotonic()
         self.backend = make_backend(self.cfg.llm)
+        self.thinking.solo_slot = self.backend.solo_slot
         # Warm the model and cache the system prompt's KV prefix before the first caller speaks.
-        self.backend.stream([{"role": "system", "content": self.cfg.llm.system_prompt},
-                             {"role": "user", "content": "Hello"}], lambda d: True, 1)
+        for slot in {None, self.backend.solo_slot}:  # each server
+            self.backend.stream([{"role": "system", "content": self.cfg.llm.system_prompt},
+                                 {"role": "user", "content": "Hello"}], lambda d: True, 1, slot)
+        self._jobs = [queue.SimpleQueue() for _ in range(self.thinking.contexts)]
         log.info("LLM %s/%s ready in %.1f s", self.cfg.llm.backend, self.cfg.llm.model, time.monotonic() - t0)
         for slot, jobs in enumerate(self._jobs):
             worker = threading.Thread(target=self._generate_loop, args=(jobs,), name=f"generate-{slot}", daemon=True)

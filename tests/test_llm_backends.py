@@ -39,6 +39,24 @@ def test_llama_cpp_stops_when_asked(llama: LlamaCppBackend) -> None:
     assert len(cut) == 3 < len(full)
 
 
+def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None:
+    """The slot after the shared ones is a second server's (its batches on more threads): the same model, so the
+    same greedy reply as the shared slots give."""
+    llama = LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=1, temperature=0.0, slots=2,
+                            solo_prefill_threads=2)
+    try:
+        assert llama.solo_slot == 2
+        replies = []
+        for slot in (0, llama.solo_slot, 1):
+            deltas: list[str] = []
+            llama.stream(MESSAGES, lambda d: deltas.append(d) or False, max_tokens=20, slot=slot)
+            replies.append("".join(deltas))
+        assert "paris" in replies[0].lower() and replies[0] == replies[1] == replies[2]
+    finally:
+        llama.close()
+    assert LlamaCppBackend(resolve_gguf("smollm2-135m"), slots=2).solo_slot is None  # off unless asked for
+
+
 class FakeOpenAI:
     """A local OpenAI-compatible server of the test's own: streams a reply one word every 20 ms."""
 

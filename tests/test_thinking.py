@@ -246,3 +246,20 @@ def test_each_call_gets_its_own_slot_until_they_run_out_then_the_least_shared() 
     thinking.handle(CallEnded(call_id="CA1", slot=1, epoch=1, reason="hung up"))
     started(thinking, "CA5", slot=5)
     assert thinking.calls.find("CA5").state.slot == 1  # type: ignore[union-attr]
+
+
+def test_a_call_that_begins_alone_gets_the_solo_slot_and_calls_beside_it_the_shared_ones() -> None:
+    thinking = Thinking("sys", slots=2, solo_slot=2)
+    assert thinking.contexts == 3
+    started(thinking, "CA0", slot=0)
+    started(thinking, "CA1", slot=1)
+    started(thinking, "CA2", slot=2)
+    slot = {f"CA{i}": thinking.calls.find(f"CA{i}").state.slot for i in range(3)}  # type: ignore[union-attr]
+    assert slot == {"CA0": 2, "CA1": 0, "CA2": 1}
+    thinking.handle(CallEnded(call_id="CA0", slot=0, epoch=1, reason="hung up"))
+    started(thinking, "CA3", slot=3)  # the solo slot is free, but the box is not: a shared slot
+    assert thinking.calls.find("CA3").state.slot == 0  # type: ignore[union-attr]
+    for i, s in ((1, 1), (2, 2), (3, 3)):
+        thinking.handle(CallEnded(call_id=f"CA{i}", slot=s, epoch=1, reason="hung up"))
+    started(thinking, "CA4", slot=4)
+    assert thinking.calls.find("CA4").state.slot == 2  # alone again
