@@ -1,0 +1,109 @@
+"""A turn's prefill in llama.cpp: how many threads read the caller's new words in, on an idle box and beside load.
+
+Each request is what the llm process sends at the end of a turn: the call's slot was prepared with the
+dialogue up to where the caller's words go (`Prepare`, as at speech start), then the dialogue plus the
+caller's question streams. First token = stream() called -> first delta (the prefill of the new tokens and
+one decoded token); per token = the mean gap between the later deltas. Every setting runs `--requests`
+questions, growing the dialogue as a call does, first on an idle box, then with a busy-loop process holding
+one core (what the TTS or the speech process of another call does to the llm on a 2-core box).
+
+Settings (threads for single-token decode / threads for multi-token batches):
+  1/1  the engine's shared slots (llm.threads = 1)
+  1/2  the solo slot (llm.solo_prefill_threads = 2)
+  2/2  both on 2 threads
+
+Run from the repository root (about 2 minutes):
+
+    python bench/llm_prefill.py       # prints a table, writes bench/results/llm_prefill.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine_info, wait_for_idle  # noqa: E402
+from engine.config import LlmSection  # noqa: E402
+from engine.llm import LlamaCppBackend, resolve_gguf  # noqa: E402
+
+QUESTIONS = ("What is the capital of France?", "Tell me about the weather in spring.",
+             "How do I bake a loaf of bread at home?", "What time does the store open on Sundays?",
+             "Can you recommend a good book to read?", "Why is the sky blue during the day?")
+SETTINGS = ((1, 1), (1, 2), (2, 2))
+
+
+def on_delta(stamps: list[float], texts: list[str], delta: str) -> bool:
+    stamps.append(time.monotonic())
+    texts.append(delta)
+    return False  # never stop early
+
+
+def measure(threads: int, batch_threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    cfg = LlmSection()
+    llama = LlamaCppBackend(resolve_gguf(cfg.model), threads=threads, prefill_threads=batch_threads,
+                            temperature=0.0, slots=1)
+    dialogue: list[dict[str, str]] = [{"role": "system", "content": cfg.system_prompt}]
+    first_ms: list[float] = []
+    token_ms: list[float] = []
+    try:
+        for i in range(requests):
+            question = QUESTIONS[i % len(QUESTIONS)]
+            llama.prefill([*dialogue, {"role": "user", "content": ""}], 0)
+            stamps: list[float] = []
+            texts: list[str] = []
+            started = time.monotonic()
+            llama.stream([*dialogue, {"role": "user", "content": question}],
+                         partial(on_delta, stamps, texts), max_tokens, 0)
+            first_ms.append(1000 * (stamps[0] - started))
+            if len(stamps) > 1:
+                token_ms.append(1000 * (stamps[-1] - stamps[0]) / (len(stamps) - 1))
+            dialogue += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(texts)}]
+    finally:
+        llama.close()
+    return {"threads": threads, "batch_threads": batch_threads, "n": len(first_ms),
+            "first_token_ms_p50": round(statistics.median(first_ms), 1),
+            "first_token_ms_max": round(max(first_ms), 1),
+            "per_token_ms_p50": round(statistics.median(token_ms), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_prefill.json")
+    args = ap.parse_args()
+    conditions = wait_for_idle(1.0, 600)
+    rows = []
+    for load in ("idle", "one core busy"):
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
+        try:
+            for threads, batch in SETTINGS:
+                row = {"load": load, **measure(threads, batch, args.requests, args.max_tokens)}
+                rows.append(row)
+                print(f"{load:>14}  threads {threads}/{batch}: first token p50 {row['first_token_ms_p50']:6.1f} ms, "
+                      f"max {row['first_token_ms_max']:6.1f}; per token p50 {row['per_token_ms_p50']:5.1f} ms",
+                      flush=True)
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+    result = {"benchmark": "llm_prefill", "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "machine": machine_info(), "conditions": conditions, "model": LlmSection().model, "rows": rows}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
