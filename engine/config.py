@@ -212,7 +212,8 @@ class LlmSection(_Section):
     """llamacpp: a call that begins while no other call is live gets a context of its own, whose batches (its
     turns' new words) run on this many threads: every core of an idle box reads in the caller's words. One call,
     2 against 1: v2v p50 874 vs 982 ms (bench/results/e2e_prefill_threads2.json). Calls that begin beside
-    others use the shared slots. 0: no such context."""
+    others use the shared slots; a call keeps its context when others join, and its prefill is then slower
+    than a shared slot's (bench/llm_prefill.py: 371 vs 171 ms with a core busy). 0: no such context."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
