@@ -78,7 +78,7 @@ class LlamaCppBackend:
     second server's only one: a context for a call that has the box to itself, whose multi-token batches (the
     prefill of each turn's new words) run on that many threads. ggml's threads wait for each other at every
     operation, so more threads than free cores makes a batch slower, not faster: the shared slots keep `threads`.
-    The weights are memory-mapped once; the second server adds only its KV.
+    The weights are memory-mapped once; the second server adds its KV and compute buffers (not measured).
     """
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, prefill_threads: int = 0,
