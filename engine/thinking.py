@@ -37,6 +37,8 @@ class Stage:
 
 
 Out = Sentence | Stage
+CallMsg = Cancel | Heard | Respond | Commit | Prepare | History
+"""The messages about one call that the LLM process takes."""
 Outcome = Literal["done", "stopped", "failed"]
 
 
@@ -125,53 +127,44 @@ class Thinking:
         self.solo_slot = solo_slot
         self.calls: CallTable[Mind] = CallTable()
         self.cancels = 0
-        self._early: EarlyMessages[Cancel | History] = EarlyMessages()
+        self._early: EarlyMessages[CallMsg] = EarlyMessages()
 
-    def handle(self, msg: CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare | History
-               ) -> ReplyJob | None:
+    def handle(self, msg: CallStarted | CallEnded | CallMsg) -> list[ReplyJob]:
+        """The reply jobs `msg` asks for, in order (several when a call's `CallStarted` releases messages that came
+        before it)."""
         if isinstance(msg, CallStarted):
-            early = self._early.release(msg.call_id)
-            cancelled = {m.gen for m in early if isinstance(m, Cancel)}
-            mind = Mind(Dialogue(self.system_prompt), cancelled=cancelled, slot=self._free_slot())
-            for history in (m for m in early if isinstance(m, History)):
-                mind.restore(history.turns)
+            mind = Mind(Dialogue(self.system_prompt), slot=self._free_slot())
             self.calls.start(msg.slot, msg.epoch, msg.call_id, mind)
-        elif isinstance(msg, CallEnded):
+            return [job for early in self._early.release(msg.call_id) for job in self.handle(early)]
+        if isinstance(msg, CallEnded):
             ended = self.calls.end(msg.slot, msg.epoch)
             if ended is not None:
                 ended.state.ended = True  # stops a generation in progress at its next delta
-        elif isinstance(msg, Cancel):
+            return []
+        call = self.calls.find(msg.call_id)
+        if call is None:
+            # After a restart of this process the supervisor replays each call's CallStarted while the transport
+            # sends its History and goes on with the call: another sender, so they may come first.
+            self._early.hold(msg.call_id, msg)
+            return []
+        mind = call.state
+        if isinstance(msg, Cancel):
             self.cancels += 1
-            call = self.calls.find(msg.call_id)
-            if call is None:
-                self._early.hold(msg.call_id, msg)
-            else:
-                call.state.cancel(msg.gen)
+            mind.cancel(msg.gen)
         elif isinstance(msg, Commit):
-            call = self.calls.find(msg.call_id)
-            if call is not None:
-                call.state.commit(msg.gen)
+            mind.commit(msg.gen)
         elif isinstance(msg, Prepare):
-            call = self.calls.find(msg.call_id)
-            if call is not None:
-                mind = call.state
-                with mind.lock:
-                    messages = mind.dialogue.messages(then_user="")  # up to where the caller's words will go
-                return ReplyJob(msg.call_id, mind.latest, mind, messages, prepare=True)
+            with mind.lock:
+                messages = mind.dialogue.messages(then_user="")  # up to where the caller's words will go
+            return [ReplyJob(msg.call_id, mind.latest, mind, messages, prepare=True)]
         elif isinstance(msg, History):  # after a restart of this process: the transport's from before it
-            call = self.calls.find(msg.call_id)
-            if call is None:
-                self._early.hold(msg.call_id, msg)  # the supervisor's replayed CallStarted comes by another way
-            else:
-                call.state.restore(msg.turns)
+            mind.restore(msg.turns)
         elif isinstance(msg, Heard):
-            call = self.calls.find(msg.call_id)
-            if call is not None:
-                with call.state.lock:
-                    call.state.dialogue.heard(msg.gen, msg.text)
+            with mind.lock:
+                mind.dialogue.heard(msg.gen, msg.text)
         else:
-            return self._respond(msg)
-        return None
+            return [self._respond(mind, msg)]
+        return []
 
     @property
     def contexts(self) -> int:
@@ -189,11 +182,7 @@ class Thinking:
                 used[call.state.slot] += 1
         return used.index(min(used))
 
-    def _respond(self, msg: Respond) -> ReplyJob | None:
-        call = self.calls.find(msg.call_id)
-        if call is None:
-            return None
-        mind = call.state
+    def _respond(self, mind: Mind, msg: Respond) -> ReplyJob:
         if mind.latest and mind.latest < msg.gen:  # a newer reply supersedes one not yet done (the conductor
             mind.cancelled.add(mind.latest)          # cancels it too; this keeps the worker from starting it)
         mind.latest = max(mind.latest, msg.gen)

@@ -74,11 +74,8 @@ class LlmProc(SyncChild):
 
     def handle(self, msg: AnyMsg) -> None:
         if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare | History):
-            job = self.thinking.handle(msg)
-            if job is not None:
+            for job in self.thinking.handle(msg):
                 self._jobs[job.slot].put(job)
-            elif isinstance(msg, Respond) and self.thinking.calls.find(msg.call_id) is None:
-                log.warning("reply %d asked for call %s, which this process does not know", msg.gen, msg.call_id)
 
     def _generate_loop(self, jobs: queue.SimpleQueue[ReplyJob | None]) -> None:
         """Worker thread of one slot: its calls' replies one at a time, each sentence sent the moment it is

@@ -57,11 +57,9 @@ def test_a_caller_who_keeps_talking_over_the_bot_does_not_grow_one_turn_without_
     thinking = Thinking("sys")
     thinking.handle(CallStarted(call_id="CA1", slot=0, epoch=1, inbound_rate=16000))
     said = [f"no wait listen to me this is about my account number {i} okay" for i in range(1, 501)]
-    job = None
     for gen, text in enumerate(said, start=1):
-        job = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=text))
+        (job,) = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=text))
         thinking.handle(Cancel(call_id="CA1", gen=gen))  # the caller talks on: the reply is never heard
-    assert job is not None
     (user,) = [m["content"] for m in job.messages if m["role"] == "user"]
     assert len(user) <= MAX_CALLER_CHARS
     assert user.startswith("…") and user.endswith(said[-1])

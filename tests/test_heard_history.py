@@ -77,9 +77,8 @@ class Line:
         actions = self.conductor.handle(event, now, played)
         for a in actions:
             if isinstance(a, RequestReply):
-                job = self.thinking.handle(Respond(call_id=CALL, gen=a.gen, caller_text=a.caller_text, say=a.say,
-                                                   provisional=a.provisional))
-                assert job is not None
+                (job,) = self.thinking.handle(Respond(call_id=CALL, gen=a.gen, caller_text=a.caller_text, say=a.say,
+                                                      provisional=a.provisional))
                 self.jobs[a.gen] = job
             elif isinstance(a, ReportHeard):
                 self.thinking.handle(Heard(call_id=CALL, gen=a.gen, text=a.text))
@@ -215,7 +214,23 @@ def test_a_history_that_overtook_the_calls_start_is_applied_when_it_starts() -> 
     turns = [HistoryTurn(role="user", text="Hello?"), HistoryTurn(role="assistant", text="Hi.", gen=1)]
     thinking.handle(History(call_id=CALL, turns=turns))  # the transport's, before the supervisor's CallStarted
     thinking.handle(CallStarted(call_id=CALL, slot=0, epoch=1, inbound_rate=16000))
-    job = thinking.handle(Respond(call_id=CALL, gen=2, caller_text="How are you?"))
-    assert job is not None
+    (job,) = thinking.handle(Respond(call_id=CALL, gen=2, caller_text="How are you?"))
     assert job.messages == [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello?"},
                             {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "How are you?"}]
+
+
+def test_a_reply_asked_for_before_the_replayed_call_start_is_made_once_it_starts() -> None:
+    """CI caught it: a restarted LLM took the transport's History and Respond before the supervisor's replayed
+    CallStarted (another sender) and dropped the Respond; the caller waited 10 s for "Sorry, I ran into a problem"."""
+    thinking = Thinking("sys")
+    turns = [HistoryTurn(role="user", text="Hello?"), HistoryTurn(role="assistant", text="Hi.", gen=1)]
+    assert thinking.handle(History(call_id=CALL, turns=turns)) == []
+    assert thinking.handle(Respond(call_id=CALL, gen=2, caller_text="How are you?")) == []
+    assert thinking.handle(Cancel(call_id=CALL, gen=2)) == []  # the caller barged in: it is made, and stopped
+    assert thinking.handle(Respond(call_id=CALL, gen=3, caller_text="Are you there?")) == []
+    cancelled, job = thinking.handle(CallStarted(call_id=CALL, slot=0, epoch=1, inbound_rate=16000))
+    assert (cancelled.gen, job.gen) == (2, 3)
+    assert cancelled.gen in cancelled.mind.cancelled and job.gen not in job.mind.cancelled
+    assert job.messages == [{"role": "system", "content": "sys"}, {"role": "user", "content": "Hello?"},
+                            {"role": "assistant", "content": "Hi."},
+                            {"role": "user", "content": "How are you? Are you there?"}]  # one turn: 2 was never heard

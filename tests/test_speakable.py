@@ -85,8 +85,7 @@ def test_a_barge_in_conversation_with_the_real_model_speaks_no_stage_direction()
     thinking.handle(CallStarted(call_id="CA1", slot=0, epoch=1, inbound_rate=16000))
     said: list[str] = []
     for gen, question in enumerate(QUESTIONS, start=1):
-        job = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=question))
-        assert job is not None
+        (job,) = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=question))
         outs: list[object] = []
         generate(Reply(job, max_sentences=2), Recording(), 60, outs.append)  # type: ignore[arg-type]
         spoken = " ".join(o.text for o in outs if isinstance(o, Sentence) and o.text)

@@ -37,8 +37,7 @@ def started(thinking: Thinking, call_id: str = "CA1", slot: int = 0) -> None:
 
 
 def ask(thinking: Thinking, text: str, gen: int = 1, call_id: str = "CA1") -> ReplyJob:
-    job = thinking.handle(Respond(call_id=call_id, gen=gen, caller_text=text))
-    assert job is not None
+    (job,) = thinking.handle(Respond(call_id=call_id, gen=gen, caller_text=text))
     return job
 
 
@@ -65,8 +64,7 @@ def test_a_reply_stops_after_max_sentences_and_only_what_was_said_joins_the_dial
     assert max(seen) < 5  # the model was stopped, not run to its end
     assert job.mind.dialogue.messages()[-1] == {"role": "assistant", "content": "Try oats, with fruit. Or eggs."}
     # A line to say verbatim is said whole.
-    say = thinking.handle(Respond(call_id="CA1", gen=2, say="One. Two. Three."))
-    assert say is not None
+    (say,) = thinking.handle(Respond(call_id="CA1", gen=2, say="One. Two. Three."))
     outs = []
     generate(Reply(say, max_sentences=1), llm, 100, outs.append)
     assert [t for _, t, _ in sentences(outs)] == ["One.", "Two.", "Three."]
@@ -100,8 +98,7 @@ def test_a_reply_whose_text_ends_on_a_sentence_still_says_it_is_over() -> None:
 def test_a_line_to_say_is_chunked_and_remembered_without_the_model() -> None:
     thinking = Thinking("sys")
     started(thinking)
-    job = thinking.handle(Respond(call_id="CA1", gen=1, say="Hello! How can I help you today?"))
-    assert job is not None
+    (job,) = thinking.handle(Respond(call_id="CA1", gen=1, say="Hello! How can I help you today?"))
     llm = ScriptedLlm(["never used"])
     outcome, outs = run(job, llm)
     assert outcome == "done" and llm.prompts == []
@@ -163,7 +160,7 @@ def test_an_ended_call_stops_its_reply_and_asks_for_no_more() -> None:
     job = ask(thinking, "Hello?")
     thinking.handle(CallEnded(call_id="CA1", slot=0, epoch=1, reason="hung up"))
     assert run(job, ScriptedLlm(["Hi."]))[0] == "stopped"
-    assert thinking.handle(Respond(call_id="CA1", gen=2, caller_text="Still there?")) is None
+    assert thinking.handle(Respond(call_id="CA1", gen=2, caller_text="Still there?")) == []
 
 
 def test_a_reply_is_built_on_what_the_caller_heard_of_the_last_one() -> None:
@@ -189,8 +186,7 @@ def test_a_process_shutting_down_makes_no_more(shutting_down: bool) -> None:
 
 
 def provisional(thinking: Thinking, text: str, gen: int) -> ReplyJob:
-    job = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=text, provisional=True))
-    assert job is not None
+    (job,) = thinking.handle(Respond(call_id="CA1", gen=gen, caller_text=text, provisional=True))
     return job
 
 
@@ -229,8 +225,8 @@ def test_a_prepare_reads_the_dialogue_in_up_to_the_callers_turn_and_a_reply_void
     thinking = Thinking("sys")
     started(thinking)
     run(ask(thinking, "Hi."), ScriptedLlm(["Hello."]))
-    warm = thinking.handle(Prepare(call_id="CA1"))
-    assert warm is not None and warm.prepare and not warm.prepare_void()
+    (warm,) = thinking.handle(Prepare(call_id="CA1"))
+    assert warm.prepare and not warm.prepare_void()
     assert warm.messages[-1] == {"role": "user", "content": ""}  # where the caller's next words will go
     assert warm.messages[:-1] == warm.mind.dialogue.messages()
     ask(thinking, "What time is it?", gen=2)
