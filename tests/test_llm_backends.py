@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -14,6 +17,7 @@ from aiohttp import web
 from engine.llm import LlamaCppBackend, LlmError, OpenAIBackend, resolve_gguf
 from tools.solo import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "system", "content": "You are a helpful phone assistant. Answer briefly."},
             {"role": "user", "content": "What is the capital of France?"}]
 
@@ -55,6 +59,17 @@ def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None
     finally:
         llama.close()
     assert LlamaCppBackend(resolve_gguf("smollm2-135m"), slots=2).solo_slot is None  # off unless asked for
+
+
+def test_llama_cpp_backend_closes_at_once_after_it_opens() -> None:
+    """A server dropped before its loop thread started used to hang its destructor (5 times in 16): an llm process
+    told to stop just after it loaded never exited. In a child process, so that a hang fails instead of blocking."""
+    script = ("from engine.llm import LlamaCppBackend, resolve_gguf\n"
+              "for _ in range(8):\n"
+              "    LlamaCppBackend(resolve_gguf('smollm2-135m'), slots=2).close()\n"
+              "print('closed')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr[-2000:]
 
 
 class FakeOpenAI:
