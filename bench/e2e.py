@@ -345,9 +345,9 @@ def main() -> None:
     result = {
         "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall, 1),
         "machine": machine_info(), "conditions": conditions,
-        "config": "embedded default: whisper tiny.en int8, SmolLM2-135M Q4_1 (llama.cpp, 2 threads), "
-                  "Piper en_US-joe-medium; one call at a time" + ("; calls alternate between two engines" if args.vs
-                                                                   else ""),
+        "config": "embedded default (engine/config.py, then --set / --vs-set): whisper tiny.en int8, SmolLM2-135M "
+                  "Q4_1 (llama.cpp), Piper en_US-joe-medium; one call at a time"
+                  + ("; calls alternate between two engines" if args.vs else ""),
         **{k: v for k, v in this.items() if k != "engine_stages"}, "engine_stages": this["engine_stages"],
         "engines": {label: {k: v for k, v in r.items() if k != "engine_stages"} for label, r in results.items()},
         "settings": {"this": args.set, "vs": args.vs_set},
