@@ -17,7 +17,8 @@ Each tier is `engine.stt.WhisperTranscriber` with the engine's defaults (int8, o
 speech.stt_beam_size): `tiny.en` (the default) and `base`; tiny.en also runs with two threads, for latency.
 Each runs with each encoder window of `--windows` (default: 8 s, the engine's: the utterance plus 4 s
 of silence, 8 s at least; and 30 s, every utterance padded as faster-whisper does) and each decoder beam
-of `--beams`, so they are compared on the same audio in one run; a tier is named `tiny.en@8s/b2`.
+of `--beams`, so they are compared on the same audio in one run; a tier is named `tiny.en@8s/b2`. With
+`--pads` (the silence after the utterance, speech.stt_pad_s) other than the engine's, it is `tiny.en@8s+2s/b2`.
 
 Before scoring, both sides go through the same normaliser: lowercase, punctuation dropped, and every
 number, whether written in digits ("4", "14th", "3:30", "$49.95") or in words ("four", "fourteenth",
@@ -422,11 +423,18 @@ def versions() -> dict[str, str]:
             "ctranslate2": importlib.metadata.version("ctranslate2"), "espeak_ng": espeak}
 
 
+def tier_name(model: str, window: float, pad: float, beam: int) -> str:
+    padded = "" if pad == SpeechSection().stt_pad_s else f"+{pad:g}s"
+    return f"{model}@{window:g}s{padded}/b{beam}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiers", nargs="+", default=["tiny.en", "base"], help="models, as speech.stt_model names them")
     ap.add_argument("--windows", nargs="+", type=float, default=[8.0, 30.0],
                     help="encoder windows (speech.stt_min_window_s) to compare; the first is the target's")
+    ap.add_argument("--pads", nargs="+", type=float, default=[SpeechSection().stt_pad_s],
+                    help="silence after the utterance in the window (speech.stt_pad_s); the first is the target's")
     ap.add_argument("--beams", nargs="+", type=int, default=[SpeechSection().stt_beam_size],
                     help="decoder beams to compare (speech.stt_beam_size; 1 = greedy); the first is the target's")
     ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS))
@@ -446,11 +454,11 @@ def main() -> None:
     print(f"synthesising {len(UTTERANCES)} utterances x {len(args.conditions)} conditions (espeak-ng, Piper) ...",
           flush=True)
     plan: list[tuple[str, int, str]] = []  # each model's cases together: it is loaded once
-    tiers: dict[str, tuple[str, float, int]] = {}  # name: model, window, beam
+    tiers: dict[str, tuple[str, float, float, int]] = {}  # name: model, window, pad, beam
     for model in args.tiers:
-        for window, beam in [(w, b) for w in args.windows for b in args.beams]:
-            tier = f"{model}@{window:g}s/b{beam}"
-            tiers[tier] = (model, window, beam)
+        for window, pad, beam in [(w, p, b) for w in args.windows for p in args.pads for b in args.beams]:
+            tier = tier_name(model, window, pad, beam)
+            tiers[tier] = (model, window, pad, beam)
             plan += [(tier, 1, cond) for cond in args.conditions]
             if model == "tiny.en" and args.bandwidth_check:
                 plan.append((tier, 1, "8k"))
@@ -470,8 +478,8 @@ def main() -> None:
     stt: WhisperTranscriber | None = None
     for tier, threads, cond in plan:
         if loaded != (tier, threads) or stt is None:
-            model, window, beam = tiers[tier]
-            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=window, beam_size=beam)
+            model, window, pad, beam = tiers[tier]
+            stt = WhisperTranscriber(models[model], threads=threads, min_window_s=window, pad_s=pad, beam_size=beam)
             loaded = (tier, threads)
         print(f"{tier} ({threads} thread{'s' * (threads > 1)}), {cond}: {len(UTTERANCES)} utterances ...",
               flush=True)
@@ -487,7 +495,7 @@ def main() -> None:
         print_sweep(sweeps)
     print_utterances(cases)
     analysis = {f"{c['tier']}/{c['threads']}/{c['condition']}": error_analysis(c) for c in cases}
-    target_tier = f"{TARGET[0]}@{args.windows[0]:g}s/b{args.beams[0]}"
+    target_tier = tier_name(TARGET[0], args.windows[0], args.pads[0], args.beams[0])
     target_case = next((c for c in cases if (c["tier"], c["threads"], c["condition"]) == (target_tier, *TARGET[1:])),
                        None)
     target: dict[str, Any] = {"tier": TARGET[0], "condition": TARGET[2], "wer_max": TARGET_WER}
