@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -111,6 +112,11 @@ class LlamaCppBackend:
         # shared system-prompt prefix, which is what time-to-first-token needs.
         params.cache_ram_mib = 0
         params.endpoint_metrics = True
+        # xllamacpp also serves the model over HTTP on a random 127.0.0.1 port, which the engine never uses (it calls
+        # the server's handlers directly, past the HTTP layer's key check): a key nobody holds closes it to the
+        # box's other users, and one HTTP thread is enough to refuse them.
+        params.api_keys = [secrets.token_hex(16)]
+        params.n_threads_http = 1
         server = xllamacpp.Server(params)
         # The server's loop thread may not have started when the constructor returns, and a server dropped before
         # it starts never stops (its destructor's terminate is lost and it joins that thread forever: a

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +72,19 @@ def test_llama_cpp_backend_closes_at_once_after_it_opens() -> None:
               "print('closed')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr[-2000:]
+
+
+def test_llama_cpp_servers_http_port_refuses_the_boxs_other_users(llama: LlamaCppBackend) -> None:
+    """xllamacpp listens on 127.0.0.1 whether or not anyone uses it; the engine calls it directly, so its HTTP
+    requests need a key that nobody holds."""
+    address = llama._server.listening_address
+    assert address.startswith("http://127.0.0.1:")
+    body = json.dumps({"messages": MESSAGES, "max_tokens": 3}).encode()
+    request = urllib.request.Request(address + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
 
 
 class FakeOpenAI:
