@@ -133,7 +133,7 @@ class Thinking:
         """The reply jobs `msg` asks for, in order (several when a call's `CallStarted` releases messages that came
         before it)."""
         if isinstance(msg, CallStarted):
-            mind = Mind(Dialogue(self.system_prompt), slot=self._free_slot())
+            mind = Mind(Dialogue(self.system_prompt), slot=self._free_slot(msg.live))
             self.calls.start(msg.slot, msg.epoch, msg.call_id, mind)
             return [job for early in self._early.release(msg.call_id) for job in self.handle(early)]
         if isinstance(msg, CallEnded):
@@ -171,10 +171,11 @@ class Thinking:
         """How many slots there are, the solo one included: a worker each."""
         return self.slots + (self.solo_slot is not None)
 
-    def _free_slot(self) -> int:
-        """The solo slot for a call that begins with no other live; else the shared slot fewest live calls use (a
-        call keeps its slot while it lasts; past `slots` calls, they share)."""
-        if self.solo_slot is not None and not self.calls:
+    def _free_slot(self, live: int) -> int:
+        """The solo slot for a call that begins with no other live (`live`: the transport's count, which a restarted
+        process's replayed calls also carry); else the shared slot fewest live calls use (a call keeps its slot while
+        it lasts; past `slots` calls, they share)."""
+        if self.solo_slot is not None and live <= 1 and not self.calls:
             return self.solo_slot
         used = [0] * self.slots
         for call in self.calls.values():

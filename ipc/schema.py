@@ -105,6 +105,8 @@ class CallStarted(Msg):
     slot: int
     epoch: int
     inbound_rate: int
+    live: int = 1
+    """Calls live on the engine as it was sent, this one included (a replay comes with every live call's)."""
 
 
 class CallEnded(Msg):

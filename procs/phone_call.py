@@ -124,7 +124,7 @@ class PhoneCall:
             shared.recorder.open(self.call_id)
         for peer in MODEL_PROCS:
             shared.bus.send(peer, CallStarted(call_id=self.call_id, slot=self.lease.slot, epoch=self.lease.epoch,
-                                              inbound_rate=shared.cfg.transport.inbound_rate))
+                                              inbound_rate=shared.cfg.transport.inbound_rate, live=len(shared.calls)))
         self._sender = asyncio.ensure_future(self._send_loop())
         self._sender.add_done_callback(self._sender_done)
         self.record({"event": "start", "stream_sid": self.started.stream_sid, "slot": self.lease.slot,

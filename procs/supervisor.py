@@ -304,9 +304,10 @@ class Supervisor:
     def _replay_calls(self, name: ProcName) -> None:
         """A (re)started process learns of the calls already in progress."""
         assert self.pool is not None and self.bus is not None
-        for info in self.pool.leases():
+        leases = self.pool.leases()
+        for info in leases:
             self.bus.send(name, CallStarted(call_id=info.call_id, slot=info.slot, epoch=info.epoch,
-                                            inbound_rate=self.cfg.transport.inbound_rate))
+                                            inbound_rate=self.cfg.transport.inbound_rate, live=len(leases)))
 
     def _reclaim_calls(self, pid: int) -> None:
         """A dead transport cannot end its calls: free their rings and tell the others."""

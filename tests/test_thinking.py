@@ -259,3 +259,12 @@ def test_a_call_that_begins_alone_gets_the_solo_slot_and_calls_beside_it_the_sha
         thinking.handle(CallEnded(call_id=f"CA{i}", slot=s, epoch=1, reason="hung up"))
     started(thinking, "CA4", slot=4)
     assert thinking.calls.find("CA4").state.slot == 2  # alone again
+
+
+def test_calls_replayed_to_a_restarted_llm_beside_others_get_no_solo_slot() -> None:
+    """The supervisor replays every live call to a new llm process: the first one finds no call yet, but the box
+    is not idle (each replayed CallStarted says how many calls are live)."""
+    thinking = Thinking("sys", slots=2, solo_slot=2)
+    for i in range(3):
+        thinking.handle(CallStarted(call_id=f"CA{i}", slot=i, epoch=1, inbound_rate=16000, live=3))
+    assert sorted(thinking.calls.find(f"CA{i}").state.slot for i in range(3)) == [0, 0, 1]  # type: ignore[union-attr]
