@@ -244,6 +244,12 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
                            max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager)
     if cfg.backend == "echo":
         return EchoBackend()
-    return LlamaCppBackend(resolve_gguf(cfg.model), n_ctx=cfg.context_per_call, threads=cfg.threads,
+    model = resolve_gguf(cfg.model)
+    if cfg.requantize_q4_0:
+        from engine.gguf_q4 import needs_copy, q4_0_copy
+
+        if needs_copy(model):
+            model = q4_0_copy(model, Path(cfg.model_cache_dir).expanduser())
+    return LlamaCppBackend(model, n_ctx=cfg.context_per_call, threads=cfg.threads,
                            prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots,
                            solo_prefill_threads=cfg.solo_prefill_threads)
