@@ -35,8 +35,9 @@ def test_the_copy_re_encodes_the_q4_1_matrices_and_keeps_everything_else(copy: t
         else:
             assert b.tensor_type == a.tensor_type and np.array_equal(a.data, b.data), a.name
     assert set(old.fields) == set(new.fields)
-    assert bytes(new.fields["tokenizer.chat_template"].parts[-1]) == bytes(old.fields["tokenizer.chat_template"].parts[-1])
-    # Each weight moves by at most about one Q4_0 step of its block (a sixteenth of the block's largest magnitude).
+    template = "tokenizer.chat_template"
+    assert bytes(new.fields[template].parts[-1]) == bytes(old.fields[template].parts[-1])
+    # Each weight moves by at most about one Q4_0 step of its block (an eighth of the block's largest magnitude).
     q = next(t for t in old.tensors if t.name == "blk.0.attn_q.weight")
     w_old = dequantize(q.data, q.tensor_type)
     w_new = dequantize(next(t for t in new.tensors if t.name == q.name).data, GGMLQuantizationType.Q4_0)
