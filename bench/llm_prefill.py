@@ -11,8 +11,10 @@ Settings (threads for single-token decode / threads for multi-token batches):
   1/1  the engine's shared slots (llm.threads = 1)
   1/2  the solo slot (llm.solo_prefill_threads = 2)
   2/2  both on 2 threads
+Each with the model's weights as the engine runs them (`q4_0`: the Q4_0 copy, llm.requantize_q4_0) and as
+shipped (`q4_1`).
 
-Run from the repository root (about 2 minutes):
+Run from the repository root (about 4 minutes):
 
     python bench/llm_prefill.py       # prints a table, writes bench/results/llm_prefill.json
 """
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_info, wait_for_idle  # noqa: E402
 from engine.config import LlmSection  # noqa: E402
+from engine.gguf_q4 import q4_0_copy  # noqa: E402
 from engine.llm import LlamaCppBackend, resolve_gguf  # noqa: E402
 
 QUESTIONS = ("What is the capital of France?", "Tell me about the weather in spring.",
@@ -50,10 +53,15 @@ def on_delta(stamps: list[float], texts: list[str], delta: str) -> bool:
     return False  # never stop early
 
 
-def measure(threads: int, batch_threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
+def weights(name: str) -> Path:
     cfg = LlmSection()
-    llama = LlamaCppBackend(resolve_gguf(cfg.model), threads=threads, prefill_threads=batch_threads,
-                            temperature=0.0, slots=1)
+    shipped = resolve_gguf(cfg.model)
+    return q4_0_copy(shipped, Path(cfg.model_cache_dir).expanduser()) if name == "q4_0" else shipped
+
+
+def measure(model: Path, threads: int, batch_threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    cfg = LlmSection()
+    llama = LlamaCppBackend(model, threads=threads, prefill_threads=batch_threads, temperature=0.0, slots=1)
     dialogue: list[dict[str, str]] = [{"role": "system", "content": cfg.system_prompt}]
     first_ms: list[float] = []
     token_ms: list[float] = []
@@ -82,18 +90,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--weights", nargs="+", choices=["q4_0", "q4_1"], default=["q4_0", "q4_1"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_prefill.json")
     args = ap.parse_args()
+    models = {name: weights(name) for name in args.weights}  # the copy is made before anything is timed
     conditions = wait_for_idle(1.0, 600)
     rows = []
     for load in ("idle", "one core busy"):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "idle" else None
         try:
-            for threads, batch in SETTINGS:
-                row = {"load": load, **measure(threads, batch, args.requests, args.max_tokens)}
+            for (name, model), (threads, batch) in [(m, s) for m in models.items() for s in SETTINGS]:
+                row = {"load": load, "weights": name, **measure(model, threads, batch, args.requests,
+                                                                 args.max_tokens)}
                 rows.append(row)
-                print(f"{load:>14}  threads {threads}/{batch}: first token p50 {row['first_token_ms_p50']:6.1f} ms, "
-                      f"max {row['first_token_ms_max']:6.1f}; per token p50 {row['per_token_ms_p50']:5.1f} ms",
+                print(f"{load:>14}  {name}  threads {threads}/{batch}: "
+                      f"first token p50 {row['first_token_ms_p50']:6.1f} ms, max {row['first_token_ms_max']:6.1f}; "
+                      f"per token p50 {row['per_token_ms_p50']:5.1f} ms",
                       flush=True)
         finally:
             if hog is not None:
