@@ -230,8 +230,8 @@ class LlmSection(_Section):
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
     requantize_q4_0: bool = True
     """llamacpp: a model whose matrices are Q4_1 (the bundled SmolLM2) runs from a Q4_0 copy, made once into
-    `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q4_0 for AVX2 and has no such kernels for Q4_1. One thread,
-    SmolLM2-135M: first token p50 106 vs 244 ms, decode 10.5 vs 17.1 ms a token."""
+    `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q4_0 for AVX2 and has no such kernels for Q4_1. A turn's
+    first token, one thread (bench/llm_prefill.py): p50 107 vs 174 ms; the solo context's 74 vs 120 ms."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """llamacpp: where the Q4_0 copy is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
