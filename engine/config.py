@@ -148,6 +148,13 @@ class SpeechSection(_Section):
     """Speech shorter than this never starts a turn (clicks, coughs)."""
     pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 150
     """Silence after which transcription starts speculatively (and, once it is ready, the reply)."""
+    solo_pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 64
+    """`pause_ms` while the call is the only one the speech process hears: an idle box spends on speculative work
+    that short pauses throw away, to answer sooner. One call (bench/e2e.py, 18 turns each, alternating): 64 against
+    150, v2v at the caller p50 798 vs 850 ms, p95 1048 vs 1061; replies thrown away 11 of 46 vs 4 of 39
+    (bench/results/e2e_pause64.json). Three callers at 64 (bench/capacity.py): p95 1786 vs 1326 ms, hence only
+    alone. The pause's transcript gets 64 ms of `suffix_pad_ms`; bench/endings.py found no WER change from 0 to
+    250 ms of it. Set it to `pause_ms` to turn it off."""
     end_silence_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 500
     """Silence that ends the caller's turn."""
     turn_model: Literal["smart-turn", "off"] = "off"

@@ -139,6 +139,8 @@ def _check(cfg: Config, origin: dict[str, str]) -> None:
         fail("llm.base_url", "", "the openai backend needs the server's /v1 URL")
     if cfg.speech.pause_ms >= cfg.speech.end_silence_ms:
         fail("speech.pause_ms", cfg.speech.pause_ms, "must be shorter than speech.end_silence_ms")
+    if cfg.speech.solo_pause_ms >= cfg.speech.end_silence_ms:
+        fail("speech.solo_pause_ms", cfg.speech.solo_pause_ms, "must be shorter than speech.end_silence_ms")
     if cfg.supervisor.heartbeat_timeout_s <= 2 * cfg.supervisor.heartbeat_interval_s:
         fail("supervisor.heartbeat_timeout_s", cfg.supervisor.heartbeat_timeout_s,
              "must exceed twice supervisor.heartbeat_interval_s")

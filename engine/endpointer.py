@@ -11,7 +11,8 @@ with arrival times instead of sample positions.
 - `Sustained` once speech has gone on for `barge_in_ms` without a silence: long
   enough to interrupt the bot. This is the one place that decides it: with a
   minimum no longer than `min_speech_ms`, it comes with the `Onset`. Once a turn.
-- `Pause` when silence has lasted `speech.pause_ms`: the turn may be over, so the
+- `Pause` when silence has lasted `pause_ms` (`speech.pause_ms`, or `speech.solo_pause_ms` while the call is
+  the only one: `engine.hearing` sets it): the turn may be over, so the
   speech process starts transcribing now and keeps the result if no speech follows.
 - `Resumed` when speech comes back after a `Pause`: that speculative work is void.
 - `Endpoint` when silence has lasted `speech.end_silence_ms`, with the utterance's
@@ -86,6 +87,7 @@ class Endpointer:
         self._run_start = 0  # where the current stretch of unbroken speech began
         self._sustained = False
         self.end_silence_ms = cfg.end_silence_ms  # for the current pause, once it is judged
+        self.pause_ms = cfg.pause_ms  # silence before a `Pause`
 
     def _ms(self, samples: int) -> float:
         return samples * 1000 / self.rate
@@ -135,7 +137,7 @@ class Endpointer:
             return []
         events: list[Event] = []
         quiet = self._ms(end - self._silence_start)
-        if not self._paused and quiet >= self.cfg.pause_ms:
+        if not self._paused and quiet >= self.pause_ms:
             self._paused = True
             events.append(Pause(self._begin(), self._silence_start))
         if quiet >= self.end_silence_ms:

@@ -153,12 +153,21 @@ class Hearing:
         endpointer = Endpointer(self.speech, self.rate, barge_in_ms=self.barge_in_ms)
         self.ears[call_id] = CallEar(call_id, self.rate, endpointer,
                                      AudioHistory(self.rate, self.history_s), VadStream(self.rate))
+        self._set_pauses()
 
     def end_call(self, call_id: str) -> None:
         ear = self.ears.pop(call_id, None)
         if ear is not None:
             for job in ear.jobs:
                 job.cancelled = True
+        self._set_pauses()
+
+    def _set_pauses(self) -> None:
+        """A call alone is transcribed at a shorter pause (`speech.solo_pause_ms`); once others join, every call
+        waits `speech.pause_ms`, so that pauses the caller talks on after cost the box no work."""
+        pause_ms = self.speech.solo_pause_ms if len(self.ears) == 1 else self.speech.pause_ms
+        for ear in self.ears.values():
+            ear.endpointer.pause_ms = pause_ms
 
     def add_audio(self, call_id: str, pcm16: bytes, t_ns: int) -> None:
         ear = self.ears.get(call_id)

@@ -82,7 +82,9 @@ def test_utterances_ready_together_are_transcribed_in_one_batch_as_they_would_be
 
 def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper: WhisperTranscriber) -> None:
     """VAD, endpointing and speculative transcription together, with no process around them."""
-    hearing = Hearing(vad, SpeechSection(), 16000, barge_in_ms=0)
+    # The shared pause: a call alone pauses sooner (speech.solo_pause_ms), and SENTENCE has a gap inside it long
+    # enough for that (see the solo-pause test below).
+    hearing = Hearing(vad, SpeechSection(solo_pause_ms=SpeechSection().pause_ms), 16000, barge_in_ms=0)
     hearing.add_call("CA1")
     audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
     msgs = []
@@ -128,7 +130,8 @@ def test_the_base_tier_is_assembled_verified_and_works(tier: str, tmp_path: Path
 def test_a_pause_judged_finished_ends_the_turn_and_one_judged_unfinished_waits(
         vad: SileroVad, model: str, score: float, text: str, ends_at_ms: tuple[int, int]) -> None:
     """The verdict logic, with the models' answers given (the turn model's score, the pause's transcript)."""
-    hearing = Hearing(vad, SpeechSection(turn_model=model, turn_incomplete_ms=1000), 16000)  # type: ignore[arg-type]
+    cfg = SpeechSection(turn_model=model, turn_incomplete_ms=1000, solo_pause_ms=150)  # type: ignore[arg-type]
+    hearing = Hearing(vad, cfg, 16000)
     hearing.add_call("CA1")
     audio = phone_path(np.concatenate([silence(0.5), spoken(SENTENCE), silence(2.0)]))
     speech_end = None
@@ -155,7 +158,7 @@ def test_a_pause_judged_finished_ends_the_turn_and_one_judged_unfinished_waits(
 def test_a_transcript_hears_past_where_the_silence_began(vad: SileroVad) -> None:
     """Weak last sounds ("coins") fade below the VAD before they end: Whisper gets speech.suffix_pad_ms more,
     audio already in hand at the pause. The turn still ends, for latency, where the speech stopped."""
-    cfg = SpeechSection(turn_model="off")
+    cfg = SpeechSection(turn_model="off", solo_pause_ms=SpeechSection().pause_ms)  # a full suffix_pad_ms at the pause
     hearing = Hearing(vad, cfg, 16000, barge_in_ms=0)
     hearing.add_call("CA1")
     audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
@@ -169,3 +172,29 @@ def test_a_transcript_hears_past_where_the_silence_began(vad: SileroVad) -> None
     pad = cfg.suffix_pad_ms * 16000 // 1000
     for job in jobs:
         assert len(job.audio) == job.end - job.start + pad
+
+
+def test_a_call_alone_pauses_sooner_and_calls_beside_others_wait_the_shared_pause(
+        vad: SileroVad, whisper: WhisperTranscriber) -> None:
+    """speech.solo_pause_ms while one call is heard; speech.pause_ms for every call once there are more. At the
+    shorter pause SENTENCE's gap inside it is transcribed too, then thrown away when the caller talks on."""
+    cfg = SpeechSection(turn_model="off", pause_ms=150, solo_pause_ms=64)
+    hearing = Hearing(vad, cfg, 16000, barge_in_ms=0)
+    hearing.add_call("CA1")
+    assert hearing.ears["CA1"].endpointer.pause_ms == 64
+    hearing.add_call("CA2")
+    assert [ear.endpointer.pause_ms for ear in hearing.ears.values()] == [150, 150]
+    hearing.end_call("CA2")
+    assert hearing.ears["CA1"].endpointer.pause_ms == 64
+    audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
+    msgs = []
+    for i in range(0, len(audio), 320):
+        hearing.add_audio("CA1", audio[i:i + 320].tobytes(), (i // 320 + 1) * 20_000_000)
+        while hearing.ears["CA1"].window_ready():
+            msgs += hearing.vad_round()
+        for job in hearing.take_jobs():
+            job.text = whisper.transcribe(job.audio)
+            msgs += hearing.finished(job)
+    kinds = [type(m).__name__ for m in msgs]
+    assert "SpeechResumed" in kinds and kinds.count("EndOfTurn") == 1, kinds
+    assert kinds[-1] == "Transcript" and msgs[-1].final  # type: ignore[attr-defined]
