@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_info, wait_for_idle  # noqa: E402
 from engine.config import LlmSection  # noqa: E402
-from engine.gguf_q4 import q4_0_copy  # noqa: E402
-from engine.llm import LlamaCppBackend, resolve_gguf  # noqa: E402
+from engine.llm import LlamaCppBackend, llama_model  # noqa: E402
 
 QUESTIONS = ("What is the capital of France?", "Tell me about the weather in spring.",
              "How do I bake a loaf of bread at home?", "What time does the store open on Sundays?",
@@ -51,12 +50,6 @@ def on_delta(stamps: list[float], texts: list[str], delta: str) -> bool:
     stamps.append(time.monotonic())
     texts.append(delta)
     return False  # never stop early
-
-
-def weights(name: str) -> Path:
-    cfg = LlmSection()
-    shipped = resolve_gguf(cfg.model)
-    return q4_0_copy(shipped, Path(cfg.model_cache_dir).expanduser()) if name == "q4_0" else shipped
 
 
 def measure(model: Path, threads: int, batch_threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
@@ -93,7 +86,8 @@ def main() -> None:
     ap.add_argument("--weights", nargs="+", choices=["q4_0", "q4_1"], default=["q4_0", "q4_1"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_prefill.json")
     args = ap.parse_args()
-    models = {name: weights(name) for name in args.weights}  # the copy is made before anything is timed
+    # The copy is made before anything is timed.
+    models = {name: llama_model(LlmSection(requantize_q4_0=name == "q4_0")) for name in args.weights}
     conditions = wait_for_idle(1.0, 600)
     rows = []
     for load in ("idle", "one core busy"):

@@ -233,6 +233,17 @@ class EchoBackend:
                 return
 
 
+def llama_model(cfg: LlmSection) -> Path:
+    """The .gguf file llama.cpp runs for `llm.model`: the Q4_0 copy of a Q4_1 model when `llm.requantize_q4_0`."""
+    model = resolve_gguf(cfg.model)
+    if cfg.requantize_q4_0:
+        from engine.gguf_q4 import needs_copy, q4_0_copy
+
+        if needs_copy(model):
+            model = q4_0_copy(model, Path(cfg.model_cache_dir).expanduser())
+    return model
+
+
 def make_backend(cfg: LlmSection) -> LlmBackend:
     """The backend `llm.backend` names, loaded and ready."""
     if cfg.backend == "openai":
@@ -244,12 +255,6 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
                            max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager)
     if cfg.backend == "echo":
         return EchoBackend()
-    model = resolve_gguf(cfg.model)
-    if cfg.requantize_q4_0:
-        from engine.gguf_q4 import needs_copy, q4_0_copy
-
-        if needs_copy(model):
-            model = q4_0_copy(model, Path(cfg.model_cache_dir).expanduser())
-    return LlamaCppBackend(model, n_ctx=cfg.context_per_call, threads=cfg.threads,
+    return LlamaCppBackend(llama_model(cfg), n_ctx=cfg.context_per_call, threads=cfg.threads,
                            prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots,
                            solo_prefill_threads=cfg.solo_prefill_threads)
