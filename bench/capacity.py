@@ -45,7 +45,8 @@ def soak(callers: int, duration: float, config: Path, settings: list[str]) -> di
     outbound = report["frames"]["no_fault"]["outbound"]
     return {"callers": callers, "settings": settings, "v2v_ms": v2v,
             "greeting_ms": report["latency_ms"]["greeting"], "calls": calls,
-            "bot_audio_stalls": {"late_frames": outbound["late"], "stalled_ms": outbound["late_ms"]},
+            "bot_audio_stalls": {"late_frames": outbound["late"], "stalled_ms": outbound["late_ms"],
+                                 "into_the_audio_s": outbound.get("late_at_s")},
             "cpu_mean_pct_of_a_core": {name: r["cpu_pct_mean"] for name, r in report["resources"].items()
                                        if isinstance(r, dict) and "cpu_pct_mean" in r},
             "soak_sustained": report["sustained"]}

@@ -260,6 +260,11 @@ class TtsSection(_Section):
     stream: bool = True
     """piper: split the voice at its vocoder and decode in chunks (first audio in tens of ms); off: Piper's own
     whole-sentence synthesis."""
+    stream_ramp: bool = True
+    """piper, streaming: after the first 186 ms, decode chunks twice as long as the one before (up to 1.5 s), so
+    each is ready well before the audio before it has played; off: 1.5 s chunks at once, whose decode (~150 ms here)
+    nearly outlasts the first chunk's audio, so busy callers hear a stall 186 ms into replies
+    (engine/piper_stream.chunks, bench/piper_chunks.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
     line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0

@@ -6,9 +6,10 @@ into audio, 256 samples per latent frame (`decoder`: most of the cost). Piper ru
 both in one graph, so nothing comes out until the whole sentence is decoded. Here
 the graph is split once, at the input of `/dec/conv_pre` (with `onnx.utils`), into
 two files in the model cache. The encoder runs on the whole sentence; the decoder
-runs on chunks of the latent, the first small, each with `CONTEXT` frames of latent
-on both sides so the seams match decoding the whole latent at once (the vocoder's
-receptive field is a few frames; 16 give ~130 dB SNR against the whole, 8 only ~60).
+runs on chunks of the latent, the first small and each next one at most twice the
+last (`chunks`), each with `CONTEXT` frames of latent on both sides so the seams
+match decoding the whole latent at once (the vocoder's receptive field is a few
+frames; 16 give ~130 dB SNR against the whole, 8 only ~60).
 
 Piper scales each sentence to full range after decoding it all; a stream cannot, so
 the decoder's output is scaled by a fixed `gain` instead.
@@ -32,7 +33,7 @@ from engine.codec import Pcm16
 from engine.onnx_session import cpu_session
 
 FIRST_FRAMES = 16  # 16 x 256 samples = 186 ms of 22.05 kHz audio in the first chunk
-NEXT_FRAMES = 128  # then 1.5 s at a time: each chunk decodes 2 x CONTEXT frames more than it keeps
+NEXT_FRAMES = 128  # at most 1.5 s at a time: each chunk decodes 2 x CONTEXT frames more than it keeps
 CONTEXT = 8
 """Latent frames decoded on either side of a chunk. With 8 the seams match the whole-latent decode at 56-73 dB SNR,
 at least 19 dB below the noise the phone line's own mu-law codec adds (37 dB); 16 gave 116 dB for 27% more decoder
@@ -81,13 +82,23 @@ def piper_voice(model: Path, session: Any) -> Any:
     return PiperVoice(session=session, config=config)
 
 
-def chunks(frames: int, first: int = FIRST_FRAMES, then: int = NEXT_FRAMES) -> list[tuple[int, int]]:
-    """[start, end) latent frames of each chunk to decode, in order."""
-    out, start = [], 0
+def chunks(frames: int, first: int = FIRST_FRAMES, then: int = NEXT_FRAMES, *,
+           ramp: bool = True) -> list[tuple[int, int]]:
+    """[start, end) latent frames of each chunk to decode, in order: `first`, then (with `ramp`) each chunk twice
+    the one before up to `then` frames (16, 32, 64, 128, 128...), else `then` frames at once.
+
+    A chunk is decoded while the caller hears the chunks before it, so each must decode within their audio. Here
+    (bench/piper_chunks.py, idle box) 16 frames (186 ms of audio) decode in ~30 ms, 32 in ~50, 64 in ~87, 128 in
+    ~148: after a 186 ms first chunk, a 128-frame second one leaves only 1.24x its decode time of audio out (p50 of
+    the worst chunk per sentence; one sentence in 32 stalled on the idle box), and with five callers nearly every
+    stall the callers heard began 180 ms into the bot's audio. Doubling leaves 3.6x, for ~5 % more decoder work
+    (more chunks, each with its context).
+    """
+    out, start, size = [], 0, first
     while start < frames:
-        end = min(frames, start + (first if start == 0 else then))
+        end = min(frames, start + size)
         out.append((start, end))
-        start = end
+        start, size = end, min(then, 2 * size) if ramp else then
     return out
 
 
@@ -135,9 +146,10 @@ class StreamingPiper:
     """Piper's voice, synthesised a sentence at a time and decoded in chunks: a `TtsBackend`."""
 
     def __init__(self, model: Path, cache_dir: Path, *, threads: int = 1, gain: float = GAIN,
-                 arena: bool = False) -> None:
+                 arena: bool = False, ramp: bool = True) -> None:
         """`arena` turns onnxruntime's CPU memory arena back on, whose RSS only grows (engine/onnx_session.py): for
-        bench/tts_rss.py's comparison only."""
+        bench/tts_rss.py's comparison only. `ramp`: chunks grow from the first (see `chunks`)."""
+        self.ramp = ramp
         self._voice: Any = piper_voice(model, session=None)  # its phonemizer and config; never the whole graph
         config = self._voice.config
         self.sample_rate = int(config.sample_rate)
@@ -194,6 +206,6 @@ class StreamingPiper:
 
     def _decoded(self, latents: list[np.ndarray]) -> Iterator[Pcm16]:
         for latent in latents:
-            for start, end in chunks(latent.shape[2]):
+            for start, end in chunks(latent.shape[2], ramp=self.ramp):
                 audio = self.decode(latent, start, end) * self.gain
                 yield np.clip(audio * 32767.0, -32768, 32767).astype(np.int16)

@@ -93,7 +93,7 @@ class EspeakTts:
 
 
 def make_tts(backend: str, voice: str, device: str = "cpu", *, stream: bool = True,
-             cache_dir: Path | None = None) -> TtsBackend:
+             cache_dir: Path | None = None, ramp: bool = True) -> TtsBackend:
     """The voice `tts.backend` names. Piper streams (split at its vocoder, engine/piper_stream.py) unless
     `stream` is off, or its voice is not one that splits."""
     if backend == "piper":
@@ -102,7 +102,7 @@ def make_tts(backend: str, voice: str, device: str = "cpu", *, stream: bool = Tr
 
             path = bundled_piper_voice() if voice == "en_US-joe-medium" else Path(voice).expanduser()
             if path.is_file():
-                return StreamingPiper(path, cache_dir or Path("~/.cache/voice-engine").expanduser())
+                return StreamingPiper(path, cache_dir or Path("~/.cache/voice-engine").expanduser(), ramp=ramp)
         return PiperTts(voice)
     if backend == "espeak":
         return EspeakTts()

@@ -59,7 +59,7 @@ class TtsProc(SyncChild):
         t0 = time.monotonic()
         t = self.cfg.tts
         self.tts = make_tts(t.backend, t.voice, t.device, stream=t.stream,
-                            cache_dir=Path(t.model_cache_dir).expanduser())
+                            cache_dir=Path(t.model_cache_dir).expanduser(), ramp=t.stream_ramp)
         for _ in self.tts.synthesize("Hello."):  # warm the model before the first caller
             pass
         log.info("TTS %s ready in %.1f s (%d Hz)", self.cfg.tts.backend, time.monotonic() - t0, self.tts.sample_rate)

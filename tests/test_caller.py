@@ -252,6 +252,23 @@ def test_mark_is_echoed_only_after_the_audio_before_it_has_played() -> None:
     run(scenario)
 
 
+def test_bot_audio_that_runs_dry_mid_utterance_is_a_stall_placed_in_the_utterance() -> None:
+    signal = mulaw_exact(0.2)
+
+    async def scenario(engine: FakeEngine, caller: SyntheticCaller) -> None:
+        await connected(engine, caller)
+        await engine.play(caller.stream_sid, signal)  # 0.2 s of a reply, then nothing for 0.35 s
+        await asyncio.sleep(0.35)
+        await engine.play(caller.stream_sid, signal)
+        await caller.wait_until(lambda: len(caller.received_media_times) == 20, WAIT, "the rest")
+        assert caller.underruns == 1 and len(caller.underrun_at) == 1
+        at, gap = caller.underrun_at[0]
+        assert at == pytest.approx(0.2, abs=0.03)  # where the first part ran out, on the utterance's clock
+        assert gap == pytest.approx(0.15, abs=0.08) and caller.underrun_s == gap
+
+    run(scenario)
+
+
 def test_clear_drops_unplayed_audio_and_echoes_pending_marks_at_once() -> None:
     signal = mulaw_exact(4.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +28,20 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def test_the_chunks_cover_every_frame_once_the_first_small() -> None:
-    assert chunks(300) == [(0, 16), (16, 144), (144, 272), (272, 300)]
+    assert chunks(300) == [(0, 16), (16, 48), (48, 112), (112, 240), (240, 300)]
+    assert chunks(300, ramp=False) == [(0, 16), (16, 144), (144, 272), (272, 300)]
     assert chunks(10) == [(0, 10)]
     assert chunks(0) == []
+
+
+def test_each_chunk_is_at_most_twice_the_audio_before_it_so_it_decodes_while_that_plays() -> None:
+    """A chunk's decode time grows with its length; the caller is hearing the chunks before it meanwhile."""
+    for frames in (1, 17, 100, 441, 2000):
+        spans = chunks(frames)
+        assert spans[0][0] == 0 and spans[-1][1] == frames
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        for start, end in spans[1:]:
+            assert end - start <= min(2 * start, 128)
 
 
 def test_chunked_decoding_matches_the_whole_graph_without_noise(piper: StreamingPiper) -> None:

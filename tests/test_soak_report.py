@@ -11,7 +11,7 @@ from procs.webhooks import BUSY_LINE
 from tools.caller import TurnedAway, parse_twiml
 from tools.soak import parse_mix, plan_lines
 from tools.soak_calls import frames_expected
-from tools.soak_report import classify, exposure, leaks, ledger, summarize, table
+from tools.soak_report import classify, exposure, frames_table, leaks, ledger, summarize, table
 
 
 def record(**over: Any) -> dict[str, Any]:
@@ -143,3 +143,15 @@ def test_summary_judges_faulted_calls_apart_and_fails_on_loss_outside_faults() -
     assert report["sustained"]["why_not"][0].startswith("not judged")  # faults were injected
     quiet_run = summarize(records, ended, [], [], snap(), snap(), stopped, 0.0, run)
     assert any("ended by the engine" in why for why in quiet_run["sustained"]["why_not"])
+
+
+def test_stalls_say_how_far_into_the_bots_audio_they_began() -> None:
+    """Stalls all at one offset point at one cause (a chunk boundary); the report says where they fall."""
+    calls = [{"frames": ledger(record(underruns=2, underrun_ms=150.0, underrun_at=[[0.18, 0.1], [0.18, 0.05]]),
+                               summary())},
+             {"frames": ledger(record(underruns=1, underrun_ms=20.0, underrun_at=[[2.5, 0.02]]), summary())},
+             {"frames": ledger(record(), summary())}]  # a record from before stalls had places
+    out = frames_table(calls)["outbound"]
+    assert (out["late"], out["late_ms"]) == (3, 170.0)
+    assert out["late_at_s"] == {"p50": 0.18, "min": 0.18, "max": 2.5}
+    assert frames_table(calls[2:])["outbound"]["late_at_s"] is None

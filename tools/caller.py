@@ -293,6 +293,9 @@ class SyntheticCaller:
         # caller speech or clear in between (those start a new utterance, after which silence is expected).
         self.underruns = 0
         self.underrun_s = 0.0
+        # Each stall as (seconds into its utterance's audio when it began, its length): where in a reply stalls fall.
+        self.underrun_at: list[tuple[float, float]] = []
+        self._utterance_t = 0.0  # when the current utterance's first audio arrived
         self.duplicate_marks = 0  # mark names the engine sent twice: a span queued twice
         self._marks_seen: set[str] = set()
         self._new_utterance = True
@@ -644,6 +647,9 @@ class SyntheticCaller:
                 and 0 < gap < _UNDERRUN_MAX_GAP_S):
             self.underruns += 1
             self.underrun_s += gap
+            self.underrun_at.append((self.playback.playing_until - self._utterance_t, gap))
+        elif self._new_utterance or not self.playback.playing_until or gap >= _UNDERRUN_MAX_GAP_S:
+            self._utterance_t = t
         self._new_utterance = False
 
     async def _playback_loop(self) -> None:

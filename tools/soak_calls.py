@@ -234,6 +234,7 @@ def frame_accounting(c: SyntheticCaller) -> dict[str, Any]:
     lags = np.array([f.t - f.due for f in c.sent_media]) if c.sent_media else np.zeros(0)
     return {"frames_sent": len(c.sent_media), "sent_runs": runs, "media_received": len(c.received_media_times),
             "underruns": c.underruns, "underrun_ms": round(c.underrun_s * 1000, 1),
+            "underrun_at": [[round(at, 2), round(gap, 3)] for at, gap in c.underrun_at],
             "duplicate_marks": c.duplicate_marks, "unexpected": [what for _, what in c.unexpected][:5],
             "sent_late": int((lags > _LATE_SEND_S).sum()),
             "max_send_lag_ms": round(float(lags.max(initial=0)) * 1000, 1)}

@@ -56,6 +56,7 @@ def ledger(record: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, 
     """One call's frames per direction; None where the engine's side is unknown (its transport died)."""
     out: dict[str, Any] = {
         "out_late": record["underruns"], "out_late_ms": record["underrun_ms"],
+        "out_late_at_s": [at for at, _ in record.get("underrun_at", [])],
         "out_dup": record["duplicate_marks"],
     }
     if summary is None:
@@ -93,12 +94,16 @@ def _sum(rows: list[dict[str, Any]], key: str) -> int | None:
 
 def frames_table(calls: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [c["frames"] for c in calls]
+    late_at = sorted(at for r in rows for at in r.get("out_late_at_s", []))
     return {
         "calls": len(rows), "calls_without_engine_summary": sum(1 for r in rows if r["in_lost"] is None),
         "inbound": {"sent": _sum(rows, "in_sent"), "lost": _sum(rows, "in_lost"), "late": _sum(rows, "in_late"),
                     "duplicated": _sum(rows, "in_dup")},
         "outbound": {"lost": _sum(rows, "out_lost"), "late": _sum(rows, "out_late"),
-                     "late_ms": round(sum(r["out_late_ms"] for r in rows), 1), "duplicated": _sum(rows, "out_dup")},
+                     "late_ms": round(sum(r["out_late_ms"] for r in rows), 1), "duplicated": _sum(rows, "out_dup"),
+                     # how far into the bot's utterance each stall began: one place (e.g. a chunk boundary) or many
+                     "late_at_s": {"p50": round(float(np.median(late_at)), 2), "min": late_at[0],
+                                   "max": late_at[-1]} if late_at else None},
     }
 
 
@@ -253,7 +258,9 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"{'inbound, ' + label:<34} {_n(f['inbound']['lost']):>8} {_n(f['inbound']['late']):>8} "
                      f"{_n(f['inbound']['duplicated']):>8}   of {_n(f['inbound']['sent'])} sent")
         lines.append(f"{'outbound, ' + label:<34} {_n(f['outbound']['lost']):>8} {_n(f['outbound']['late']):>8} "
-                     f"{_n(f['outbound']['duplicated']):>8}   ({f['outbound']['late_ms']:.0f} ms of stalls)")
+                     f"{_n(f['outbound']['duplicated']):>8}   ({f['outbound']['late_ms']:.0f} ms of stalls"
+                     + (f", {at['p50']:.2f} s into the bot's audio, p50)" if (at := f['outbound'].get('late_at_s'))
+                        else ")"))
     if report["kills"]:
         lines += ["", "kills:"]
         for k in report["kills"]:
