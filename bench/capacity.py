@@ -8,10 +8,12 @@ bot-audio stalls, and each process's mean CPU. The capacity is the largest count
 `--max-p95-ms` with no failed call.
 
 `--vs-set SECTION.KEY=VALUE` runs every count a second time with that setting, first, so two settings
-are compared in one run (`--set` applies to this side only).
+are compared in one run (`--set` applies to this side only); `--vs DIR` runs that side from the checkout
+in DIR (another commit, e.g. a `git worktree`), with its own settings from `--vs-set`.
 
     python bench/capacity.py --callers 2 3 4 6     # writes bench/results/soak_capacity.json
     python bench/capacity.py --callers 4 6 --vs-set tts.line_cache_mb=0
+    python bench/capacity.py --callers 5 6 --vs ../base
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine_info, setting_env, wait_for_idle  # noqa: E402
 
 
-def soak(callers: int, duration: float, config: Path, settings: list[str]) -> dict[str, Any]:
+def soak(callers: int, duration: float, config: Path, settings: list[str], root: Path = ROOT) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "soak.json"
         subprocess.run([sys.executable, "-m", "engine", "--config", str(config), "soak", "--callers", str(callers),
-                        "--duration", str(duration), "--json", str(out)], cwd=ROOT, check=False,
+                        "--duration", str(duration), "--json", str(out)], cwd=root, check=False,
                        stdout=subprocess.DEVNULL, env={**os.environ, **setting_env(settings)})
         report: dict[str, Any] = json.loads(out.read_text())
     v2v = report["latency_ms"]["voice_to_voice_no_fault"]
@@ -62,8 +64,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--vs-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="also run every count with this setting (first), to compare in one run")
+    ap.add_argument("--vs", metavar="DIR", help="run the vs side from the checkout in DIR")
     args = ap.parse_args()
-    sides = ([("vs", args.vs_set)] if args.vs_set else []) + [("this", args.set)]
+    sides = ([("vs", args.vs_set)] if args.vs_set or args.vs else []) + [("this", args.set)]
+    roots = {"vs": Path(args.vs).resolve() if args.vs else ROOT, "this": ROOT}
     conditions = {} if args.no_wait else wait_for_idle(1.0, 600)
     rows = []
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -72,7 +76,7 @@ def main() -> None:
     try:
         for n in args.callers:
             for label, settings in sides:
-                row = {"side": label, **soak(n, args.duration, config, settings)}
+                row = {"side": label, **soak(n, args.duration, config, settings, roots[label])}
                 rows.append(row)
                 v = row["v2v_ms"]
                 print(f"{n:3d} callers ({label} {' '.join(settings)}): v2v n {v['n']} p50 {v.get('p50', 0):.0f} "
@@ -86,7 +90,8 @@ def main() -> None:
                             and not r["calls"].get("failed")], default=0) for label, _ in sides}
     result = {"benchmark": "soak_capacity", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
               "conditions": conditions, "duration_s": args.duration, "max_p95_ms": args.max_p95_ms,
-              "settings": dict(sides), "capacity_callers": capacity["this"], "capacity_by_side": capacity,
+              "settings": dict(sides), "roots": {label: str(roots[label]) for label, _ in sides},
+              "capacity_callers": capacity["this"], "capacity_by_side": capacity,
               "rows": rows}
     print(f"\nlargest caller count with v2v p95 <= {args.max_p95_ms:.0f} ms and no failed call: {capacity}")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
