@@ -12,10 +12,6 @@ frame flagged FLAG_MARK is followed by a `mark` once all its audio has been sent
 
 Each outbound frame carries its reply's generation: after a `clear(gen)`, frames of
 that reply (or older) still in the ring or written late are dropped, not played.
-Frames stay in the ring until the pacer is about to send them (`pull(now)` takes the
-lead's worth and a frame), so what a call's ring holds is the audio it has queued
-beyond the lead: the TTS speaks next for the call with the least (engine/tts_schedule.py),
-and a call with seconds of audio queued waits, with its ring full, while others speak.
 A provisional reply's audio is `hold`-en: taken from the ring (so the TTS never
 waits on it) but not sent until `release`, or dropped by `discard`.
 The play-out clock of the pacer says which ring frame the caller has heard last
@@ -153,13 +149,10 @@ class CallAudio:
         self._pending += mulaw
         self._queued_pos += len(mulaw)
 
-    def pull(self, now: float | None = None) -> int:
-        """Move the TTS's frames into the send queue, returns frames taken: by `now`, what the pacer may send
-        before the next frame is taken (the lead's worth and a frame), and all of a held reply's; without `now`,
-        everything."""
+    def pull(self) -> int:
+        """Move everything the TTS has published into the send queue; returns frames taken."""
         n = 0
-        while (now is None or self.held_gen is not None or len(self._pending) < self._wanted_bytes(now)) and \
-                (frame := self.outbound.read()) is not None:
+        while (frame := self.outbound.read()) is not None:
             n += 1
             if self._next_out_seq is not None and frame.seq > self._next_out_seq:
                 self.outbound_gaps += frame.seq - self._next_out_seq
@@ -181,10 +174,6 @@ class CallAudio:
                 self._marks.append((self._queued_pos, str(frame.seq)))
             self._frame_ends.append((self._queued_pos, frame.seq))
         return n
-
-    def _wanted_bytes(self, now: float) -> int:
-        """μ-law the pacer may send by the time the next frame is due: what is left of the lead, and a frame."""
-        return FRAME_BYTES + round((self.pacer.lead_s - self.pacer.queued_s(now)) * TWILIO_RATE)
 
     def due_messages(self, now: float) -> list[str]:
         """Twilio messages that may be sent now, in order."""

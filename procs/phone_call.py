@@ -271,9 +271,9 @@ class PhoneCall:
                 message, gen = self._control.pop(0)
                 await socket.send(message)
                 self.stages.cleared(gen)
-            t0, now = time.perf_counter_ns(), time.monotonic()
-            audio.pull(now)
-            messages = audio.due_messages(now)
+            t0 = time.perf_counter_ns()
+            audio.pull()
+            messages = audio.due_messages(time.monotonic())
             for message in messages:
                 await socket.send(message)
             if messages:

@@ -190,39 +190,13 @@ def test_outbound_ring_gaps_are_counted_but_a_clear_is_not_a_gap(pool: RingPool)
     assert audio.outbound_gaps == refused
 
 
-def test_bot_audio_waits_in_the_ring_until_the_pacer_is_about_to_send_it(pool: RingPool) -> None:
-    """What a call's ring holds is its audio queued beyond the lead, which the TTS schedules by: taking it all
-    at once (as before) left every ring empty, so every call looked as starved as one with nothing to play."""
-    audio, _ = make_call(pool, lead_s=0.1)
-    tts = RingWriter(pool.outbound[0])
-    speech = tone(8000, 1.0)  # 8 kHz: no resampler lag, one ring frame is one Twilio frame
-    for frame in np.split(speech, 50):
-        tts.write(frame.tobytes(), 8000, flags=gen_flags(1))
-    assert audio.pull(0.0) == 6 and audio.outbound.ring.available() == 44  # the 100 ms lead and a frame
-    sent = [json.loads(m) for m in audio.due_messages(0.0)]
-    assert len(sent) == 5 and audio.pull(0.0) == 0  # nothing more may go before 20 ms from now
-    now = 0.0
-    while audio.outbound.ring.available() or audio.next_due_at() is not None:
-        now = round(now + 0.02, 2)
-        assert audio.pull(now) <= 1  # a frame per 20 ms: the ring drains in real time
-        sent += [json.loads(m) for m in audio.due_messages(now)]
-        assert audio.pacer.queued_s(now) <= 0.1 + 1e-9
-    heard = np.concatenate([mulaw_to_pcm16(base64.b64decode(m["media"]["payload"])) for m in sent])
-    assert np.array_equal(heard, mulaw_to_pcm16(pcm16_to_mulaw(speech)))  # all of it, in order
-    assert now == pytest.approx(0.9, abs=0.021)  # 1 s of audio, the first 100 ms sent at once
-    # Without a time, everything: what the tests above (and a held reply) rely on.
-    for frame in np.split(speech, 50):
-        tts.write(frame.tobytes(), 8000, flags=gen_flags(1))
-    assert audio.pull() == 50 and audio.outbound.ring.available() == 0
-
-
 def test_a_held_reply_is_taken_from_the_ring_but_sent_only_once_released(pool: RingPool) -> None:
     audio, _ = make_call(pool, lead_s=0.1)
     tts = RingWriter(pool.outbound[0])
     audio.hold(4)
     for i, frame in enumerate(np.split(tone(16000, 0.4), 20)):
         tts.write(frame.tobytes(), 16000, flags=gen_flags(4) | (FLAG_MARK if i == 19 else 0))
-    assert audio.pull(0.0) == 20 and audio.outbound.ring.available() == 0  # the TTS never waits on a held reply
+    assert audio.pull() == 20 and audio.outbound.ring.available() == 0  # the TTS never waits on a held reply
     assert audio.due_messages(0.0) == [] and audio.next_due_at() is None and audio.gens_started == []
     audio.release(4)
     sent = [json.loads(m)["event"] for m in audio.due_messages(1.0)]
