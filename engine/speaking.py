@@ -53,6 +53,17 @@ class Voice:
     sounded_gen: int = 0  # the latest reply whose first audio has been written
     writer: Any = None
     stalled_since: float | None = None  # when its full ring first held back a sentence, until it takes a frame
+    plays_until: float = 0.0  # (monotonic s) when the caller will have heard all the audio written for it
+
+    def wrote(self, seconds: float, now: float) -> None:
+        """`seconds` of audio went into the ring now. The transport takes it at once and Twilio plays it at real
+        time, after what was written before: the same play-out clock as the transport's pacer."""
+        self.plays_until = max(self.plays_until, now) + seconds
+
+    def audio_left(self, now: float) -> float:
+        """Seconds of this call's audio its caller has still to hear: what the TTS schedules by. (The ring's own
+        fill says nothing: the transport empties it at once.)"""
+        return max(0.0, self.plays_until - now)
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Speaking:
             elif isinstance(msg, Cancel):
                 self.cancels += 1
                 call.state.cancelled.add(msg.gen)
+                call.state.plays_until = 0.0  # the transport drops its unplayed audio (barge-in) or never sent it
             elif msg.gen not in call.state.cancelled:
                 return [SentenceJob(call.state, msg)]
         return []

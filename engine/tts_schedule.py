@@ -1,14 +1,16 @@
 """Which call the TTS speaks for next: the one whose caller runs out of audio first.
 
 One synthesis engine serves every call. Taking sentences first come, first served
-lets one call's long reply hold up every other call's first words (the reply's
-audio only fits the ring a second at a time, and the ring drains in real time).
-Instead each call keeps its own queue of sentences, in order, and between pieces
-of audio the process asks `Schedule.pick` for the call whose queued audio runs out
-soonest: a call with nothing queued (a reply's first words, or a reply about to
+lets one call's long reply hold up every other call's first words, and a reply's
+later sentences make a reply just begun run dry after its first chunk. Instead
+each call keeps its own queue of sentences, in order, and between pieces of audio
+the process asks `Schedule.pick` for the call whose queued audio runs out soonest:
+a call with nothing left to hear (a reply's first words, or a reply about to
 stall) goes before one that has seconds of audio still to play, and among equals
-the sentence that came first goes first. A call whose ring is full waits without
-holding up anyone. Nothing starves: queued audio drains at real time.
+the sentence that came first goes first. How much each caller has left is the
+TTS's own play-out clock (`Voice.audio_left`): the transport empties the rings at
+once, so their fill says nothing. A call whose ring is full waits without holding
+up anyone. Nothing starves: queued audio drains at real time.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ class Schedule:
     def __len__(self) -> int:
         return sum(len(q.sentences) for q in self._calls.values())
 
-    def pick(self, queued_frames: Callable[[Voice], int], room: Callable[[Voice], int]) -> Queued | None:
-        """The head sentence of the call with the fewest frames queued to play (then the earliest arrival)
-        among calls with room for a frame; void sentences are dropped on the way, their runs closed. None if
-        no call can take a frame now."""
+    def pick(self, audio_left: Callable[[Voice], int], room: Callable[[Voice], int]) -> Queued | None:
+        """The head sentence of the call with the least audio left for its caller to hear (`audio_left`, in any
+        unit; then the earliest arrival) among calls with room for a frame; void sentences are dropped on the
+        way, their runs closed. None if no call can take a frame now."""
         best: tuple[int, int, Queued] | None = None
         for key, queue in list(self._calls.items()):
             while queue.sentences and queue.sentences[0].job.void():
@@ -67,7 +69,7 @@ class Schedule:
             if room(queue.voice) <= 0:
                 continue
             head = queue.sentences[0]
-            rank = (queued_frames(queue.voice), head.arrival, head)
+            rank = (audio_left(queue.voice), head.arrival, head)
             if best is None or rank[:2] < best[:2]:
                 best = rank
         return None if best is None else best[2]

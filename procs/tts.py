@@ -76,7 +76,7 @@ class TtsProc(SyncChild):
         try:
             idle = False
             while not self.stop.is_set() and self._take_jobs(idle):
-                item = self.schedule.pick(self._queued_frames, self._room)
+                item = self.schedule.pick(self._audio_left_ms, self._room)
                 idle = item is None
                 if item is None:
                     self._give_up_on_stalled()
@@ -133,8 +133,9 @@ class TtsProc(SyncChild):
         writer: RingWriter = voice.writer
         return writer
 
-    def _queued_frames(self, voice: Voice) -> int:
-        return int(self._writer(voice).ring.available())
+    @staticmethod
+    def _audio_left_ms(voice: Voice) -> int:
+        return int(voice.audio_left(time.monotonic()) * 1000)
 
     def _room(self, voice: Voice) -> int:
         """Frames the call's ring takes now, keeping HEADROOM free (a full ring would refuse and count them)."""
@@ -146,6 +147,7 @@ class TtsProc(SyncChild):
         seq: int = writer.next_seq
         assert self.tts is not None
         writer.write(samples.tobytes(), self.tts.sample_rate, flags=flags)
+        job.voice.wrote(len(samples) / self.tts.sample_rate, time.monotonic())
         self.frames_out += 1
         return seq
 

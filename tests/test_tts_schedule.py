@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.codec import Pcm16
 from engine.speaking import SentenceRun, Speaking, Stage, Voice
 from engine.tts_schedule import Queued, Schedule
@@ -105,3 +107,33 @@ def test_a_cancelled_reply_is_dropped_from_the_schedule_and_its_synthesis_closed
     assert schedule.pick(rings.queued_frames, rings.room) is None and not len(schedule)
     assert tts.closed_early
     assert not any(isinstance(o, Spoken) for o in outs)
+
+
+def test_a_reply_just_begun_goes_before_a_later_sentence_of_a_call_with_seconds_queued() -> None:
+    """The TTS's own play-out clock ranks the calls: the transport empties every ring at once, so ring fill
+    made every call look starved, and sentences went first come, first served (with five callers, nearly every
+    stall began when a reply's 186 ms first chunk ran out while another call's later sentence was made)."""
+    speaking, schedule = Speaking(), Schedule()
+    start(speaking, 0)
+    start(speaking, 1)
+    say(speaking, schedule, 1, "A later sentence of a long reply.", index=2)  # arrived first
+    say(speaking, schedule, 0, "The rest of a reply just begun.", index=1)
+    busy, begun = (call.state for call in (speaking.calls.find("CA1"), speaking.calls.find("CA0")))
+    assert busy is not None and begun is not None
+    busy.wrote(3.0, now=10.0)  # its caller has 3 s still to hear
+    begun.wrote(0.186, now=10.0)  # the first chunk, playing now
+
+    def left_ms(voice: Voice) -> int:
+        return round(voice.audio_left(10.05) * 1000)
+
+    picked = schedule.pick(left_ms, lambda voice: 64)
+    assert picked is not None and picked.job.voice is begun
+    assert (left_ms(begun), left_ms(busy)) == (136, 2950)
+    # Audio written back to back plays back to back; after a gap it starts when written.
+    begun.wrote(0.2, now=10.1)
+    assert begun.audio_left(10.1) == pytest.approx(0.286) and begun.audio_left(11.0) == 0.0
+    begun.wrote(0.5, now=11.0)
+    assert begun.audio_left(11.0) == 0.5
+    # A barge-in: the transport drops what was unplayed, so the call has nothing left to hear.
+    speaking.handle(Cancel(call_id="CA0", gen=1))
+    assert begun.audio_left(11.0) == 0.0
