@@ -55,10 +55,15 @@ class Schedule:
     def __len__(self) -> int:
         return sum(len(q.sentences) for q in self._calls.values())
 
-    def pick(self, audio_left: Callable[[Voice], int], room: Callable[[Voice], int]) -> Queued | None:
+    def pick(self, audio_left: Callable[[Voice], int], room: Callable[[Voice], int], *,
+             first_words_grace: int = 0) -> Queued | None:
         """The head sentence of the call with the least audio left for its caller to hear (`audio_left`, in any
         unit; then the earliest arrival) among calls with room for a frame; void sentences are dropped on the
-        way, their runs closed. None if no call can take a frame now."""
+        way, their runs closed. None if no call can take a frame now.
+
+        A reply's first words (its first sentence, not begun) rank as if their caller had `first_words_grace`
+        left: a reply that will run dry sooner than that goes first, since a stall mid-reply is heard, and a
+        few tens of milliseconds more before an answer are not."""
         best: tuple[int, int, Queued] | None = None
         for key, queue in list(self._calls.items()):
             while queue.sentences and queue.sentences[0].job.void():
@@ -69,7 +74,10 @@ class Schedule:
             if room(queue.voice) <= 0:
                 continue
             head = queue.sentences[0]
-            rank = (audio_left(queue.voice), head.arrival, head)
+            left = audio_left(queue.voice)
+            if head.run is None and head.job.sentence.index == 0:
+                left = max(left, first_words_grace)
+            rank = (left, head.arrival, head)
             if best is None or rank[:2] < best[:2]:
                 best = rank
         return None if best is None else best[2]

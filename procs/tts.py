@@ -32,6 +32,11 @@ from procs.child import SyncChild, run_sync_child
 
 log = logging.getLogger("engine.tts")
 
+FIRST_WORDS_GRACE_MS = 150
+"""A reply about to run dry within this long is spoken for before another reply's first words: a reply's next chunk
+takes ~50 ms to make on an idle box (bench/piper_chunks.py), 2-3x that beside other calls' Whisper and LLM work,
+and a new reply's first piece (its sentence's encoder, then a chunk) 60-200 ms, so a reply begun 186 ms ago that
+waited behind one ran dry (a stall log with 6 callers)."""
 HEADROOM = 4  # frames kept free in the ring: a full ring would refuse (and count) our frames
 WAIT_S = 0.005
 STALL_S = 3.0  # a ring the transport drains in real time frees a frame every 20 ms
@@ -76,7 +81,7 @@ class TtsProc(SyncChild):
         try:
             idle = False
             while not self.stop.is_set() and self._take_jobs(idle):
-                item = self.schedule.pick(self._audio_left_ms, self._room)
+                item = self.schedule.pick(self._audio_left_ms, self._room, first_words_grace=FIRST_WORDS_GRACE_MS)
                 idle = item is None
                 if item is None:
                     self._give_up_on_stalled()

@@ -137,3 +137,25 @@ def test_a_reply_just_begun_goes_before_a_later_sentence_of_a_call_with_seconds_
     # A barge-in: the transport drops what was unplayed, so the call has nothing left to hear.
     speaking.handle(Cancel(call_id="CA0", gen=1))
     assert begun.audio_left(11.0) == 0.0
+
+
+def test_a_reply_about_to_run_dry_goes_before_another_replys_first_words() -> None:
+    speaking, schedule = Speaking(), Schedule()
+    for slot in (0, 1):
+        start(speaking, slot)
+    say(speaking, schedule, 1, "A new answer.", index=0)  # its caller waits for it (nothing left to hear)
+    say(speaking, schedule, 0, "The rest of a reply just begun.", index=1)
+    left = {0: 100, 1: 0}
+
+    def pick() -> Voice:
+        item = schedule.pick(lambda voice: left[voice.slot], lambda voice: 64, first_words_grace=150)
+        assert item is not None
+        return item.job.voice
+
+    assert pick().slot == 0  # 100 ms from a stall: before the answer
+    left[0] = 400
+    assert pick().slot == 1  # 400 ms of audio still to play: the answer first
+    # Without the grace, the least audio left goes first, whatever it is.
+    left[0] = 100
+    item = schedule.pick(lambda voice: left[voice.slot], lambda voice: 64)
+    assert item is not None and item.job.voice.slot == 1
