@@ -1,7 +1,7 @@
 """Piper with its first audio in tens of milliseconds: the voice split where the latent enters the vocoder.
 
 Piper (VITS) turns a whole sentence into a latent (`encoder`: text encoder, duration
-predictor, flow; ~65 ms for a 5 s sentence here), then the vocoder turns the latent
+predictor, flow; ~60 ms for 6 words here, 140-210 ms for 15-24), then the vocoder turns the latent
 into audio, 256 samples per latent frame (`decoder`: most of the cost). Piper runs
 both in one graph, so nothing comes out until the whole sentence is decoded. Here
 the graph is split once, at the input of `/dec/conv_pre` (with `onnx.utils`), into
