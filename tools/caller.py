@@ -291,9 +291,7 @@ class SyntheticCaller:
         self.unplayed_at_close = 0  # samples still queued when the socket closed: never heard
         # Stalls heard mid-utterance: bot audio that arrived after everything before it had played, with no
         # caller speech or clear in between (those start a new utterance, after which silence is expected).
-        self.underruns = 0
-        self.underrun_s = 0.0
-        # Each stall as (seconds into its utterance's audio when it began, its length): where in a reply stalls fall.
+        # Each as (seconds into its utterance's audio when it began, its length): where in a reply stalls fall.
         self.underrun_at: list[tuple[float, float]] = []
         self._utterance_t = 0.0  # when the current utterance's first audio arrived
         self.duplicate_marks = 0  # mark names the engine sent twice: a span queued twice
@@ -641,12 +639,20 @@ class SyntheticCaller:
             self._unexpected(t, f"unexpected event {event!r}: {text[:200]!r}")
         self._notify()
 
+    @property
+    def underruns(self) -> int:
+        """Stalls heard mid-utterance."""
+        return len(self.underrun_at)
+
+    @property
+    def underrun_s(self) -> float:
+        """Their length in all."""
+        return sum(gap for _, gap in self.underrun_at)
+
     def _note_stall(self, t: float) -> None:
         gap = t - self.playback.playing_until
         if (not self._new_utterance and self.playback.idle and self.playback.playing_until
                 and 0 < gap < _UNDERRUN_MAX_GAP_S):
-            self.underruns += 1
-            self.underrun_s += gap
             self.underrun_at.append((self.playback.playing_until - self._utterance_t, gap))
         elif self._new_utterance or not self.playback.playing_until or gap >= _UNDERRUN_MAX_GAP_S:
             self._utterance_t = t
