@@ -82,20 +82,17 @@ def main() -> None:
     ap.add_argument("--no-wait", action="store_true")
     args = ap.parse_args()
     conditions = {} if args.no_wait else wait_for_idle(0.5, 300)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as cache:
-        piper = StreamingPiper(bundled_piper_voice(), Path(cache))
-        latents = [latent for text in REPLIES for latent, _ in piper.latents(text)]
-        longest = max(latents, key=lambda x: x.shape[2])
-        for _ in range(3):
-            piper.decode(longest, 0, 64)  # warm
-        sizes = chunk_ms(piper, longest, args.repeats)
-        sides: dict[str, list[dict[str, float]]] = {"ramp": [], "flat": []}
-        for _ in range(args.repeats // 2 + 1):
-            for latent in latents:
-                for side in ("ramp", "flat"):  # alternating, so both see the same box
-                    sides[side].append(sentence(piper, latent, ramp=side == "ramp"))
+    piper = StreamingPiper(bundled_piper_voice(), Path("~/.cache/voice-engine").expanduser())  # the engine's split
+    latents = [latent for text in REPLIES for latent, _ in piper.latents(text)]
+    longest = max(latents, key=lambda x: x.shape[2])
+    for _ in range(3):
+        piper.decode(longest, 0, 64)  # warm
+    sizes = chunk_ms(piper, longest, args.repeats)
+    sides: dict[str, list[dict[str, float]]] = {"ramp": [], "flat": []}
+    for _ in range(args.repeats // 2 + 1):
+        for latent in latents:
+            for side in ("ramp", "flat"):  # alternating, so both see the same box
+                sides[side].append(sentence(piper, latent, ramp=side == "ramp"))
     summary: dict[str, Any] = {}
     for side, rows in sides.items():
         slack = np.array([r["min_slack_ms"] for r in rows])
