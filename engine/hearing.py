@@ -51,6 +51,7 @@ class Job:
     provisional_sent: bool = False  # as a pause's provisional transcript
     text: str | None = None  # set by the worker when done
     stt_ms: int = 0
+    stt_start_t_ns: int = 0  # when the worker began on it
     judge: bool = False  # a turn job: does the turn so far sound finished?
     judged: bool = False  # a pause's transcript job whose verdict was drawn
     complete: float | None = None  # a turn job's result: the probability the turn is finished
@@ -297,4 +298,5 @@ class Hearing:
     def _transcript(self, job: Job, final: bool) -> Transcript:
         return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=final,
                           speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // self.rate,
-                          stt_ms=job.stt_ms, speculative=job.speculative, t_ns=time.monotonic_ns())
+                          stt_ms=job.stt_ms, speculative=job.speculative, stt_start_t_ns=job.stt_start_t_ns,
+                          t_ns=time.monotonic_ns())

@@ -10,7 +10,8 @@ descriptor, so lines from different processes never interleave mid-line.
 Stages of a reply, in order (a reply to the caller has them all; a greeting or
 re-prompt starts at `reply_requested`):
 speech_end, end_of_turn, transcript, reply_requested, llm_start, llm_first_token,
-llm_first_sentence, tts_start, tts_first_audio, first_audio_out.
+llm_first_sentence, tts_start, tts_first_audio, first_audio_out; and stt_start, when
+Whisper began on the transcript's audio (at the pause, or after the turn ended).
 A barge-in adds speech_onset, barge_in_heard and clear_sent to the reply it cut.
 """
 

@@ -50,6 +50,12 @@ CHAIN_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
     ("speech_end", "transcript", "policy", "pause, then STT at the pause"),
     *REPLY_SEGMENTS[2:],
 )
+# Where the transcript's time went, on any path: the pause (or the turn's end) and the wait for the Whisper worker,
+# then Whisper itself. Not on a path of their own: they split the first segment of each.
+STT_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
+    ("speech_end", "stt_start", "policy", "pause or end of turn, then the wait for Whisper"),
+    ("stt_start", "transcript", "model", "Whisper"),
+)
 BARGE_IN_SEGMENTS: tuple[tuple[str, str, Owner, str], ...] = (
     ("speech_onset", "barge_in_heard", "model", "VAD onset to SpeechStarted at the transport"),
     ("barge_in_heard", "clear_sent", "engine", "conductor + clear on the socket"),
@@ -111,10 +117,10 @@ def summarize(all_replies: list[Reply]) -> dict[str, Any]:
     answered = [r for r in all_replies if r.answers_caller]
     barged = [r for r in all_replies if r.barged_in]
     found: dict[str, tuple[Owner, str, list[float]]] = {}
-    for a, b, owner, what in (*REPLY_SEGMENTS, *HELD_SEGMENTS, *CHAIN_SEGMENTS, *BARGE_IN_SEGMENTS):
+    for a, b, owner, what in (*REPLY_SEGMENTS, *HELD_SEGMENTS, *CHAIN_SEGMENTS, *STT_SEGMENTS, *BARGE_IN_SEGMENTS):
         found.setdefault(f"{a}->{b}", (owner, what, []))
     for r in answered:
-        for a, b, _, _ in r.segments():
+        for a, b, _, _ in (*r.segments(), *STT_SEGMENTS):
             if (v := r.ms(a, b)) is not None:
                 found[f"{a}->{b}"][2].append(v)
     for r in barged:

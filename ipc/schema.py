@@ -172,6 +172,9 @@ class Transcript(Msg):
     stt_ms: int
     speculative: bool = False
     """True when transcription began during the silence, before the turn was confirmed over."""
+    stt_start_t_ns: int = 0
+    """When Whisper began on this utterance (monotonic ns; 0: not known): from `speech_end_t_ns` to here is the
+    pause and the wait for the worker, from here to the transcript the model's own time."""
 
 
 class SpeechResumed(Msg):

@@ -24,6 +24,7 @@ class TurnTimes:
     speech_end: int = 0
     end_of_turn: int = 0
     transcript: int = 0
+    stt_start: int = 0
     onset: int = 0
     heard: int = 0
 
@@ -46,6 +47,7 @@ class CallStages:
             self.turn.speech_end, self.turn.end_of_turn = msg.speech_end_t_ns, msg.t_ns
         else:  # provisional (at a pause) or final: a reply asked for now answers it
             self.turn.transcript, self.turn.speech_end = msg.t_ns, msg.speech_end_t_ns
+            self.turn.stt_start = msg.stt_start_t_ns
 
     def requested(self, gen: int, answers_caller: bool, provisional: bool = False) -> None:
         """Reply `gen` was asked for: for the caller's turn (`answers_caller`), or a line of the bot's own."""
@@ -55,7 +57,7 @@ class CallStages:
             if turn.speech_end:
                 self._answering[gen] = turn.speech_end
             for stage, t_ns in (("speech_end", turn.speech_end), ("end_of_turn", turn.end_of_turn),
-                                ("transcript", turn.transcript)):
+                                ("stt_start", turn.stt_start), ("transcript", turn.transcript)):
                 if t_ns and not (provisional and stage == "end_of_turn"):
                     self.stamp(gen, stage, t_ns)
             if not provisional:  # a provisional reply's turn counts when it is committed

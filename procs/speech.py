@@ -108,6 +108,8 @@ class SpeechProc(SyncChild):
         if not jobs:
             return []
         t0 = time.perf_counter()
+        for job in jobs:
+            job.stt_start_t_ns = time.monotonic_ns()
         try:
             texts = self.transcriber.transcribe_many([job.audio for job in jobs])
         except Exception:  # a bad utterance must not kill every call's transcription

@@ -269,7 +269,7 @@ def test_a_tts_crash_mid_answer_gets_an_apology_and_the_call_goes_on(engine: Eng
 def test_the_trace_has_every_stage_of_an_answer(engine: EngineRun) -> None:
     """Its own call (an answer, then a barge-in over the next one), so it needs no other test to have run."""
     trace = engine.log_path.parent / "trace.jsonl"
-    full = {"speech_end", "end_of_turn", "transcript", "reply_requested", "llm_start", "llm_first_token",
+    full = {"speech_end", "end_of_turn", "stt_start", "transcript", "reply_requested", "llm_start", "llm_first_token",
             "llm_first_sentence", "tts_start", "tts_first_audio", "first_audio_out"}
 
     def stages(call: str) -> dict[int, set[str]]:

@@ -80,8 +80,8 @@ def test_replies_started_at_the_pause_are_measured_on_their_critical_path() -> N
     def reply(call: str, gen: int, stages: dict[str, int]) -> list[TraceEvent]:
         return [TraceEvent(call=call, gen=gen, stage=k, t_ns=v * MS) for k, v in stages.items()]
 
-    chain = {"speech_end": 0, "transcript": 260, "reply_requested": 261, "reply_provisional": 261, "llm_start": 262,
-             "llm_first_token": 300, "llm_first_sentence": 420, "tts_start": 421}
+    chain = {"speech_end": 0, "stt_start": 150, "transcript": 260, "reply_requested": 261, "reply_provisional": 261,
+             "llm_start": 262, "llm_first_token": 300, "llm_first_sentence": 420, "tts_start": 421}
     ready = {**chain, "tts_first_audio": 480, "end_of_turn": 500, "reply_committed": 502, "first_audio_out": 504}
     late = {**chain, "end_of_turn": 350, "reply_committed": 352, "tts_first_audio": 480, "first_audio_out": 485}
     thrown = {"speech_end": 0, "transcript": 260, "reply_requested": 261, "reply_provisional": 261,
@@ -96,5 +96,8 @@ def test_replies_started_at_the_pause_are_measured_on_their_critical_path() -> N
     # Ready after: the chain from the pause's transcript; nothing negative creeps in.
     assert s["segments"]["speech_end->transcript"] == {**s["segments"]["speech_end->transcript"], "n": 1, "p50": 260}
     assert s["segments"]["end_of_turn->transcript"]["n"] == 0
+    # Either path's transcript splits into the pause and the wait for Whisper, then Whisper; no path adds them twice.
+    assert s["segments"]["speech_end->stt_start"] == {**s["segments"]["speech_end->stt_start"], "n": 2, "p50": 150}
+    assert s["segments"]["stt_start->transcript"] == {**s["segments"]["stt_start->transcript"], "n": 2, "p50": 110}
     assert s["engine_overhead_ms"]["p50"] == pytest.approx((4 + (1 + 1 + 1 + 5)) / 2)
     assert s["totals"]["speech_end->first_audio_out"]["p50"] == pytest.approx((504 + 485) / 2)
