@@ -226,10 +226,6 @@ class LlmSection(_Section):
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
     context_per_call: Annotated[int, msgspec.Meta(ge=512, le=131072)] = 2048
     """llamacpp: tokens of context each slot holds (its KV memory: ~23 KB a token for SmolLM2-135M in f16)."""
-    first_pieces_first_ms: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 300
-    """llamacpp: how long in all a reply that has said its first piece may pause while other calls' replies make
-    theirs (every slot's tokens share one thread; engine.thinking.FirstPieces). It goes on from where it was. 0:
-    never pause."""
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5
     """How much lower the llm process's CPU priority is than the others': its later tokens are not urgent, the
     TTS's first audio, the VAD and the transport's pacing are (on a CPU host where they share cores)."""

@@ -49,13 +49,6 @@ class LlmBackend(Protocol):
     def solo_slot(self) -> int | None:
         """The slot kept for a call alone on the box (`LlamaCppBackend`), or None: every slot is alike."""
 
-    @property
-    def shares_one_thread(self) -> bool:
-        """Whether every slot's tokens are made on one compute thread, so that a token of one reply delays the
-        others' by as much (llama.cpp on a CPU), and a reply can be stopped and go on later from the text it had
-        made, as a trailing assistant message. Then a reply that has said its first piece pauses while other
-        replies make theirs (`engine.thinking.FirstPieces`). False where batching is cheap (vLLM on a GPU)."""
-
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """Read `messages` into the model's context cache ahead of the reply that will extend them (a no-op for
         backends whose server caches prefixes by itself)."""
@@ -97,8 +90,6 @@ class LlamaCppBackend:
         self._server: Any = self._start(model_path, n_ctx, slots, threads, prefill_threads or threads)
         self._solo: Any = (self._start(model_path, n_ctx, 1, threads, solo_prefill_threads)
                            if solo_prefill_threads else None)
-
-    shares_one_thread = True  # the server's loop decodes every slot's tokens on `threads` (1 by default)
 
     @property
     def solo_slot(self) -> int | None:
@@ -172,7 +163,6 @@ class OpenAIBackend:
     """Any OpenAI-compatible streaming chat server (a vLLM fleet), over HTTP server-sent events."""
 
     solo_slot = None
-    shares_one_thread = False
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "", temperature: float = 0.6,
                  timeout_s: float = 30.0) -> None:
@@ -224,7 +214,6 @@ class EchoBackend:
     """
 
     solo_slot = None
-    shares_one_thread = False
 
     def prefill(self, messages: Messages, slot: int | None = None) -> None:
         """No model: nothing to read in."""

@@ -37,7 +37,6 @@ class VllmBackend:
     stop."""
 
     solo_slot = None  # its scheduler batches every request: no slot is special
-    shares_one_thread = False  # batched on the GPU: one more sequence costs the others little
 
     def __init__(self, model_dir: str | Path, *, temperature: float = 0.6, gpu_memory_utilization: float = 0.5,
                  max_model_len: int = 4096, dtype: str = "auto", enforce_eager: bool = False) -> None:

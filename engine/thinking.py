@@ -17,7 +17,6 @@ the caller heard of it (reported later by `Heard`).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -248,11 +247,6 @@ class Reply:
     def deltas(self) -> int:
         return len(self._produced)
 
-    @property
-    def text(self) -> str:
-        """What the model has made of it so far, as it wrote it."""
-        return "".join(self._produced)
-
     def _sentences(self, pieces: list[str], last: bool = False) -> list[Out]:
         out: list[Out] = []
         for i, written in enumerate(pieces):
@@ -277,109 +271,29 @@ class Reply:
         return sentence
 
 
-class FirstPieces:
-    """The replies, across a process's worker threads, whose first speakable piece is still to come.
-
-    Where every slot's tokens are made on one thread (llama.cpp on a CPU), a token of one reply's second sentence
-    delays every other reply's first words by as much: with 1, 2 or 4 other replies generating, a reply's first
-    eight tokens took ~190, ~290 and ~390 ms against ~100 alone (an idle 2-core box). So a reply that has said its
-    first piece pauses while any other reply has not (`generate`), for at most `budget_s` in all, and then goes on
-    from the text it had made (its slot's KV still holds it, so that costs a token). It has seconds of audio
-    queued; the caller waiting for the other reply hears nothing yet."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget_s = budget_s
-        self.pauses = 0
-        self._waiting = 0
-        self._changed = threading.Condition()
-
-    def begin(self) -> None:
-        """A reply's first piece is to come."""
-        with self._changed:
-            self._waiting += 1
-
-    def said(self) -> None:
-        """A reply's first piece is out (or the reply is over without one)."""
-        with self._changed:
-            self._waiting -= 1
-            if not self._waiting:
-                self._changed.notify_all()
-
-    def waiting(self) -> bool:
-        """Whether any reply's first piece is still to come."""
-        return self._waiting > 0
-
-    def wait(self, timeout: float) -> float:
-        """Until no reply's first piece is to come, or `timeout` seconds; returns how long it waited."""
-        t0 = time.monotonic()
-        with self._changed:
-            self._changed.wait_for(lambda: not self._waiting, max(0.0, timeout))
-        return time.monotonic() - t0
-
-
-@dataclass
-class _Pausing:
-    """A reply's place with respect to `FirstPieces`."""
-
-    first_to_come: bool  # its own first piece is not out yet (and counted as waiting)
-    pausing: bool = False  # it stopped its stream to let other replies' first pieces through
-    paused_s: float = 0.0  # how long it has paused in all
-
-
-def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[[Out], None],
-             first_pieces: FirstPieces | None = None) -> Outcome:
+def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[[Out], None]) -> Outcome:
     """Make `reply` with `backend` (or say its line verbatim), handing each output to `emit` as it comes.
 
-    With `first_pieces`, once this reply has said its first piece it pauses whenever another reply's is to come
-    (see `FirstPieces`), then goes on with the text it had made as a trailing assistant message.
     A backend that fails mid-stream ends the reply with what it had made: the caller hears that much rather than
     silence (the exception is kept in `reply.error`). Blocks: run it on a worker thread.
     """
     if reply.stopped():
         return "stopped"
-    gate = None if reply.job.say else first_pieces
-    state = _Pausing(first_to_come=gate is not None)
-
-    def first_is_out() -> None:
-        if state.first_to_come and gate is not None:
-            state.first_to_come = False
-            gate.said()
 
     def on_delta(delta: str) -> bool:
         for out in reply.feed(delta):
-            if isinstance(out, Sentence):
-                first_is_out()
             emit(out)
-        if reply.stopped() or reply.enough:
-            return True
-        state.pausing = (gate is not None and not state.first_to_come and gate.waiting()
-                         and state.paused_s < gate.budget_s)
-        return state.pausing
+        return reply.stopped() or reply.enough
 
-    if gate is not None:
-        gate.begin()
-    try:
-        for out in reply.start():
-            emit(out)
-        if reply.job.say:
-            on_delta(reply.job.say)
-        else:
-            messages = reply.job.messages
-            while True:
-                try:
-                    backend.stream(messages, on_delta, max_tokens - reply.deltas, reply.job.slot)
-                except Exception as exc:  # LlmError, or a server dropping mid-stream
-                    reply.error = exc
-                if not state.pausing or gate is None or reply.error is not None or reply.deltas >= max_tokens:
-                    break
-                gate.pauses += 1
-                state.paused_s += gate.wait(gate.budget_s - state.paused_s)
-                state.pausing = False
-                if reply.stopped():
-                    break
-                messages = [*reply.job.messages, {"role": "assistant", "content": reply.text}]
-    finally:
-        first_is_out()
+    for out in reply.start():
+        emit(out)
+    if reply.job.say:
+        on_delta(reply.job.say)
+    else:
+        try:
+            backend.stream(reply.job.messages, on_delta, max_tokens, reply.job.slot)
+        except Exception as exc:  # LlmError, or a server dropping mid-stream
+            reply.error = exc
     if reply.stopped():
         return "stopped"
     for out in reply.finish():

@@ -4,9 +4,8 @@ Bus messages go to `Thinking` on the main thread; the reply jobs it answers go t
 worker thread of the call's slot (`llm.slots` of them, so that many calls' replies
 are made at once, each call's in order, and one more for a call that begins alone:
 `llm.solo_prefill_threads`), which runs `generate` with the configured
-backend and sends each `Sentence` to the TTS the moment it is speakable; with llama.cpp, a reply that has
-said its first piece pauses while other replies make theirs (`engine.thinking.FirstPieces`). `Cancel`
-arrives on the urgent lane and is seen by the worker at the next delta. Trace stages go straight to this
+backend and sends each `Sentence` to the TTS the moment it is speakable. `Cancel` arrives on the urgent
+lane and is seen by the worker at the next delta. Trace stages go straight to this
 process's own trace sink.
 """
 
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from engine.config import Config
 from engine.llm import LlmBackend, make_backend
-from engine.thinking import FirstPieces, Out, Reply, ReplyJob, Thinking, generate
+from engine.thinking import Out, Reply, ReplyJob, Thinking, generate
 from engine.trace import TraceSink
 from ipc.bus import Sender
 from ipc.schema import (
@@ -57,14 +56,11 @@ class LlmProc(SyncChild):
         self.failures = 0
         self._jobs: list[queue.SimpleQueue[ReplyJob | None]] = []
         self._workers: list[threading.Thread] = []
-        self.first_pieces: FirstPieces | None = None
 
     def setup(self) -> None:
         t0 = time.monotonic()
         self.backend = make_backend(self.cfg.llm)
         self.thinking.solo_slot = self.backend.solo_slot
-        if self.backend.shares_one_thread and self.cfg.llm.first_pieces_first_ms:
-            self.first_pieces = FirstPieces(self.cfg.llm.first_pieces_first_ms / 1000)
         # Warm the model and cache the system prompt's KV prefix before the first caller speaks.
         for slot in {None, self.backend.solo_slot}:  # each server
             self.backend.stream([{"role": "system", "content": self.cfg.llm.system_prompt},
@@ -99,8 +95,6 @@ class LlmProc(SyncChild):
     def _generate(self, job: ReplyJob, sender: Sender) -> None:
         assert self.backend is not None
         if job.prepare:
-            if self.first_pieces is not None:  # a dialogue read in ahead of time can wait for replies' first words
-                self.first_pieces.wait(self.first_pieces.budget_s)
             if not job.prepare_void():
                 self.backend.prefill(job.messages, job.slot)
                 self.prepared += 1
@@ -116,7 +110,7 @@ class LlmProc(SyncChild):
 
         if not job.say:
             self.generations += 1
-        outcome = generate(reply, self.backend, self.cfg.llm.max_tokens, emit, self.first_pieces)
+        outcome = generate(reply, self.backend, self.cfg.llm.max_tokens, emit)
         if outcome == "failed":
             self.failures += 1
             log.error("call %s gen %d: generation failed: %s", job.call_id, job.gen, reply.error)
@@ -126,8 +120,7 @@ class LlmProc(SyncChild):
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.thinking.calls), "queued": sum(jobs.qsize() for jobs in self._jobs),
                 "cancels": self.thinking.cancels,
-                "generations": self.generations, "prepared": self.prepared, "failures": self.failures,
-                "paused_for_first_pieces": self.first_pieces.pauses if self.first_pieces is not None else 0}
+                "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
 
     def teardown(self) -> None:
         for jobs in self._jobs:

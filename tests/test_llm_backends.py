@@ -63,53 +63,6 @@ def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None
     assert LlamaCppBackend(resolve_gguf("smollm2-135m"), slots=2).solo_slot is None  # off unless asked for
 
 
-def test_llama_cpp_goes_on_from_a_trailing_assistant_message(llama: LlamaCppBackend) -> None:
-    """What a reply paused for others' first pieces relies on (engine.thinking.FirstPieces): stopped, then asked
-    again with the text it had made as a trailing assistant message, it goes on where it stopped, word for word."""
-    story = [MESSAGES[0], {"role": "user", "content": "Tell me a long story about a dragon."}]
-    whole: list[str] = []
-    llama.stream(story, lambda d: whole.append(d) or False, max_tokens=40, slot=0)
-    cut: list[str] = []
-    llama.stream(story, lambda d: cut.append(d) is None and len(cut) >= 12, max_tokens=40, slot=0)
-    rest: list[str] = []
-    llama.stream([*story, {"role": "assistant", "content": "".join(cut)}], lambda d: rest.append(d) or False,
-                 max_tokens=40 - len(cut), slot=0)
-    assert len(cut) == 12 and "".join(cut + rest) == "".join(whole)
-
-
-def test_a_reply_pauses_for_another_calls_first_piece_on_the_real_model() -> None:
-    """Two calls' replies on one llama.cpp thread: the one that has said its first piece pauses while the other's
-    comes, then finishes."""
-    from engine.thinking import FirstPieces, Reply, Thinking, generate
-    from ipc.schema import CallStarted, Respond, Sentence
-
-    llama = LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=1, temperature=0.0, slots=2)
-    try:
-        thinking, gate = Thinking(MESSAGES[0]["content"], slots=2), FirstPieces(budget_s=5.0)
-        jobs = []
-        for call, text in (("CA1", "Tell me a long story about a dragon."), ("CA2", "What is the capital of France?")):
-            thinking.handle(CallStarted(call_id=call, slot=len(jobs), epoch=1, inbound_rate=16000, live=2))
-            jobs += thinking.handle(Respond(call_id=call, gen=1, caller_text=text))
-        pieces: dict[str, list[str]] = {"CA1": [], "CA2": []}
-        outcomes: dict[str, str] = {}
-        second = threading.Thread(target=lambda: outcomes.setdefault("CA2", generate(
-            Reply(jobs[1]), llama, 40, lambda o: isinstance(o, Sentence) and pieces["CA2"].append(o.text), gate)))
-
-        def first(out: object) -> None:
-            if isinstance(out, Sentence):
-                pieces["CA1"].append(out.text)
-                if len(pieces["CA1"]) == 1:
-                    second.start()  # the other call's reply begins as soon as this one has said its first piece
-
-        outcomes["CA1"] = generate(Reply(jobs[0]), llama, 80, first, gate)
-        second.join(60)
-        assert outcomes == {"CA1": "done", "CA2": "done"}
-        assert gate.pauses >= 1 and not gate.waiting()
-        assert pieces["CA2"] and len(pieces["CA1"]) > 1
-    finally:
-        llama.close()
-
-
 def test_llama_cpp_backend_closes_at_once_after_it_opens() -> None:
     """A server dropped before its loop thread started used to hang its destructor (5 times in 16): an llm process
     told to stop just after it loaded never exited. In a child process, so that a hang fails instead of blocking."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
 
 from engine.llm import EchoBackend, Messages, OnDelta
-from engine.thinking import FirstPieces, Out, Reply, ReplyJob, Stage, Thinking, generate
+from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
 
 
@@ -31,30 +30,6 @@ class ScriptedLlm:
                 self.during(i)
             if on_delta(delta):
                 return
-
-
-class ContinuingLlm(ScriptedLlm):
-    """A test backend, not a model: as ScriptedLlm, and a prompt ending in an assistant message goes on from the
-    deltas that make up that message's text (as llama.cpp continues a trailing assistant message)."""
-
-    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
-        self.prompts.append(messages)
-        done = 0
-        if messages[-1]["role"] == "assistant":
-            said = messages[-1]["content"]
-            while "".join(self.deltas[:done]) != said:
-                done += 1
-                assert done <= len(self.deltas), f"{said!r} is not what this backend said"
-        for i in range(done, min(len(self.deltas), done + max_tokens)):
-            if self.fail_after is not None and i == self.fail_after:
-                raise ConnectionError("server went away")
-            if self.during is not None:
-                self.during(i)
-            if on_delta(self.deltas[i]):
-                return
-
-
-STORY = ["Once upon a time,", " there was", " a fox.", " It lived", " by a river.", " The end."]
 
 
 def started(thinking: Thinking, call_id: str = "CA1", slot: int = 0) -> None:
@@ -293,81 +268,3 @@ def test_calls_replayed_to_a_restarted_llm_beside_others_get_no_solo_slot() -> N
     for i in range(3):
         thinking.handle(CallStarted(call_id=f"CA{i}", slot=i, epoch=1, inbound_rate=16000, live=3))
     assert sorted(thinking.calls.find(f"CA{i}").state.slot for i in range(3)) == [0, 0, 1]  # type: ignore[union-attr]
-
-
-def story_job() -> ReplyJob:
-    thinking = Thinking("sys")
-    started(thinking)
-    return ask(thinking, "Tell me a story.")
-
-
-def test_a_reply_past_its_first_piece_pauses_for_another_replys_and_goes_on_from_what_it_had_made() -> None:
-    without: list[Out] = []
-    assert generate(Reply(story_job()), ContinuingLlm(STORY), 100, without.append) == "done"
-    gate = FirstPieces(budget_s=5.0)
-    waits: list[bool] = []
-
-    def another_reply_begins(i: int) -> None:
-        waits.append(gate.waiting())
-        if i == 3:  # its own first piece ("Once upon a time,") is out: another call's reply begins
-            gate.begin()
-            threading.Timer(0.05, gate.said).start()  # ... and says its first piece 50 ms later
-
-    llm = ContinuingLlm(STORY, during=another_reply_begins)
-    outs: list[Out] = []
-    job = story_job()
-    assert generate(Reply(job), llm, 100, outs.append, gate) == "done"
-    assert sentences(outs) == sentences(without)  # the caller hears the same reply
-    assert gate.pauses == 1 and len(llm.prompts) == 2
-    # It stopped at the delta it was given when the other reply began, and went on from there.
-    said = "Once upon a time, there was a fox. It lived"
-    assert llm.prompts[1] == [*job.messages, {"role": "assistant", "content": said}]
-    assert waits[:2] == [True, True]  # its own first piece was counted as to come until it was out
-    assert not gate.waiting()
-
-
-def test_a_reply_whose_first_piece_is_to_come_never_pauses() -> None:
-    gate = FirstPieces(budget_s=5.0)
-    gate.begin()  # another reply's first piece is to come, and stays so
-    llm = ContinuingLlm(["Once", " upon", " a", " time", " there", " was", " a", " fox"])  # one piece, at the end
-    outs: list[Out] = []
-    generate(Reply(story_job(), first_clause_words=50), llm, 100, outs.append, gate)
-    assert gate.pauses == 0 and len(llm.prompts) == 1
-    assert sentences(outs) == [(0, "Once upon a time there was a fox", True)]
-    assert gate.waiting()  # the other reply's, not this one's
-    gate.said()
-    assert not gate.waiting()
-
-
-def test_a_reply_pauses_no_longer_than_its_budget_in_all() -> None:
-    gate = FirstPieces(budget_s=0.05)
-    llm = ContinuingLlm(STORY, during=lambda i: gate.begin() if i == 3 else None)  # a first piece that never comes
-    outs: list[Out] = []
-    assert generate(Reply(story_job()), llm, 100, outs.append, gate) == "done"
-    assert gate.pauses == 1 and len(llm.prompts) == 2  # paused once, then ran to its end
-    assert " ".join(t for _, t, _ in sentences(outs)) == "".join(STORY)
-
-
-@pytest.mark.parametrize("how", ["cancelled", "failed"])
-def test_a_reply_that_ends_while_paused_or_before_its_first_piece_leaves_nothing_waiting(how: str) -> None:
-    gate = FirstPieces(budget_s=5.0)
-    thinking = Thinking("sys")
-    started(thinking)
-    job = ask(thinking, "Tell me a story.")
-    if how == "cancelled":
-        def hang_up_while_paused() -> None:
-            thinking.handle(Cancel(call_id="CA1", gen=1))
-            gate.said()
-
-        def other(i: int) -> None:
-            if i == 3:
-                gate.begin()
-                threading.Timer(0.05, hang_up_while_paused).start()
-        llm = ContinuingLlm(STORY, during=other)
-    else:
-        llm = ContinuingLlm(STORY, fail_after=0)  # before its first piece
-    outs: list[Out] = []
-    outcome = generate(Reply(job), llm, 100, outs.append, gate)
-    assert outcome == ("stopped" if how == "cancelled" else "failed")
-    assert not gate.waiting()
-    assert len(llm.prompts) == 1  # a cancelled reply does not go on
