@@ -29,6 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine_info, wait_for_idle  # noqa: E402
+from engine.config import Config  # noqa: E402
 from engine.piper_stream import StreamingPiper, chunks  # noqa: E402
 from engine.tts import bundled_piper_voice  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--no-wait", action="store_true")
     args = ap.parse_args()
     conditions = {} if args.no_wait else wait_for_idle(0.5, 300)
-    piper = StreamingPiper(bundled_piper_voice(), Path("~/.cache/voice-engine").expanduser())  # the engine's split
+    piper = StreamingPiper(bundled_piper_voice(), Path(Config().tts.model_cache_dir).expanduser())  # the engine's split
     latents = [latent for text in REPLIES for latent, _ in piper.latents(text)]
     longest = max(latents, key=lambda x: x.shape[2])
     for _ in range(3):

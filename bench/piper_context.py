@@ -28,6 +28,7 @@ import engine.piper_stream as piper_stream  # noqa: E402
 from bench.common import loadavg, machine_info, wait_for_idle  # noqa: E402
 from bench.tts import SENTENCES  # noqa: E402
 from engine.codec import mulaw_to_pcm16, pcm16_to_mulaw  # noqa: E402
+from engine.config import Config  # noqa: E402
 from engine.tts import bundled_piper_voice  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench/results/piper_context.json"))
     args = ap.parse_args()
     idle = wait_for_idle(1.0, 600)
-    voice = piper_stream.StreamingPiper(bundled_piper_voice(), Path("~/.cache/voice-engine").expanduser())
+    voice = piper_stream.StreamingPiper(bundled_piper_voice(), Path(Config().tts.model_cache_dir).expanduser())
     voice._scales = np.array([0.0, voice._scales[1], 0.0], np.float32)  # noise off: one latent, one audio
     latents = [latent for text in SENTENCES for latent, _ in voice.latents(text)]
     wholes = [voice.decode(latent, 0, latent.shape[2]) for latent in latents]

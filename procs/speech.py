@@ -107,15 +107,15 @@ class SpeechProc(SyncChild):
         assert self.transcriber is not None
         if not jobs:
             return []
-        t0 = time.perf_counter()
+        start_ns = time.monotonic_ns()
         for job in jobs:
-            job.stt_start_t_ns = time.monotonic_ns()
+            job.stt_start_t_ns = start_ns
         try:
             texts = self.transcriber.transcribe_many([job.audio for job in jobs])
         except Exception:  # a bad utterance must not kill every call's transcription
             log.exception("transcription failed (calls %s)", _which(jobs))
             texts = [""] * len(jobs)
-        stt_ms = int((time.perf_counter() - t0) * 1000)
+        stt_ms = (time.monotonic_ns() - start_ns) // 1_000_000
         for job, text in zip(jobs, texts, strict=True):
             job.stt_ms = stt_ms
             job.text = text  # last: the main loop publishes as soon as it sees the text
