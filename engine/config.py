@@ -224,6 +224,9 @@ class LlmSection(_Section):
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
+    move_when_busy: bool = True
+    """When a call's slot is busy with another call's reply and another slot is idle, the call moves there (its
+    dialogue read into that KV once) rather than wait out the other reply (engine/thinking.Thinking.place)."""
     context_per_call: Annotated[int, msgspec.Meta(ge=512, le=131072)] = 2048
     """llamacpp: tokens of context each slot holds (its KV memory: ~23 KB a token for SmolLM2-135M in f16)."""
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5

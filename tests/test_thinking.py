@@ -268,3 +268,45 @@ def test_calls_replayed_to_a_restarted_llm_beside_others_get_no_solo_slot() -> N
     for i in range(3):
         thinking.handle(CallStarted(call_id=f"CA{i}", slot=i, epoch=1, inbound_rate=16000, live=3))
     assert sorted(thinking.calls.find(f"CA{i}").state.slot for i in range(3)) == [0, 0, 1]  # type: ignore[union-attr]
+
+
+def test_a_call_whose_slot_is_busy_with_another_calls_reply_moves_to_an_idle_slot() -> None:
+    thinking = Thinking("sys", slots=2)
+    for i in range(3):
+        started(thinking, f"CA{i}", slot=i)  # slots 0, 1, 0: CA0 and CA2 share slot 0
+    first = ask(thinking, "Hi", call_id="CA0")
+    assert thinking.place(first) == 0
+    shared = ask(thinking, "Hello", call_id="CA2")
+    assert thinking.place(shared) == 1  # slot 0 is making CA0's reply and slot 1 is idle
+    assert shared.mind.slot == 1 and thinking.moves == 1  # CA2 stays there: its dialogue is in that KV now
+    third = ask(thinking, "Hey", call_id="CA1")
+    assert thinking.place(third) == 1  # every slot busy: it waits on its own
+    thinking.done(first, 0)
+    again = ask(thinking, "And?", gen=2, call_id="CA0")
+    assert thinking.place(again) == 0 and thinking.moves == 1
+
+
+def test_a_calls_jobs_stay_on_one_worker_while_any_is_outstanding() -> None:
+    """A warm-up and the reply after it, or a reply and the one that supersedes it, run in order on one worker."""
+    thinking = Thinking("sys", slots=2)
+    for i in range(3):
+        started(thinking, f"CA{i}", slot=i)
+    (warm,) = thinking.handle(Prepare(call_id="CA0"))
+    assert thinking.place(warm) == 0
+    other = ask(thinking, "Hello", call_id="CA2")
+    assert thinking.place(other) == 1
+    reply = ask(thinking, "Hi", call_id="CA0")
+    busy = ask(thinking, "Yes", call_id="CA1")
+    assert thinking.place(busy) == 1
+    thinking.done(other, 1)
+    thinking.done(busy, 1)  # slot 1 is idle now, but CA0's warm-up is still on slot 0
+    assert thinking.place(reply) == 0 and thinking.moves == 1
+
+
+def test_calls_keep_their_slot_when_moving_is_off() -> None:
+    thinking = Thinking("sys", slots=2, move_when_busy=False)
+    for i in range(3):
+        started(thinking, f"CA{i}", slot=i)
+    assert thinking.place(ask(thinking, "Hi", call_id="CA0")) == 0
+    assert thinking.place(ask(thinking, "Hello", call_id="CA2")) == 0
+    assert thinking.moves == 0
