@@ -270,6 +270,10 @@ class TtsSection(_Section):
     (engine/piper_stream.chunks, bench/piper_chunks.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
+    run_ahead_ms: Annotated[int, msgspec.Meta(ge=0, le=600000)] = 3000
+    """A call's speech is made at most this far ahead of what its caller has heard (by the TTS's play-out
+    clock): what is made beyond it is thrown away when the caller talks over the reply or hangs up, and the CPU
+    it took was taken from other calls. 0: no limit (a whole reply is made as fast as the TTS can)."""
     line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0
     """The audio of fixed lines (greeting, re-prompt, goodbye...) is kept once made, up to this much (8 MB: about
     three minutes of Piper's 22 kHz voice), so later calls get it with no synthesis (engine/line_cache.py). 0: off."""
