@@ -17,6 +17,13 @@ shipped (`q4_1`).
 Run from the repository root (about 4 minutes):
 
     python bench/llm_prefill.py       # prints a table, writes bench/results/llm_prefill.json
+
+`--shared` measures instead what a call pays when it shares its slot (more live calls than `llm.slots`): two
+calls take turns on one slot of the engine's shared server (1 thread, Q4_0), their dialogues growing, so each
+turn finds the other call's dialogue in the slot's KV. First token per turn, with the server's RAM prompt cache
+off (the whole dialogue read in again) and at `llm.prompt_cache_mib` (its own KV back from RAM):
+
+    python bench/llm_prefill.py --shared     # writes bench/results/llm_prefill_shared.json
 """
 
 from __future__ import annotations
@@ -79,13 +86,65 @@ def measure(model: Path, threads: int, batch_threads: int, requests: int, max_to
             "per_token_ms_p50": round(statistics.median(token_ms), 1)}
 
 
+def measure_shared(model: Path, cache_mib: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    """Two calls' turns, alternating on one slot: each turn's first token (ms)."""
+    cfg = LlmSection()
+    llama = LlamaCppBackend(model, threads=cfg.threads, temperature=0.0, slots=1, prompt_cache_mib=cache_mib)
+    dialogues: list[list[dict[str, str]]] = [[{"role": "system", "content": cfg.system_prompt}] for _ in range(2)]
+    first_ms: list[float] = []
+    tokens: list[int] = []
+    try:
+        for i in range(requests):
+            for k, dialogue in enumerate(dialogues):
+                question = QUESTIONS[(i + 3 * k) % len(QUESTIONS)]
+                stamps: list[float] = []
+                texts: list[str] = []
+                started = time.monotonic()
+                llama.stream([*dialogue, {"role": "user", "content": question}],
+                             partial(on_delta, stamps, texts), max_tokens, 0)
+                if i:  # the first turns find the slot empty
+                    first_ms.append(1000 * (stamps[0] - started))
+                dialogue += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(texts)}]
+        tokens = [sum(len(m["content"].split()) for m in d) for d in dialogues]
+    finally:
+        llama.close()
+    return {"prompt_cache_mib": cache_mib, "n": len(first_ms),
+            "first_token_ms_p50": round(statistics.median(first_ms), 1),
+            "first_token_ms_max": round(max(first_ms), 1), "dialogue_words_at_end": tokens}
+
+
+def shared(args: argparse.Namespace) -> None:
+    model = llama_model(LlmSection())
+    conditions = wait_for_idle(1.0, 600)
+    rows = []
+    for cache_mib in (0, LlmSection().prompt_cache_mib):
+        row = measure_shared(model, cache_mib, args.requests, args.max_tokens)
+        rows.append(row)
+        print(f"prompt cache {cache_mib:>4} MiB: first token p50 {row['first_token_ms_p50']:7.1f} ms, "
+              f"max {row['first_token_ms_max']:7.1f} ({row['n']} turns, two calls sharing one slot)", flush=True)
+    result = {"benchmark": "llm_prefill --shared",
+              "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "machine": machine_info(), "conditions": conditions, "model": LlmSection().model, "rows": rows,
+              "ratio_first_token_p50": round(rows[1]["first_token_ms_p50"] / rows[0]["first_token_ms_p50"], 3)}
+    out = args.out if args.out != DEFAULT_OUT else ROOT / "bench" / "results" / "llm_prefill_shared.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "llm_prefill.json"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--weights", nargs="+", choices=["q4_0", "q4_1"], default=["q4_0", "q4_1"])
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_prefill.json")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--shared", action="store_true", help="two calls on one slot: the RAM prompt cache off and on")
     args = ap.parse_args()
+    if args.shared:
+        shared(args)
+        return
     # The copy is made before anything is timed.
     models = {name: llama_model(LlmSection(requantize_q4_0=name == "q4_0")) for name in args.weights}
     conditions = wait_for_idle(1.0, 600)

@@ -83,11 +83,14 @@ class LlamaCppBackend:
     """
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, threads: int = 2, prefill_threads: int = 0,
-                 temperature: float = 0.6, slots: int = 1, solo_prefill_threads: int = 0) -> None:
-        """`n_ctx` tokens of context per slot; `slots` calls' generations batched together, each in its own KV."""
+                 temperature: float = 0.6, slots: int = 1, solo_prefill_threads: int = 0,
+                 prompt_cache_mib: int = 0) -> None:
+        """`n_ctx` tokens of context per slot; `slots` calls' generations batched together, each in its own KV.
+        `prompt_cache_mib`: the shared server's RAM cache of the KV a slot held before another call took it."""
         self.temperature = temperature
         self.slots = slots
-        self._server: Any = self._start(model_path, n_ctx, slots, threads, prefill_threads or threads)
+        self._server: Any = self._start(model_path, n_ctx, slots, threads, prefill_threads or threads,
+                                        prompt_cache_mib)
         self._solo: Any = (self._start(model_path, n_ctx, 1, threads, solo_prefill_threads)
                            if solo_prefill_threads else None)
 
@@ -97,7 +100,8 @@ class LlamaCppBackend:
         return self.slots if self._solo is not None else None
 
     @staticmethod
-    def _start(model_path: Path, n_ctx: int, slots: int, threads: int, batch_threads: int) -> Any:
+    def _start(model_path: Path, n_ctx: int, slots: int, threads: int, batch_threads: int,
+               prompt_cache_mib: int = 0) -> Any:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -107,10 +111,10 @@ class LlamaCppBackend:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = batch_threads
         params.verbosity = -1
-        # The server's RAM prompt cache keeps every distinct conversation (default cap 8 GiB): measured
-        # ~4 MiB per 200-token call, unbounded in practice. Off, the slot's own KV still reuses the
-        # shared system-prompt prefix, which is what time-to-first-token needs.
-        params.cache_ram_mib = 0
+        # The server's RAM prompt cache: when a request takes a slot another call's dialogue is in, that KV is kept
+        # in RAM (oldest dropped past the cap; llama.cpp's own default cap is 8 GiB), and a call coming back to a
+        # slot gets its own back instead of reading its whole dialogue in again (bench/llm_prefill.py --cache).
+        params.cache_ram_mib = prompt_cache_mib
         params.endpoint_metrics = True
         # xllamacpp also serves the model over HTTP on a random 127.0.0.1 port, which the engine never uses (it calls
         # the server's handlers directly, past the HTTP layer's key check): a key nobody holds closes it to the
@@ -257,4 +261,4 @@ def make_backend(cfg: LlmSection) -> LlmBackend:
         return EchoBackend()
     return LlamaCppBackend(llama_model(cfg), n_ctx=cfg.context_per_call, threads=cfg.threads,
                            prefill_threads=cfg.prefill_threads, temperature=cfg.temperature, slots=cfg.slots,
-                           solo_prefill_threads=cfg.solo_prefill_threads)
+                           solo_prefill_threads=cfg.solo_prefill_threads, prompt_cache_mib=cfg.prompt_cache_mib)

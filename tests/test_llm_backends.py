@@ -63,6 +63,38 @@ def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None
     assert LlamaCppBackend(resolve_gguf("smollm2-135m"), slots=2).solo_slot is None  # off unless asked for
 
 
+def prompt_tokens_read(llama: LlamaCppBackend) -> int:
+    """The server's count of prompt tokens it has read in (not those it found in a KV already)."""
+    metrics = llama._server.handle_metrics()
+    return int(next(line.split()[-1] for line in metrics.splitlines()
+                    if line.startswith("llamacpp:prompt_tokens_total ")))
+
+
+@pytest.mark.parametrize("cache_mib", [64, 0])
+def test_a_call_whose_slot_another_call_took_gets_its_dialogue_back_from_ram(cache_mib: int) -> None:
+    """More live calls than slots share one: with the RAM prompt cache (llm.prompt_cache_mib), a call coming
+    back to the slot reads in only its new words; without it, its whole dialogue again."""
+    llama = LlamaCppBackend(resolve_gguf("smollm2-135m"), threads=1, temperature=0.0, slots=1,
+                            prompt_cache_mib=cache_mib)
+    history = [{"role": "user" if i % 2 == 0 else "assistant",
+                "content": f"Turn {i}: the old harbour town of Saint Malo has granite walls and high tides."}
+               for i in range(12)]  # ~300 tokens
+    call_a = [MESSAGES[0], *history]
+    call_b = [MESSAGES[0], {"role": "user", "content": "Where can I buy a train ticket to Lyon?"}]
+    try:
+        llama.stream([*call_a, {"role": "user", "content": "And the beaches?"}], lambda d: True, 4, 0)
+        llama.stream(call_b, lambda d: True, 4, 0)  # the other call takes the slot
+        before = prompt_tokens_read(llama)
+        llama.stream([*call_a, {"role": "user", "content": "And the food?"}], lambda d: True, 4, 0)
+        read = prompt_tokens_read(llama) - before
+    finally:
+        llama.close()
+    if cache_mib:
+        assert read < 40  # its new words, and the chat template's around them
+    else:
+        assert read > 250
+
+
 def test_llama_cpp_backend_closes_at_once_after_it_opens() -> None:
     """A server dropped before its loop thread started used to hang its destructor (5 times in 16): an llm process
     told to stop just after it loaded never exited. In a child process, so that a hang fails instead of blocking."""
