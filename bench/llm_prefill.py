@@ -21,7 +21,9 @@ Run from the repository root (about 4 minutes):
 `--shared` measures instead what a call pays when it shares its slot (more live calls than `llm.slots`): two
 calls take turns on one slot of the engine's shared server (1 thread, Q4_0), their dialogues growing, so each
 turn finds the other call's dialogue in the slot's KV. First token per turn, with the server's RAM prompt cache
-off (the whole dialogue read in again) and at `llm.prompt_cache_mib` (its own KV back from RAM):
+off (the whole dialogue read in again) and at `llm.prompt_cache_mib` (its own KV back from RAM). Then six calls at
+once on the engine's `llm.slots` (4), call k on slot k mod 4 with one worker per slot as the llm process has,
+each asking `--requests` questions 1-3 s apart, the two settings alternating twice:
 
     python bench/llm_prefill.py --shared     # writes bench/results/llm_prefill_shared.json
 """
@@ -31,9 +33,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -113,6 +117,45 @@ def measure_shared(model: Path, cache_mib: int, requests: int, max_tokens: int) 
             "first_token_ms_max": round(max(first_ms), 1), "dialogue_words_at_end": tokens}
 
 
+def measure_calls(model: Path, cache_mib: int, calls: int, turns: int, seed: int) -> dict[str, Any]:
+    """`calls` calls at once on the engine's `llm.slots` slots (call k on slot k mod slots, one worker per slot, as
+    the llm process runs them), each asking `turns` questions 1-3 s apart: every turn's first token (ms)."""
+    cfg = LlmSection()
+    llama = LlamaCppBackend(model, threads=cfg.threads, temperature=0.0, slots=cfg.slots, prompt_cache_mib=cache_mib)
+    workers = [threading.Lock() for _ in range(cfg.slots)]
+    first_ms: list[float] = []
+
+    def call(k: int) -> None:
+        rng = random.Random(seed * 100 + k)
+        dialogue = [{"role": "system", "content": cfg.system_prompt}]
+        time.sleep(rng.uniform(0, 2))
+        for i in range(turns):
+            question = QUESTIONS[(i + k) % len(QUESTIONS)]
+            stamps: list[float] = []
+            texts: list[str] = []
+            with workers[k % cfg.slots]:
+                started = time.monotonic()
+                llama.stream([*dialogue, {"role": "user", "content": question}],
+                             partial(on_delta, stamps, texts), 40, k % cfg.slots)
+                first_ms.append(1000 * (stamps[0] - started))
+            dialogue += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(texts)}]
+            time.sleep(rng.uniform(1.0, 3.0))
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(calls)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        llama.close()
+    first_ms.sort()
+    return {"prompt_cache_mib": cache_mib, "calls": calls, "slots": cfg.slots, "n": len(first_ms),
+            "first_token_ms_p50": round(statistics.median(first_ms), 1),
+            "first_token_ms_p95": round(first_ms[int(0.95 * (len(first_ms) - 1))], 1),
+            "first_token_ms_max": round(first_ms[-1], 1)}
+
+
 def shared(args: argparse.Namespace) -> None:
     model = llama_model(LlmSection())
     conditions = wait_for_idle(1.0, 600)
@@ -122,10 +165,19 @@ def shared(args: argparse.Namespace) -> None:
         rows.append(row)
         print(f"prompt cache {cache_mib:>4} MiB: first token p50 {row['first_token_ms_p50']:7.1f} ms, "
               f"max {row['first_token_ms_max']:7.1f} ({row['n']} turns, two calls sharing one slot)", flush=True)
+    calls = []
+    for repeat in range(2):  # the two settings alternate
+        for cache_mib in ((0, LlmSection().prompt_cache_mib) if repeat == 0 else (LlmSection().prompt_cache_mib, 0)):
+            row = measure_calls(model, cache_mib, 6, args.requests, repeat)
+            calls.append(row)
+            print(f"prompt cache {cache_mib:>4} MiB: 6 calls at once on {row['slots']} slots, first token p50 "
+                  f"{row['first_token_ms_p50']:7.1f} ms, p95 {row['first_token_ms_p95']:7.1f}, max "
+                  f"{row['first_token_ms_max']:7.1f} ({row['n']} turns)", flush=True)
     result = {"benchmark": "llm_prefill --shared",
               "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": machine_info(), "conditions": conditions, "model": LlmSection().model, "rows": rows,
-              "ratio_first_token_p50": round(rows[1]["first_token_ms_p50"] / rows[0]["first_token_ms_p50"], 3)}
+              "ratio_first_token_p50": round(rows[1]["first_token_ms_p50"] / rows[0]["first_token_ms_p50"], 3),
+              "six_calls_on_the_slots": calls}
     out = args.out if args.out != DEFAULT_OUT else ROOT / "bench" / "results" / "llm_prefill_shared.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
