@@ -11,7 +11,7 @@ Settings (threads for single-token decode / threads for multi-token batches):
   1/1  the engine's shared slots (llm.threads = 1)
   1/2  the solo slot (llm.solo_prefill_threads = 2)
   2/2  both on 2 threads
-Each with the model's weights as the engine runs them (`q4_0`: the Q4_0 copy, llm.requantize_q4_0) and as
+Each with the model's weights as re-encoded copies (`q8_0`, the engine's, and `q4_0`; llm.requantize) and as
 shipped (`q4_1`).
 
 Run from the repository root (about 4 minutes):
@@ -19,11 +19,11 @@ Run from the repository root (about 4 minutes):
     python bench/llm_prefill.py       # prints a table, writes bench/results/llm_prefill.json
 
 `--shared` measures instead what a call pays when it shares its slot (more live calls than `llm.slots`): two
-calls take turns on one slot of the engine's shared server (1 thread, Q4_0), their dialogues growing, so each
-turn finds the other call's dialogue in the slot's KV. First token per turn, with the server's RAM prompt cache
-off (the whole dialogue read in again) and at `llm.prompt_cache_mib` (its own KV back from RAM). Then six calls at
-once on the engine's `llm.slots` (4), call k on slot k mod 4 with one worker per slot as the llm process has,
-each asking `--requests` questions 1-3 s apart, the two settings alternating twice:
+calls take turns on one slot of the engine's shared server (1 thread, the engine's weights), their dialogues
+growing, so each turn finds the other call's dialogue in the slot's KV. First token per turn, with the server's
+RAM prompt cache off (the whole dialogue read in again) and at `llm.prompt_cache_mib` (its own KV back from
+RAM). Then six calls at once on the engine's `llm.slots` (4), call k on slot k mod 4 with one worker per slot as
+the llm process has, each asking `--requests` questions 1-3 s apart, the two settings alternating twice:
 
     python bench/llm_prefill.py --shared     # writes bench/results/llm_prefill_shared.json
 """
@@ -190,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=24)
-    ap.add_argument("--weights", nargs="+", choices=["q4_0", "q4_1"], default=["q4_0", "q4_1"])
+    ap.add_argument("--weights", nargs="+", choices=["q8_0", "q4_0", "q4_1"], default=["q8_0", "q4_0", "q4_1"])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--shared", action="store_true", help="two calls on one slot: the RAM prompt cache off and on")
     args = ap.parse_args()
@@ -198,7 +198,8 @@ def main() -> None:
         shared(args)
         return
     # The copy is made before anything is timed.
-    models = {name: llama_model(LlmSection(requantize_q4_0=name == "q4_0")) for name in args.weights}
+    models = {name: llama_model(LlmSection(requantize="off" if name == "q4_1" else name))  # type: ignore[arg-type]
+              for name in args.weights}
     conditions = wait_for_idle(1.0, 600)
     rows = []
     for load in ("idle", "one core busy"):

@@ -243,10 +243,12 @@ class LlmSection(_Section):
     """vllm: the longest context (dialogue) it will hold."""
     enforce_eager: bool = False
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
-    requantize_q4_0: bool = True
-    """llamacpp: a model whose matrices are Q4_1 (the bundled SmolLM2) runs from a Q4_0 copy, made once into
-    `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q4_0 for AVX2 and has no such kernels for Q4_1. A turn's
-    first token, one thread (bench/llm_prefill.py): p50 107 vs 174 ms; the solo context's 74 vs 120 ms."""
+    requantize: Literal["q8_0", "q4_0", "off"] = "q8_0"
+    """llamacpp: a model whose matrices are Q4_1 (the bundled SmolLM2) runs from a copy re-encoded as this, made once
+    into `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q8_0 and Q4_0 for AVX2 and has no such kernels for
+    Q4_1. A turn's first token, one thread (bench/llm_prefill.py): q8_0 152 ms, q4_0 123, as shipped 236; per
+    token 24.2, 18.8, 25.9. q8_0 keeps the model's answers (bench/q4_0.py: next-token KL 0.006 nats from the
+    shipped file); q4_0 re-encodes at 4 bits a second time (KL 0.25 nats, the same top token 71 % of the time)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """llamacpp: where the Q4_0 copy is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3

@@ -238,13 +238,13 @@ class EchoBackend:
 
 
 def llama_model(cfg: LlmSection) -> Path:
-    """The .gguf file llama.cpp runs for `llm.model`: the Q4_0 copy of a Q4_1 model when `llm.requantize_q4_0`."""
+    """The .gguf file llama.cpp runs for `llm.model`: a Q4_1 model's re-encoded copy, unless `llm.requantize` is off."""
     model = resolve_gguf(cfg.model)
-    if cfg.requantize_q4_0:
-        from engine.gguf_q4 import needs_copy, q4_0_copy
+    if cfg.requantize != "off":
+        from engine.gguf_q4 import needs_copy, requantized
 
         if needs_copy(model):
-            model = q4_0_copy(model, Path(cfg.model_cache_dir).expanduser())
+            model = requantized(model, Path(cfg.model_cache_dir).expanduser(), cfg.requantize.upper())
     return model
 
 
