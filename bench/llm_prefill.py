@@ -198,7 +198,7 @@ def main() -> None:
         shared(args)
         return
     # The copy is made before anything is timed.
-    models = {name: llama_model(LlmSection(requantize="off" if name == "q4_1" else name))  # type: ignore[arg-type]
+    models = {name: llama_model(LlmSection(requantize="off" if name == "q4_1" else name))
               for name in args.weights}
     conditions = wait_for_idle(1.0, 600)
     rows = []
