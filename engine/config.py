@@ -224,9 +224,6 @@ class LlmSection(_Section):
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
-    move_when_busy: bool = True
-    """When a call's slot is busy with another call's reply and another slot is idle, the call moves there (its
-    dialogue read into that KV once) rather than wait out the other reply (engine/thinking.Thinking.place)."""
     prompt_cache_mib: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 64
     """llamacpp: RAM kept for the KV of dialogues whose slot another call took (more live calls than `slots`):
     such a call gets its KV back instead of reading its whole dialogue in again, on the one thread every slot's
@@ -277,10 +274,6 @@ class TtsSection(_Section):
     (engine/piper_stream.chunks, bench/piper_chunks.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
-    run_ahead_ms: Annotated[int, msgspec.Meta(ge=0, le=600000)] = 3000
-    """A call's speech is made at most this far ahead of what its caller has heard (by the TTS's play-out
-    clock): what is made beyond it is thrown away when the caller talks over the reply or hangs up, and the CPU
-    it took was taken from other calls. 0: no limit (a whole reply is made as fast as the TTS can)."""
     line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0
     """The audio of fixed lines (greeting, re-prompt, goodbye...) is kept once made, up to this much (8 MB: about
     three minutes of Piper's 22 kHz voice), so later calls get it with no synthesis (engine/line_cache.py). 0: off."""

@@ -62,7 +62,6 @@ class Mind:
     ended: bool = False
     provisional: dict[int, Provisional] = field(default_factory=dict)
     slot: int = 0  # whose context (and worker) the call's replies use
-    outstanding: int = 0  # its jobs queued or running on that slot's worker (Thinking.place / done)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write_reply(self, gen: int, text: str) -> None:
@@ -121,20 +120,14 @@ class ReplyJob:
 class Thinking:
     """Every call's mind in the LLM process; `handle` a message, get the reply job it asks for, if any."""
 
-    def __init__(self, system_prompt: str, slots: int = 1, solo_slot: int | None = None,
-                 move_when_busy: bool = True) -> None:
-        """`slots` contexts that live calls share; `solo_slot`, if any, is for a call that begins alone.
-        `move_when_busy`: see `place`."""
+    def __init__(self, system_prompt: str, slots: int = 1, solo_slot: int | None = None) -> None:
+        """`slots` contexts that live calls share; `solo_slot`, if any, is for a call that begins alone."""
         self.system_prompt = system_prompt
         self.slots = slots
         self.solo_slot = solo_slot
-        self.move_when_busy = move_when_busy
         self.calls: CallTable[Mind] = CallTable()
         self.cancels = 0
-        self.moves = 0
         self._early: EarlyMessages[CallMsg] = EarlyMessages()
-        self._work_lock = threading.Lock()  # `place` runs on the main thread, `done` on the workers
-        self._outstanding: dict[int, int] = {}  # slot -> its worker's jobs queued or running
 
     def handle(self, msg: CallStarted | CallEnded | CallMsg) -> list[ReplyJob]:
         """The reply jobs `msg` asks for, in order (several when a call's `CallStarted` releases messages that came
@@ -178,46 +171,16 @@ class Thinking:
         """How many slots there are, the solo one included: a worker each."""
         return self.slots + (self.solo_slot is not None)
 
-    def place(self, job: ReplyJob) -> int:
-        """The worker (slot) to make `job`: its call's own, unless that worker is busy with another call's reply
-        while a shared slot's worker is idle. Then the call moves there for good: its dialogue is read into that
-        slot's KV once (a few hundred ms on this CPU at most) instead of waiting out another call's whole reply
-        (seconds, under load). A call's jobs stay on one worker while any is queued or running, so they run in
-        order. Call `done` when the job is over."""
-        mind = job.mind
-        with self._work_lock:
-            if (self.move_when_busy and not mind.outstanding and mind.slot < self.slots
-                    and self._outstanding.get(mind.slot, 0)):
-                idle = [s for s in range(self.slots) if not self._outstanding.get(s, 0)]
-                if idle:
-                    homed = self._homed()
-                    mind.slot = min(idle, key=lambda s: homed[s])  # evict the fewest calls' warm dialogues
-                    self.moves += 1
-            mind.outstanding += 1
-            self._outstanding[mind.slot] = self._outstanding.get(mind.slot, 0) + 1
-            return mind.slot
-
-    def done(self, job: ReplyJob, slot: int) -> None:
-        """`job`, placed on `slot`, is over (made, stopped or failed)."""
-        with self._work_lock:
-            job.mind.outstanding -= 1
-            self._outstanding[slot] -= 1
-
-    def _homed(self) -> list[int]:
-        """How many live calls each shared slot holds."""
-        used = [0] * self.slots
-        for call in self.calls.values():
-            if call.state.slot < self.slots:
-                used[call.state.slot] += 1
-        return used
-
     def _free_slot(self, live: int) -> int:
         """The solo slot for a call that begins with no other live (`live`: the transport's count, which a restarted
         process's replayed calls also carry); else the shared slot fewest live calls use (a call keeps its slot while
         it lasts; past `slots` calls, they share)."""
         if self.solo_slot is not None and live <= 1 and not self.calls:
             return self.solo_slot
-        used = self._homed()
+        used = [0] * self.slots
+        for call in self.calls.values():
+            if call.state.slot < self.slots:
+                used[call.state.slot] += 1
         return used.index(min(used))
 
     def _respond(self, mind: Mind, msg: Respond) -> ReplyJob:

@@ -10,9 +10,7 @@ stall) goes before one that has seconds of audio still to play, and among equals
 the sentence that came first goes first. How much each caller has left is the
 TTS's own play-out clock (`Voice.audio_left`): the transport empties the rings at
 once, so their fill says nothing. A call whose ring is full waits without holding
-up anyone. Nothing starves: queued audio drains at real time. Nor does any call
-run further ahead of its caller than `tts.run_ahead_ms`: a caller who talks over a
-reply or hangs up throws away whatever was made of it beyond what they heard.
+up anyone. Nothing starves: queued audio drains at real time.
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ class Schedule:
     def __init__(self) -> None:
         self._calls: dict[int, CallQueue] = {}  # by id(voice): a Voice is one call's, for its whole life
         self._arrivals = itertools.count()
-        self.ahead_until: int | None = None
-        """After a `pick` with `run_ahead` that found no call to speak for: the least time (the unit of
-        `audio_left`) until a call held back for being far enough ahead needs audio again; None if none was."""
 
     def add(self, job: SentenceJob) -> None:
         queue = self._calls.setdefault(id(job.voice), CallQueue(job.voice))
@@ -61,19 +56,15 @@ class Schedule:
         return sum(len(q.sentences) for q in self._calls.values())
 
     def pick(self, audio_left: Callable[[Voice], int], room: Callable[[Voice], int], *,
-             first_words_grace: int = 0, run_ahead: int | None = None) -> Queued | None:
+             first_words_grace: int = 0) -> Queued | None:
         """The head sentence of the call with the least audio left for its caller to hear (`audio_left`, in any
         unit; then the earliest arrival) among calls with room for a frame; void sentences are dropped on the
         way, their runs closed. None if no call can take a frame now.
 
         A reply's first words (its first sentence, not begun) rank as if their caller had `first_words_grace`
         left: a reply that will run dry sooner than that goes first, since a stall mid-reply is heard, and a
-        few tens of milliseconds more before an answer are not.
-
-        With `run_ahead`, a call whose caller has more than that left to hear is not spoken for yet (see
-        `ahead_until`): audio made far ahead of the caller is thrown away when they talk over it or hang up."""
+        few tens of milliseconds more before an answer are not."""
         best: tuple[int, int, Queued] | None = None
-        self.ahead_until = None
         for key, queue in list(self._calls.items()):
             while queue.sentences and queue.sentences[0].job.void():
                 self._finish(queue.sentences.popleft())
@@ -84,17 +75,11 @@ class Schedule:
                 continue
             head = queue.sentences[0]
             left = audio_left(queue.voice)
-            if run_ahead is not None and left > run_ahead:
-                wait = left - run_ahead
-                self.ahead_until = wait if self.ahead_until is None else min(self.ahead_until, wait)
-                continue
             if head.run is None and head.job.sentence.index == 0:
                 left = max(left, first_words_grace)
             rank = (left, head.arrival, head)
             if best is None or rank[:2] < best[:2]:
                 best = rank
-        if best is not None:
-            self.ahead_until = None
         return None if best is None else best[2]
 
     def done(self, item: Queued) -> None:

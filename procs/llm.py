@@ -48,7 +48,7 @@ class LlmProc(SyncChild):
 
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
-        self.thinking = Thinking(cfg.llm.system_prompt, slots=cfg.llm.slots, move_when_busy=cfg.llm.move_when_busy)
+        self.thinking = Thinking(cfg.llm.system_prompt, slots=cfg.llm.slots)
         self.backend: LlmBackend | None = None
         self.trace = TraceSink.open(cfg.engine.trace_file)
         self.generations = 0
@@ -68,17 +68,16 @@ class LlmProc(SyncChild):
         self._jobs = [queue.SimpleQueue() for _ in range(self.thinking.contexts)]
         log.info("LLM %s/%s ready in %.1f s", self.cfg.llm.backend, self.cfg.llm.model, time.monotonic() - t0)
         for slot, jobs in enumerate(self._jobs):
-            worker = threading.Thread(target=self._generate_loop, args=(jobs, slot), name=f"generate-{slot}",
-                                      daemon=True)
+            worker = threading.Thread(target=self._generate_loop, args=(jobs,), name=f"generate-{slot}", daemon=True)
             worker.start()
             self._workers.append(worker)
 
     def handle(self, msg: AnyMsg) -> None:
         if isinstance(msg, CallStarted | CallEnded | Cancel | Heard | Respond | Commit | Prepare | History):
             for job in self.thinking.handle(msg):
-                self._jobs[self.thinking.place(job)].put(job)
+                self._jobs[job.slot].put(job)
 
-    def _generate_loop(self, jobs: queue.SimpleQueue[ReplyJob | None], slot: int) -> None:
+    def _generate_loop(self, jobs: queue.SimpleQueue[ReplyJob | None]) -> None:
         """Worker thread of one slot: its calls' replies one at a time, each sentence sent the moment it is
         speakable (one sender: a call's messages to the TTS stay in order)."""
         assert self.backend is not None
@@ -90,8 +89,6 @@ class LlmProc(SyncChild):
                 except Exception:  # one bad reply must not leave every later caller unanswered
                     self.failures += 1
                     log.exception("reply %d for call %s failed", job.gen, job.call_id)
-                finally:
-                    self.thinking.done(job, slot)
         finally:
             sender.close()
 
@@ -122,7 +119,7 @@ class LlmProc(SyncChild):
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.thinking.calls), "queued": sum(jobs.qsize() for jobs in self._jobs),
-                "cancels": self.thinking.cancels, "moves": self.thinking.moves,
+                "cancels": self.thinking.cancels,
                 "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
 
     def teardown(self) -> None:

@@ -81,8 +81,7 @@ class TtsProc(SyncChild):
         try:
             idle = False
             while not self.stop.is_set() and self._take_jobs(idle):
-                item = self.schedule.pick(self._audio_left_ms, self._room, first_words_grace=FIRST_WORDS_GRACE_MS,
-                                          run_ahead=self.cfg.tts.run_ahead_ms or None)
+                item = self.schedule.pick(self._audio_left_ms, self._room, first_words_grace=FIRST_WORDS_GRACE_MS)
                 idle = item is None
                 if item is None:
                     self._give_up_on_stalled()
@@ -98,8 +97,6 @@ class TtsProc(SyncChild):
         wait: float | None = 0
         if idle:
             wait = WAIT_S if len(self.schedule) else None
-            if wait is not None and self.schedule.ahead_until is not None and not self.schedule.blocked(self._room):
-                wait = max(WAIT_S, self.schedule.ahead_until / 1000)  # every call far enough ahead: until one is not
         while True:
             try:
                 job = self._jobs.get(timeout=wait) if wait != 0 else self._jobs.get_nowait()

@@ -159,27 +159,3 @@ def test_a_reply_about_to_run_dry_goes_before_another_replys_first_words() -> No
     left[0] = 100
     item = schedule.pick(lambda voice: left[voice.slot], lambda voice: 64)
     assert item is not None and item.job.voice.slot == 1
-
-
-def test_no_call_is_spoken_for_further_ahead_of_its_caller_than_the_run_ahead() -> None:
-    """Audio made seconds ahead of the caller is thrown away when they talk over the reply: wait instead."""
-    speaking, schedule = Speaking(), Schedule()
-    for slot in (0, 1):
-        start(speaking, slot)
-    say(speaking, schedule, 0, "The third sentence of a long story.", index=2)
-    say(speaking, schedule, 1, "The second sentence of another.", index=1)
-    left = {0: 3500, 1: 3200}
-
-    def pick() -> Queued | None:
-        return schedule.pick(lambda voice: left[voice.slot], lambda voice: 64, run_ahead=3000)
-
-    assert pick() is None and schedule.ahead_until == 200  # call 1 needs audio again in 200 ms
-    left[1] = 2900
-    item = pick()
-    assert item is not None and item.job.voice.slot == 1 and schedule.ahead_until is None
-    assert schedule.pick(lambda voice: left[voice.slot], lambda voice: 64) is not None  # no limit: as before
-    speaking.handle(Cancel(call_id="CA0", gen=1))  # a barge-in: the new reply's words are due at once
-    say(speaking, schedule, 0, "Yes?", index=0, gen=2)
-    left[0] = 0
-    item = pick()
-    assert item is not None and item.job.voice.slot == 0
