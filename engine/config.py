@@ -240,12 +240,15 @@ class LlmSection(_Section):
     """vllm: the longest context (dialogue) it will hold."""
     enforce_eager: bool = False
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
-    requantize: Literal["q8_0", "q4_0", "off"] = "q8_0"
+    requantize: Literal["q4_0", "q8_0", "off"] = "q4_0"
     """llamacpp: a model whose matrices are Q4_1 (the bundled SmolLM2) runs from a copy re-encoded as this, made once
-    into `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q8_0 and Q4_0 for AVX2 and has no such kernels for
-    Q4_1. A turn's first token, one thread (bench/llm_prefill.py): q8_0 152 ms, q4_0 123, as shipped 236; per
-    token 24.2, 18.8, 25.9. q8_0 keeps the model's answers (bench/q4_0.py: next-token KL 0.006 nats from the
-    shipped file); q4_0 re-encodes at 4 bits a second time (KL 0.25 nats, the same top token 71 % of the time)."""
+    into `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q4_0 and Q8_0 for AVX2 and has no such kernels for
+    Q4_1. A turn's first token, one thread (bench/llm_prefill.py): q4_0 123 ms, q8_0 152, as shipped 236; per
+    token 18.8, 24.2, 25.9; one call's voice-to-voice p50 762 vs 893 ms for q4_0 vs q8_0. q8_0 stays next to the
+    shipped file (bench/q4_0.py: next-token KL 0.006 nats); q4_0, encoded at 4 bits a second time, moves away from
+    it (KL 0.25 nats, the same top token 71 % of the time), and not for the worse on the one question checked: after
+    the tests' greeting, "What is the capital of France?" gets French from the shipped file (greedy, and 3 of 6
+    samples at 0.6) and from q8_0 (greedy, 6 of 6), and "The capital of France is Paris" from q4_0 (7 of 7)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """llamacpp: where the Q4_0 copy is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3

@@ -1,5 +1,5 @@
-"""The bundled model's re-encoded copies (engine/gguf_q4.py): the same model, its Q4_1 matrices as Q8_0 (the engine's)
-or Q4_0, made once."""
+"""The bundled model's re-encoded copies (engine/gguf_q4.py): the same model, its Q4_1 matrices as Q4_0 (the engine's)
+or Q8_0, made once."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def test_the_engine_runs_the_copy_it_is_told_to(copy: tuple[Path, Path, str], tm
     assert [p.name for p in (tmp_path / f"gguf-{kind.lower()}").iterdir()] == [made.name]
 
 
-def test_the_engine_runs_the_q8_0_copy_by_default() -> None:
-    assert LlmSection().requantize == "q8_0"
+def test_the_engine_runs_the_q4_0_copy_by_default() -> None:
+    assert LlmSection().requantize == "q4_0"
 
 
 def test_only_known_encodings_are_made(tmp_path: Path) -> None:
