@@ -225,10 +225,8 @@ class LlmSection(_Section):
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
     prompt_cache_mib: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 64
-    """llamacpp: RAM kept for the KV of dialogues whose slot another call took (more live calls than `slots`):
-    such a call gets its KV back instead of reading its whole dialogue in again, on the one thread every slot's
-    tokens share (a 600-token dialogue: ~170 ms against ~1.9 s here). ~23 KB a token for SmolLM2-135M; oldest
-    dropped past the cap. 0: off."""
+    """llamacpp: RAM for the KV of dialogues whose slot another call took, so such a call gets its KV back instead of
+    reading its whole dialogue in again (bench/llm_prefill.py --shared); oldest dropped past the cap. 0: off."""
     context_per_call: Annotated[int, msgspec.Meta(ge=512, le=131072)] = 2048
     """llamacpp: tokens of context each slot holds (its KV memory: ~23 KB a token for SmolLM2-135M in f16)."""
     nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 5
@@ -241,14 +239,9 @@ class LlmSection(_Section):
     enforce_eager: bool = False
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
     requantize: Literal["q4_0", "q8_0", "off"] = "q4_0"
-    """llamacpp: a model whose matrices are Q4_1 (the bundled SmolLM2) runs from a copy re-encoded as this, made once
-    into `model_cache_dir` (engine/gguf_q4.py): ggml repacks Q4_0 and Q8_0 for AVX2 and has no such kernels for
-    Q4_1. A turn's first token, one thread (bench/llm_prefill.py): q4_0 123 ms, q8_0 152, as shipped 236; per
-    token 18.8, 24.2, 25.9; one call's voice-to-voice p50 762 vs 893 ms for q4_0 vs q8_0. q8_0 stays next to the
-    shipped file (bench/q4_0.py: next-token KL 0.006 nats); q4_0, encoded at 4 bits a second time, moves away from
-    it (KL 0.25 nats, the same top token 71 % of the time), and not for the worse on the one question checked: after
-    the tests' greeting, "What is the capital of France?" gets French from the shipped file (greedy, and 3 of 6
-    samples at 0.6) and from q8_0 (greedy, 6 of 6), and "The capital of France is Paris" from q4_0 (7 of 7)."""
+    """llamacpp: a Q4_1 model (the bundled SmolLM2) runs from a copy re-encoded as this, made once into
+    `model_cache_dir` (engine/gguf_q4.py; ggml has AVX2 kernels for Q4_0 and Q8_0, none for Q4_1). Speed and
+    quality of each: README, bench/llm_prefill.py, bench/q4_0.py."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """llamacpp: where the Q4_0 copy is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
