@@ -243,7 +243,7 @@ class LlmSection(_Section):
     `model_cache_dir` (engine/gguf_q4.py; ggml has AVX2 kernels for Q4_0 and Q8_0, none for Q4_1). Speed and
     quality of each: README, bench/llm_prefill.py, bench/q4_0.py."""
     model_cache_dir: str = "~/.cache/voice-engine"
-    """llamacpp: where the Q4_0 copy is made."""
+    """llamacpp: where the re-encoded copy (`requantize`) is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     """The first speakable piece may end at a comma once it has this many words, or with no comma, before a
     conjunction or preposition after this many words (up to five): the voice starts that much sooner."""

@@ -113,7 +113,7 @@ class LlamaCppBackend:
         params.verbosity = -1
         # The server's RAM prompt cache: when a request takes a slot another call's dialogue is in, that KV is kept
         # in RAM (oldest dropped past the cap; llama.cpp's own default cap is 8 GiB), and a call coming back to a
-        # slot gets its own back instead of reading its whole dialogue in again (bench/llm_prefill.py --cache).
+        # slot gets its own back instead of reading its whole dialogue in again (bench/llm_prefill.py --shared).
         params.cache_ram_mib = prompt_cache_mib
         params.endpoint_metrics = True
         # xllamacpp also serves the model over HTTP on a random 127.0.0.1 port, which the engine never uses (it calls
