@@ -183,10 +183,8 @@ class SpeechSection(_Section):
     stt_min_window_s: Annotated[float, msgspec.Meta(ge=1, le=30)] = 8.0
     """The shortest window Whisper encodes; 30 = every utterance padded to 30 s, as faster-whisper does (slow)."""
     stt_beam_size: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
-    """Whisper's beam (1: greedy). tiny.en on bench/wer.py's phone path, three runs, each on freshly made audio
-    (bench/results/wer_beams_run0.json, wer_beams.json, wer_beams_run2.json): Piper's voice 57 edits in 1017 words
-    with 2 against 71 greedy (-20%), 45 with 3 (-37%); espeak-ng (the same audio every run) 131 against 141 (-7%)
-    with 2, 145 with 3. Per utterance, p50, 2 costs 17-66 ms more than greedy (about 30 on average)."""
+    """Whisper's beam (1: greedy). tiny.en, bench/wer.py's phone path, 3 runs (bench/results/wer_beams*.json): Piper's
+    voice 57 edits in 1017 words with 2, 71 greedy, 45 with 3; espeak-ng 131, 141, 145. 2 costs ~30 ms (p50)."""
     stt_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     """Most utterances (different calls' turns ready together) transcribed in one Whisper batch."""
     model_cache_dir: str = "~/.cache/voice-engine"
@@ -247,6 +245,8 @@ class LlmSection(_Section):
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
     """The first speakable piece may end at a comma once it has this many words, or with no comma, before a
     conjunction or preposition after this many words (up to five): the voice starts that much sooner."""
+    yield_to_first_pieces: bool = True
+    """llamacpp: a reply past its first piece pauses while another reply makes its first (engine/first_pieces.py)."""
     max_sentences: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
     """A reply ends after this many sentences (the model is stopped; what it had begun of the next is dropped): a
     phone answer is short, and a small model sometimes rambles into lists. 0: no limit but `max_tokens`."""

@@ -24,6 +24,7 @@ from typing import Literal
 from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
 from engine.dialogue import Dialogue, Turn
+from engine.first_pieces import FirstPieces
 from engine.llm import LlmBackend, Messages
 from engine.speakable import speakable
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, History, HistoryTurn, Prepare, Respond, Sentence
@@ -247,6 +248,15 @@ class Reply:
     def deltas(self) -> int:
         return len(self._produced)
 
+    @property
+    def text(self) -> str:
+        """What the model has written of the reply so far (a continuation goes on from it)."""
+        return "".join(self._produced)
+
+    @property
+    def first_piece_out(self) -> bool:
+        return self._index > 0
+
     def _sentences(self, pieces: list[str], last: bool = False) -> list[Out]:
         out: list[Out] = []
         for i, written in enumerate(pieces):
@@ -271,29 +281,57 @@ class Reply:
         return sentence
 
 
-def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[[Out], None]) -> Outcome:
+def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[[Out], None],
+             first_pieces: FirstPieces | None = None) -> Outcome:
     """Make `reply` with `backend` (or say its line verbatim), handing each output to `emit` as it comes.
 
+    With `first_pieces`, the reply counts as making its first piece until that is out; after it, the reply stops
+    whenever another begins, waits for that one's first piece, and continues from its own text (engine.first_pieces).
     A backend that fails mid-stream ends the reply with what it had made: the caller hears that much rather than
     silence (the exception is kept in `reply.error`). Blocks: run it on a worker thread.
     """
     if reply.stopped():
         return "stopped"
+    yielding = None if reply.job.say else first_pieces
+    making_first = yielding is not None
+    wait_left_s = yielding.max_wait_s if yielding is not None else 0.0
+    gave_way = False
 
     def on_delta(delta: str) -> bool:
+        nonlocal making_first, gave_way
         for out in reply.feed(delta):
             emit(out)
-        return reply.stopped() or reply.enough
+        if yielding is not None:
+            if making_first and reply.first_piece_out:
+                making_first = False
+                yielding.done()
+            gave_way = not making_first and wait_left_s > 0 and yielding.should_yield()
+        return reply.stopped() or reply.enough or gave_way
 
     for out in reply.start():
         emit(out)
     if reply.job.say:
         on_delta(reply.job.say)
     else:
+        if yielding is not None:
+            yielding.begin()
+        messages, budget = reply.job.messages, max_tokens
         try:
-            backend.stream(reply.job.messages, on_delta, max_tokens, reply.job.slot)
+            while True:
+                gave_way = False
+                backend.stream(messages, on_delta, budget, reply.job.slot)
+                budget = max_tokens - reply.deltas
+                if not gave_way or yielding is None or reply.stopped() or reply.enough or budget <= 0:
+                    break
+                wait_left_s -= yielding.wait(reply.stopped, wait_left_s)
+                if reply.stopped():
+                    break
+                messages = [*reply.job.messages, {"role": "assistant", "content": reply.text}]
         except Exception as exc:  # LlmError, or a server dropping mid-stream
             reply.error = exc
+        finally:
+            if yielding is not None and making_first:
+                yielding.done()
     if reply.stopped():
         return "stopped"
     for out in reply.finish():

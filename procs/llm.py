@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from engine.config import Config
+from engine.first_pieces import FirstPieces
 from engine.llm import LlmBackend, make_backend
 from engine.thinking import Out, Reply, ReplyJob, Thinking, generate
 from engine.trace import TraceSink
@@ -49,6 +50,8 @@ class LlmProc(SyncChild):
     def __init__(self, cfg: Config, run: RunInfo) -> None:
         super().__init__(cfg, run)
         self.thinking = Thinking(cfg.llm.system_prompt, slots=cfg.llm.slots)
+        # Only where replies decoded together cost each other their speed: a CPU's llama.cpp, not vLLM's GPU batch.
+        self.first_pieces = FirstPieces(enabled=cfg.llm.backend == "llamacpp" and cfg.llm.yield_to_first_pieces)
         self.backend: LlmBackend | None = None
         self.trace = TraceSink.open(cfg.engine.trace_file)
         self.generations = 0
@@ -110,7 +113,7 @@ class LlmProc(SyncChild):
 
         if not job.say:
             self.generations += 1
-        outcome = generate(reply, self.backend, self.cfg.llm.max_tokens, emit)
+        outcome = generate(reply, self.backend, self.cfg.llm.max_tokens, emit, self.first_pieces)
         if outcome == "failed":
             self.failures += 1
             log.error("call %s gen %d: generation failed: %s", job.call_id, job.gen, reply.error)
@@ -120,7 +123,8 @@ class LlmProc(SyncChild):
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.thinking.calls), "queued": sum(jobs.qsize() for jobs in self._jobs),
                 "cancels": self.thinking.cancels,
-                "generations": self.generations, "prepared": self.prepared, "failures": self.failures}
+                "generations": self.generations, "prepared": self.prepared, "failures": self.failures,
+                "gave_way": self.first_pieces.yields, "gave_way_ms": self.first_pieces.yielded_ms}
 
     def teardown(self) -> None:
         for jobs in self._jobs:

@@ -45,6 +45,21 @@ def test_llama_cpp_stops_when_asked(llama: LlamaCppBackend) -> None:
     assert len(cut) == 3 < len(full)
 
 
+def test_llama_cpp_goes_on_from_a_replys_own_text_as_if_never_stopped(llama: LlamaCppBackend) -> None:
+    """A reply that gave way to another's first piece (engine.first_pieces) is continued from its text as an
+    assistant message: greedy, the joined reply is the one made without a stop."""
+    ask = [MESSAGES[0], {"role": "user", "content": "Tell me a fun fact about cats."}]
+    full: list[str] = []
+    llama.stream(ask, lambda d: full.append(d) or False, max_tokens=40)
+    head: list[str] = []
+    llama.stream(ask, lambda d: head.append(d) is None and len(head) >= 8, max_tokens=40)
+    rest: list[str] = []
+    llama.stream([*ask, {"role": "assistant", "content": "".join(head)}], lambda d: rest.append(d) or False,
+                 max_tokens=40 - len(head))
+    assert len(head) == 8 and rest
+    assert "".join(head + rest) == "".join(full)
+
+
 def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None:
     """The slot after the shared ones is a second server's (its batches on more threads): the same model, so the
     same greedy reply as the shared slots give."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
+from engine.first_pieces import FirstPieces
 from engine.llm import EchoBackend, Messages, OnDelta
 from engine.thinking import Out, Reply, ReplyJob, Stage, Thinking, generate
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, Prepare, Respond, Sentence
@@ -268,3 +271,106 @@ def test_calls_replayed_to_a_restarted_llm_beside_others_get_no_solo_slot() -> N
     for i in range(3):
         thinking.handle(CallStarted(call_id=f"CA{i}", slot=i, epoch=1, inbound_rate=16000, live=3))
     assert sorted(thinking.calls.find(f"CA{i}").state.slot for i in range(3)) == [0, 0, 1]  # type: ignore[union-attr]
+
+
+class ResumableLlm:
+    """A test backend, not a model: one fixed reply, streamed from where the prompt's trailing assistant message
+    (a continuation) leaves off; `during(prompt_no, index)` runs before each delta; `stopped` is set when told to
+    stop."""
+
+    def __init__(self, deltas: list[str], during: Callable[[int, int], None] = lambda n, i: None) -> None:
+        self.deltas = deltas
+        self.during = during
+        self.prompts: list[Messages] = []
+        self.stopped = threading.Event()
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
+        self.prompts.append(messages)
+        said = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        start = next(i for i in range(len(self.deltas) + 1) if "".join(self.deltas[:i]) == said)
+        for i in range(start, min(len(self.deltas), start + max_tokens)):
+            self.during(len(self.prompts), i)
+            if on_delta(self.deltas[i]):
+                self.stopped.set()
+                return
+
+
+def test_a_reply_past_its_first_piece_gives_way_to_one_starting_and_goes_on_from_its_own_text() -> None:
+    """Replies decoded together on a CPU slow each other: the one making its first piece goes first."""
+    thinking = Thinking("sys", slots=2)
+    started(thinking, "CA1", slot=0)
+    started(thinking, "CA2", slot=1)
+    first_pieces = FirstPieces()
+    events: list[str] = []
+    b_began = threading.Event()
+    b_thread: list[threading.Thread] = []
+
+    def a_during(prompt_no: int, i: int) -> None:
+        if prompt_no == 1 and i == 3:  # B's reply begins as A's first piece comes out (with this delta)
+            b_thread.append(threading.Thread(target=run_b))
+            b_thread[0].start()
+            assert b_began.wait(5)
+        if prompt_no == 2 and i == 4:
+            events.append("A resumed")
+
+    def b_during(prompt_no: int, i: int) -> None:
+        b_began.set()
+        if i == 0:
+            assert a_llm.stopped.wait(5)  # A gave way before B made anything
+
+    a_llm = ResumableLlm(["Sure,", " I can", " help.", " The shop", " opens", " at nine.", " Bye."], a_during)
+    b_llm = ResumableLlm(["Hello there,", " friend.", " How", " are you?"], b_during)
+    a_job, b_job = ask(thinking, "When do you open?", call_id="CA1"), ask(thinking, "Hi", call_id="CA2")
+
+    def emit_b(out: Out) -> None:
+        if isinstance(out, Sentence) and out.index == 0:
+            events.append("B first piece")
+
+    def run_b() -> None:
+        generate(Reply(b_job, first_clause_words=2), b_llm, 100, emit_b, first_pieces)
+
+    a_outs: list[Out] = []
+    assert generate(Reply(a_job, first_clause_words=2), a_llm, 100, a_outs.append, first_pieces) == "done"
+    b_thread[0].join(5)
+    assert events == ["B first piece", "A resumed"]
+    assert len(a_llm.prompts) == 2 and len(b_llm.prompts) == 1
+    assert a_llm.prompts[1][:-1] == a_llm.prompts[0]
+    assert a_llm.prompts[1][-1] == {"role": "assistant", "content": "Sure, I can help. The shop"}
+    assert " ".join(t for _, t, _ in sentences(a_outs)).strip() == "Sure, I can help. The shop opens at nine. Bye."
+    assert first_pieces.yields == 1
+    assert a_job.mind.dialogue.messages()[-1]["content"] == "Sure, I can help. The shop opens at nine. Bye."
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_reply_gives_way_for_at_most_its_wait_then_goes_on(enabled: bool) -> None:
+    """Another reply stuck before its first piece (here: never producing one) delays this one by `max_wait_s` in
+    all, not forever; switched off (as for vLLM), it never gives way."""
+    thinking = Thinking("sys")
+    started(thinking)
+    first_pieces = FirstPieces(enabled=enabled, max_wait_s=0.05)
+    first_pieces.begin()  # a reply elsewhere, making its first piece throughout
+    llm = ResumableLlm(["One,", " two,", " three.", " Four.", " Five.", " Six."])
+    outs: list[Out] = []
+    assert generate(Reply(ask(thinking, "Count"), first_clause_words=1), llm, 100, outs.append,
+                    first_pieces) == "done"
+    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two, three. Four. Five. Six."
+    assert first_pieces.yields == (1 if enabled else 0)  # one wait spends the reply's whole allowance
+    assert len(llm.prompts) == (2 if enabled else 1)
+
+
+def test_a_reply_cancelled_while_it_gives_way_is_not_resumed() -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    first_pieces = FirstPieces(max_wait_s=5.0)
+    first_pieces.begin()
+    job = ask(thinking, "Count")
+
+    def cancel_soon() -> None:
+        time.sleep(0.05)
+        thinking.handle(Cancel(call_id="CA1", gen=1))
+
+    threading.Thread(target=cancel_soon).start()
+    llm = ResumableLlm(["One,", " two,", " three.", " Four."])
+    outs: list[Out] = []
+    assert generate(Reply(job, first_clause_words=1), llm, 100, outs.append, first_pieces) == "stopped"
+    assert len(llm.prompts) == 1 and first_pieces.yields == 1
