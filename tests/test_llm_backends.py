@@ -45,6 +45,13 @@ def test_llama_cpp_stops_when_asked(llama: LlamaCppBackend) -> None:
     assert len(cut) == 3 < len(full)
 
 
+def prompt_tokens_read(llama: LlamaCppBackend) -> int:
+    """The server's count of prompt tokens it has read in (not those it found in a KV already)."""
+    metrics = llama._server.handle_metrics()
+    return int(next(line.split()[-1] for line in metrics.splitlines()
+                    if line.startswith("llamacpp:prompt_tokens_total ")))
+
+
 def test_llama_cpp_goes_on_from_a_replys_own_text_as_if_never_stopped(llama: LlamaCppBackend) -> None:
     """A reply that gave way to another's first piece (engine.first_pieces) is continued from its text as an
     assistant message: greedy, the joined reply is the one made without a stop."""
@@ -54,10 +61,12 @@ def test_llama_cpp_goes_on_from_a_replys_own_text_as_if_never_stopped(llama: Lla
     head: list[str] = []
     llama.stream(ask, lambda d: head.append(d) is None and len(head) >= 8, max_tokens=40)
     rest: list[str] = []
+    before = prompt_tokens_read(llama)
     llama.stream([*ask, {"role": "assistant", "content": "".join(head)}], lambda d: rest.append(d) or False,
                  max_tokens=40 - len(head))
     assert len(head) == 8 and rest
     assert "".join(head + rest) == "".join(full)
+    assert prompt_tokens_read(llama) - before < 4  # the slot's KV still held the reply: nothing read in again
 
 
 def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None:
@@ -76,13 +85,6 @@ def test_llama_cpp_solo_slot_is_a_context_of_its_own_on_the_same_model() -> None
     finally:
         llama.close()
     assert LlamaCppBackend(resolve_gguf("smollm2-135m"), slots=2).solo_slot is None  # off unless asked for
-
-
-def prompt_tokens_read(llama: LlamaCppBackend) -> int:
-    """The server's count of prompt tokens it has read in (not those it found in a KV already)."""
-    metrics = llama._server.handle_metrics()
-    return int(next(line.split()[-1] for line in metrics.splitlines()
-                    if line.startswith("llamacpp:prompt_tokens_total ")))
 
 
 @pytest.mark.parametrize("cache_mib", [64, 0])
