@@ -4,7 +4,8 @@ Bus messages go to `Thinking` on the main thread; the reply jobs it answers go t
 worker thread of the call's slot (`llm.slots` of them, so that many calls' replies
 are made at once, each call's in order, and one more for a call that begins alone:
 `llm.solo_prefill_threads`), which runs `generate` with the configured
-backend and sends each `Sentence` to the TTS the moment it is speakable. `Cancel` arrives on the urgent
+backend and sends each `Sentence` to the TTS the moment it is speakable (with llama.cpp, a reply past its first
+piece gives way while another makes its first: engine.first_pieces). `Cancel` arrives on the urgent
 lane and is seen by the worker at the next delta. Trace stages go straight to this
 process's own trace sink.
 """
