@@ -16,6 +16,7 @@ the caller heard of it (reported later by `Heard`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ Out = Sentence | Stage
 CallMsg = Cancel | Heard | Respond | Commit | Prepare | History
 """The messages about one call that the LLM process takes."""
 Outcome = Literal["done", "stopped", "failed"]
+log = logging.getLogger("engine.llm")
 
 
 @dataclass
@@ -329,6 +331,12 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
                 messages = [*reply.job.messages, {"role": "assistant", "content": reply.text}]
         except Exception as exc:  # LlmError, or a server dropping mid-stream
             reply.error = exc
+            if yielding is not None and messages is not reply.job.messages:
+                # A model whose chat template will not continue an assistant message (some refuse it) cannot
+                # give way: no reply stops for another again, and this one ends with what it had.
+                yielding.enabled = False
+                log.warning("the model would not go on from a reply's own text (%s): replies no longer give way "
+                            "to first pieces", exc)
         finally:
             if yielding is not None and making_first:
                 yielding.done()

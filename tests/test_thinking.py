@@ -374,3 +374,31 @@ def test_a_reply_cancelled_while_it_gives_way_is_not_resumed() -> None:
     outs: list[Out] = []
     assert generate(Reply(job, first_clause_words=1), llm, 100, outs.append, first_pieces) == "stopped"
     assert len(llm.prompts) == 1 and first_pieces.yields == 1
+
+
+class NoContinuingLlm(ResumableLlm):
+    """A test backend, not a model: like a chat template that refuses to continue an assistant message."""
+
+    def stream(self, messages: Messages, on_delta: OnDelta, max_tokens: int, slot: int | None = None) -> None:
+        if messages[-1]["role"] == "assistant":
+            self.prompts.append(messages)
+            raise ConnectionError("Assistant response prefill is incompatible with this template")
+        super().stream(messages, on_delta, max_tokens, slot)
+
+
+def test_a_model_that_will_not_continue_a_reply_ends_that_reply_with_what_it_had_and_no_reply_gives_way_again() \
+        -> None:
+    thinking = Thinking("sys")
+    started(thinking)
+    first_pieces = FirstPieces(max_wait_s=0.01)
+    first_pieces.begin()  # a reply elsewhere, making its first piece
+    llm = NoContinuingLlm(["One,", " two,", " three.", " Four."])
+    outs: list[Out] = []
+    assert generate(Reply(ask(thinking, "Count"), first_clause_words=1), llm, 100, outs.append,
+                    first_pieces) == "failed"
+    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two,"  # what it had, said
+    assert not first_pieces.enabled
+    outs = []
+    assert generate(Reply(ask(thinking, "Again", gen=2), first_clause_words=1), llm, 100, outs.append,
+                    first_pieces) == "done"
+    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two, three. Four."
