@@ -5,9 +5,11 @@ k mod slots with one worker per slot, as the llm process runs them. Each call as
 `--gap-s` apart (after its previous reply is made; by default 3-6 s: its audio playing, then the caller's
 next question), through the llm process's own code: `Thinking` turns a
 `Respond` into a job, `generate` makes the reply with `Reply`'s chunker, `max_sentences` and
-`max_tokens` at the engine's settings, greedy, so both sides make the same replies. Measured per reply:
-start -> first piece (what the TTS waits for) and start -> last piece; and how often, and for how long,
-replies gave way. The two settings alternate `--repeat` times with the same seeds; no other process runs.
+`max_tokens` at the engine's settings, greedy, so both sides make the same replies. Measured per reply,
+from when it is asked for (so a call whose slot's worker is busy with another call's reply, or with one that
+gave way and waits, counts that wait): to its first piece (what the TTS waits for) and to its last piece; and
+how often, and for how long, replies gave way. The two settings alternate `--repeat` times with the same
+seeds; no other process runs.
 
     python bench/first_pieces.py      # prints a table, writes bench/results/first_pieces.json
 """
@@ -67,12 +69,13 @@ def run_side(llama: LlamaCppBackend, cfg: LlmSection, first_pieces: FirstPieces,
         for turn in range(1, turns + 1):
             (job,) = thinking.handle(Respond(call_id=call_id, gen=turn, caller_text=QUESTIONS[(turn + k) % 8]))
             stamps: dict[str, float] = {}
+            asked = time.monotonic()  # before the slot's worker is free: a call sharing it waits for the one in it
             with workers[job.slot]:
                 generate(Reply(job, first_clause_words=cfg.first_clause_words, max_sentences=cfg.max_sentences),
                          llama, cfg.max_tokens, partial(stamp, stamps), first_pieces)
             if "llm_first_sentence" in stamps:
-                first_ms.append(1000 * (stamps["llm_first_sentence"] - stamps["llm_start"]))
-                whole_ms.append(1000 * (stamps["last_piece"] - stamps["llm_start"]))
+                first_ms.append(1000 * (stamps["llm_first_sentence"] - asked))
+                whole_ms.append(1000 * (stamps["last_piece"] - asked))
             time.sleep(rng.uniform(*gap_s))
 
     for k in range(calls):

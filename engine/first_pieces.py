@@ -14,9 +14,12 @@ blocks but `wait`, which a reply's worker thread calls between two requests.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("engine.llm")
 
 
 class FirstPieces:
@@ -59,3 +62,44 @@ class FirstPieces:
             self.yields += 1
             self.yielded_ms += int(waited * 1000)
         return waited
+
+
+class Yielder:
+    """One reply's side of `FirstPieces` (none for a line said verbatim): making its first piece from the start until
+    `after_delta` sees it out; after that, giving way when asked, for its allowance of `max_wait_s` in all."""
+
+    def __init__(self, first_pieces: FirstPieces | None) -> None:
+        self.first_pieces = first_pieces
+        self.making_first = first_pieces is not None
+        self.wait_left_s = first_pieces.max_wait_s if first_pieces is not None else 0.0
+        self.gave_way = False
+        if first_pieces is not None:
+            first_pieces.begin()
+
+    def after_delta(self, first_piece_out: bool) -> bool:
+        """After each delta: whether the reply should stop now and give way."""
+        if self.first_pieces is None:
+            return False
+        if self.making_first and first_piece_out:
+            self.making_first = False
+            self.first_pieces.done()
+        self.gave_way = not self.making_first and self.wait_left_s > 0 and self.first_pieces.should_yield()
+        return self.gave_way
+
+    def wait(self, stopped: Callable[[], bool]) -> None:
+        assert self.first_pieces is not None
+        self.wait_left_s -= self.first_pieces.wait(stopped, self.wait_left_s)
+
+    def refused(self, error: Exception) -> None:
+        """The model would not continue the reply (some chat templates refuse a trailing assistant message): no
+        reply in this process gives way again, and this one ends with what it had."""
+        if self.first_pieces is not None and self.first_pieces.enabled:
+            self.first_pieces.enabled = False
+            log.warning("the model would not go on from a reply's own text (%s): replies no longer give way to "
+                        "first pieces", error)
+
+    def close(self) -> None:
+        """The reply is over: if its first piece never came, it is no longer making one."""
+        if self.first_pieces is not None and self.making_first:
+            self.making_first = False
+            self.first_pieces.done()

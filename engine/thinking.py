@@ -16,7 +16,6 @@ the caller heard of it (reported later by `Heard`).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Literal
 from engine.calls import CallTable, EarlyMessages
 from engine.chunker import SentenceChunker
 from engine.dialogue import Dialogue, Turn
-from engine.first_pieces import FirstPieces
+from engine.first_pieces import FirstPieces, Yielder
 from engine.llm import LlmBackend, Messages
 from engine.speakable import speakable
 from ipc.schema import CallEnded, CallStarted, Cancel, Commit, Heard, History, HistoryTurn, Prepare, Respond, Sentence
@@ -42,7 +41,6 @@ Out = Sentence | Stage
 CallMsg = Cancel | Heard | Respond | Commit | Prepare | History
 """The messages about one call that the LLM process takes."""
 Outcome = Literal["done", "stopped", "failed"]
-log = logging.getLogger("engine.llm")
 
 
 @dataclass
@@ -294,20 +292,12 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
     """
     if reply.stopped():
         return "stopped"
-    yielding = None if reply.job.say else first_pieces
-    making_first = yielding is not None
-    wait_left_s = yielding.max_wait_s if yielding is not None else 0.0
-    gave_way = False
+    yielder = Yielder(None if reply.job.say else first_pieces)
 
     def on_delta(delta: str) -> bool:
-        nonlocal making_first, gave_way
         for out in reply.feed(delta):
             emit(out)
-        if yielding is not None:
-            if making_first and reply.first_piece_out:
-                making_first = False
-                yielding.done()
-            gave_way = not making_first and wait_left_s > 0 and yielding.should_yield()
+        gave_way = yielder.after_delta(reply.first_piece_out)
         return reply.stopped() or reply.enough or gave_way
 
     for out in reply.start():
@@ -315,33 +305,31 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
     if reply.job.say:
         on_delta(reply.job.say)
     else:
-        if yielding is not None:
-            yielding.begin()
-        messages, budget = reply.job.messages, max_tokens
-        try:
-            while True:
-                gave_way = False
-                backend.stream(messages, on_delta, budget, reply.job.slot)
-                budget = max_tokens - reply.deltas
-                if not gave_way or yielding is None or reply.stopped() or reply.enough or budget <= 0:
-                    break
-                wait_left_s -= yielding.wait(reply.stopped, wait_left_s)
-                if reply.stopped():
-                    break
-                messages = [*reply.job.messages, {"role": "assistant", "content": reply.text}]
-        except Exception as exc:  # LlmError, or a server dropping mid-stream
-            reply.error = exc
-            if yielding is not None and messages is not reply.job.messages:
-                # A model whose chat template will not continue an assistant message (some refuse it) cannot
-                # give way: no reply stops for another again, and this one ends with what it had.
-                yielding.enabled = False
-                log.warning("the model would not go on from a reply's own text (%s): replies no longer give way "
-                            "to first pieces", exc)
-        finally:
-            if yielding is not None and making_first:
-                yielding.done()
+        _stream(reply, backend, max_tokens, on_delta, yielder)
     if reply.stopped():
         return "stopped"
     for out in reply.finish():
         emit(out)
     return "failed" if reply.error is not None else "done"
+
+
+def _stream(reply: Reply, backend: LlmBackend, max_tokens: int, on_delta: Callable[[str], bool],
+            yielder: Yielder) -> None:
+    """The model's reply, in one request and one more each time it gave way; a failure is kept in `reply.error`."""
+    messages = reply.job.messages
+    try:
+        while True:
+            yielder.gave_way = False
+            backend.stream(messages, on_delta, max_tokens - reply.deltas, reply.job.slot)
+            if not yielder.gave_way or reply.stopped() or reply.enough or reply.deltas >= max_tokens:
+                break
+            yielder.wait(reply.stopped)
+            if reply.stopped():
+                break
+            messages = [*reply.job.messages, {"role": "assistant", "content": reply.text}]
+    except Exception as exc:  # LlmError, or a server dropping mid-stream
+        reply.error = exc
+        if messages is not reply.job.messages:
+            yielder.refused(exc)
+    finally:
+        yielder.close()
