@@ -2,14 +2,14 @@
 
 On a CPU, llama.cpp decodes the replies in flight as one batch that costs about as much per
 token in it as each would alone: one thread, SmolLM2-135M, a reply's token every 16.6 ms alone,
-33 ms with a second reply beside it, 50 ms with three (measured here). So a caller whose reply is
+33 ms with a second reply beside it, 50 ms with four in flight (measured here). So a caller whose reply is
 just starting waits twice as long for its first words while another call's reply makes its third
 sentence, which its TTS will not need for seconds. A reply past its first piece therefore stops
 generating when another reply begins, waits until every reply that began has its first piece out
 (for `max_wait_s` at most in all), and goes on from its own text (the backend continues an assistant message).
 
-`FirstPieces` is the shared count; `generate` (engine.thinking) asks it at each delta. Nothing here
-blocks but `wait`, which a reply's worker thread calls between two requests.
+`FirstPieces` is the shared count; `Yielder` is one reply's side of it, which `generate` (engine.thinking)
+asks at each delta. Nothing here blocks but `wait`, which a reply's worker thread calls between two requests.
 """
 
 from __future__ import annotations
