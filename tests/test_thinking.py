@@ -273,6 +273,11 @@ def test_calls_replayed_to_a_restarted_llm_beside_others_get_no_solo_slot() -> N
     assert sorted(thinking.calls.find(f"CA{i}").state.slot for i in range(3)) == [0, 0, 1]  # type: ignore[union-attr]
 
 
+def said(outs: list[Out]) -> str:
+    """The reply's pieces as the voice says them, one after another."""
+    return " ".join(t for _, t, _ in sentences(outs) if t)
+
+
 class ResumableLlm:
     """A test backend, not a model: one fixed reply, streamed from where the prompt's trailing assistant message
     (a continuation) leaves off; `during(prompt_no, index)` runs before each delta; `stopped` is set when told to
@@ -336,7 +341,7 @@ def test_a_reply_past_its_first_piece_gives_way_to_one_starting_and_goes_on_from
     assert len(a_llm.prompts) == 2 and len(b_llm.prompts) == 1
     assert a_llm.prompts[1][:-1] == a_llm.prompts[0]
     assert a_llm.prompts[1][-1] == {"role": "assistant", "content": "Sure, I can help. The shop"}
-    assert " ".join(t for _, t, _ in sentences(a_outs)).strip() == "Sure, I can help. The shop opens at nine. Bye."
+    assert said(a_outs) == "Sure, I can help. The shop opens at nine. Bye."
     assert first_pieces.yields == 1
     assert a_job.mind.dialogue.messages()[-1]["content"] == "Sure, I can help. The shop opens at nine. Bye."
 
@@ -353,7 +358,7 @@ def test_a_reply_gives_way_for_at_most_its_wait_then_goes_on(enabled: bool) -> N
     outs: list[Out] = []
     assert generate(Reply(ask(thinking, "Count"), first_clause_words=1), llm, 100, outs.append,
                     first_pieces) == "done"
-    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two, three. Four. Five. Six."
+    assert said(outs) == "One, two, three. Four. Five. Six."
     assert first_pieces.yields == (1 if enabled else 0)  # one wait spends the reply's whole allowance
     assert len(llm.prompts) == (2 if enabled else 1)
 
@@ -396,9 +401,9 @@ def test_a_model_that_will_not_continue_a_reply_ends_that_reply_with_what_it_had
     outs: list[Out] = []
     assert generate(Reply(ask(thinking, "Count"), first_clause_words=1), llm, 100, outs.append,
                     first_pieces) == "failed"
-    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two,"  # what it had, said
+    assert said(outs) == "One, two,"  # what it had, said
     assert not first_pieces.enabled
     outs = []
     assert generate(Reply(ask(thinking, "Again", gen=2), first_clause_words=1), llm, 100, outs.append,
                     first_pieces) == "done"
-    assert " ".join(t for _, t, _ in sentences(outs)).strip() == "One, two, three. Four."
+    assert said(outs) == "One, two, three. Four."
