@@ -30,11 +30,7 @@ from bench.tts import SENTENCES  # noqa: E402
 from engine.codec import mulaw_to_pcm16, pcm16_to_mulaw  # noqa: E402
 from engine.config import Config  # noqa: E402
 from engine.tts import bundled_piper_voice  # noqa: E402
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = float(np.sum((reference - other) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference ** 2) / noise))
+from tests.speech_helpers import snr_db  # noqa: E402
 
 
 def main() -> None:

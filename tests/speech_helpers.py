@@ -17,6 +17,12 @@ def phone_path(pcm8k: np.ndarray, rate: int = 16000) -> np.ndarray:
     return np.concatenate([resampler.process(decoded[i:i + 160]) for i in range(0, len(decoded), 160)])
 
 
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """How far `other` is from `reference`, in dB of signal over difference (inf when identical)."""
+    noise = float(np.sum((reference - other) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference ** 2) / noise))
+
+
 def spoken(text: str) -> np.ndarray:
     return speech_from_text(text, rate=8000)
 

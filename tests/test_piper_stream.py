@@ -13,6 +13,7 @@ import pytest
 from engine.codec import mulaw_to_pcm16, pcm16_to_mulaw
 from engine.piper_stream import StreamingPiper, chunks, split_voice
 from engine.tts import bundled_piper_voice
+from tests.speech_helpers import snr_db
 
 SENTENCE = "Your table for four is booked for Friday evening at half past seven, under the name of Smith."
 
@@ -20,11 +21,6 @@ SENTENCE = "Your table for four is booked for Friday evening at half past seven,
 @pytest.fixture(scope="module")
 def piper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamingPiper]:
     yield StreamingPiper(bundled_piper_voice(), tmp_path_factory.mktemp("cache"))
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = np.sum((reference - other) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference ** 2) / noise))
 
 
 def test_the_chunks_cover_every_frame_once_the_first_small() -> None:
