@@ -20,10 +20,11 @@ into place, so a process starting beside this one never reads half a file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
+
+from engine.file_digest import file_digest
 
 SOURCE_TYPE = "Q4_1"
 TARGETS = ("Q4_0", "Q8_0")
@@ -41,7 +42,7 @@ def requantized(model: Path, cache_dir: Path, target_type: str = "Q4_0") -> Path
     ~0.5 GB for SmolLM2-135M)."""
     if target_type not in TARGETS:
         raise ValueError(f"re-encoding as {target_type!r}: only {TARGETS}")
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    digest = file_digest(model, cache_dir)[:16]
     target = cache_dir / f"gguf-{target_type.lower()}" / f"{model.stem}-{digest}.{target_type}.gguf"
     if target.is_file():
         return target

@@ -17,7 +17,6 @@ the decoder's output is scaled by a fixed `gain` instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.codec import Pcm16
+from engine.file_digest import file_digest
 from engine.onnx_session import cpu_session
 
 FIRST_FRAMES = 16  # 16 x 256 samples = 186 ms of 22.05 kHz audio in the first chunk
@@ -45,7 +45,7 @@ GAIN = 1.4  # the raw voice peaks at ~0.45-0.7 of full scale: about Piper's own 
 
 def split_voice(model: Path, cache_dir: Path) -> tuple[Path, Path]:
     """The voice's encoder and decoder graphs, made once into `cache_dir` (keyed by the model file's hash)."""
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
+    digest = file_digest(model, cache_dir)[:16]
     target = cache_dir / "piper-split" / f"{model.stem}-{digest}-v2"  # v2: the encoder says its durations too
     encoder, decoder = target / "encoder.onnx", target / "decoder.onnx"
     if encoder.is_file() and decoder.is_file():
