@@ -2,9 +2,9 @@
 
 Files made from a model (its Q4_0 copy, Piper's split graphs) are kept in the model cache under the source
 file's SHA-256, so a changed source never reuses a stale copy. Hashing the source at every start cost the llm
-process ~285 ms (SmolLM2's 98 MB) and the tts process ~170 ms (Piper's 60 MB voice), on every restart too, while
-calls wait for them. So the digest is kept beside the cache with the file's size, mtime and inode, as `make` and
-pip's caches trust them, and hashed again only when one of those changed.
+process 110-400 ms (SmolLM2's 98 MB; page cache warm or not) and the tts process 80-210 ms (Piper's 63 MB voice),
+on every restart too, while calls wait for them. So the digest is kept beside the cache with the file's size,
+mtime and inode, as `make` and pip's caches trust them, and hashed again only when one of those changed.
 """
 
 from __future__ import annotations
