@@ -14,7 +14,10 @@ speech frame -> the first reply audio it receives), and CPU of all the system's 
 supervisor and children; peer: bot and LLM server), in % of one core averaged over the rounds' wall
 time, and in CPU seconds per answer. The second is the fairer measure of calls per box: a system whose
 answers come later or last longer spends more wall time per round, which lowers its % without saving
-any work. Ratios are engine / peer.
+any work. Also the seconds of audio each answer brings the caller, and CPU seconds per second of it: answers
+of different lengths cost different work (the two systems cap a reply differently: the engine at
+`llm.max_sentences` and `llm.max_tokens`, the peer at 80 tokens). Ratios are engine / peer. `--keep DIR`
+keeps both sides' logs and the engine's call recordings, to read what each system said.
 """
 
 from __future__ import annotations
@@ -82,16 +85,18 @@ class Peer:
     def stop(self) -> None:
         subprocess.run(["bash", str(PEER_DIR / "run.sh"), "stop"], env=self._env, stdout=subprocess.DEVNULL,
                        check=False)
+
+    def cleanup(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
 async def one_caller(url: str, peer: bool, questions: list[str], voices: dict[str, Any],
-                     delay: float) -> list[float]:
-    """A caller asking `questions` in turn; voice-to-voice (ms) of each answer. The engine is dialled through its
-    signed webhook; the peer's TwiML names a plain ws:// stream (which Twilio would refuse), so its socket is
-    opened directly, at the path that TwiML gives."""
+                     delay: float) -> list[tuple[float, float]]:
+    """A caller asking `questions` in turn; voice-to-voice (ms) and seconds of reply audio of each answer. The engine
+    is dialled through its signed webhook; the peer's TwiML names a plain ws:// stream (which Twilio would refuse),
+    so its socket is opened directly, at the path that TwiML gives."""
     await asyncio.sleep(delay)
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     async with SyntheticCaller(url, public_url=PUBLIC, auth_token=AUTH) as c:
         await c.connect(StreamTarget(url="wss://peer.local/ws") if peer else await c.dial(), continuous=True)
         await c.send_silence(1.0)
@@ -101,14 +106,15 @@ async def one_caller(url: str, peer: bool, questions: list[str], voices: dict[st
             await c.send_audio(pcm)
             _, speech_end = c.speech_bounds(sent_before, pcm)
             reply_at = await c.first_media_after(speech_end, 30)
-            out.append(round((reply_at - speech_end) * 1000, 1))
             await c.wait_quiet(1.5, 60)
+            audio = sum(n for t, n in c.received_media_times if t >= reply_at) / 8000  # μ-law: a byte a sample
+            out.append((round((reply_at - speech_end) * 1000, 1), round(audio, 2)))
         await c.hangup()
     return out
 
 
 async def round_of(url: str, peer: bool, callers: int, turns: int, first: int,
-                   voices: dict[str, Any]) -> list[float]:
+                   voices: dict[str, Any]) -> list[tuple[float, float]]:
     plans = [[QUESTIONS[(first + i * turns + k) % len(QUESTIONS)] for k in range(turns)] for i in range(callers)]
     results = await asyncio.gather(*(one_caller(url, peer, plan, voices, i * CALLER_STAGGER_S)
                                      for i, plan in enumerate(plans)))
@@ -126,16 +132,21 @@ def main() -> None:
                         help="a config setting for the engine (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
     parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep each side's logs here (the engine's log, trace and call recordings; the peer's "
+                             "logs, with each LLM reply) to read what was said")
     args = parser.parse_args()
     print("synthesising the caller's questions with Piper ...", flush=True)
     voices = {q: piper_speech(q, rate=8000) for q in QUESTIONS}
     work = Path(tempfile.mkdtemp(prefix="peer-bench"))
     # Admission off: the peer has none, and a turned-away caller would end the round.
+    recordings = [f"transport.recordings_dir={work / 'recordings'}"] if args.keep else []
     engine = Engine("engine", ROOT, work, ["conversation.greeting=", "engine.admit_max_response_ms=0",
-                                           "engine.admit_max_cpu_pct=0", *args.set])
+                                           "engine.admit_max_cpu_pct=0", *recordings, *args.set])
     peer = Peer(args.peer_turn)
     systems = {"engine": f"http://127.0.0.1:{engine.port}", "pipecat": f"http://127.0.0.1:{peer.port}"}
     v2v: dict[str, list[float]] = {name: [] for name in systems}
+    reply_s: dict[str, list[float]] = {name: [] for name in systems}
     cpu = {name: 0.0 for name in systems}
     wall = {name: 0.0 for name in systems}
     try:
@@ -152,34 +163,47 @@ def main() -> None:
                                            voices))
                 cpu[name] += cpu_s(procs) - c0
                 wall[name] += time.monotonic() - t0
-                v2v[name] += got
-                print(f"{name}: {len(got)} answers, voice-to-voice p50 {percentiles(got)['p50']:.0f} ms", flush=True)
+                v2v[name] += [ms for ms, _ in got]
+                reply_s[name] += [s for _, s in got]
+                print(f"{name}: {len(got)} answers, voice-to-voice p50 {percentiles(v2v[name])['p50']:.0f} ms, "
+                      f"reply audio p50 {percentiles(reply_s[name])['p50']:.1f} s", flush=True)
     finally:
         peer.stop()
         engine.stop()
+        if args.keep:
+            shutil.copytree(work, args.keep / "engine", dirs_exist_ok=True)
+            shutil.copytree(peer.state, args.keep / "pipecat", dirs_exist_ok=True)
+        peer.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     latency = {name: {**percentiles(v), "p90": float(sorted(v)[int(0.9 * (len(v) - 1))])} for name, v in v2v.items()}
     load = {name: round(100 * cpu[name] / wall[name], 1) for name in systems}
     per_answer = {name: round(cpu[name] / len(v2v[name]), 3) for name in systems}
+    per_reply_s = {name: round(cpu[name] / sum(reply_s[name]), 3) for name in systems}
+    reply_p = {name: percentiles(reply_s[name]) for name in systems}
     figures = {name: {"voice_to_voice_ms": latency[name], "cpu_pct_of_one_core": load[name],
                       "cpu_s_per_answer": per_answer[name], "cpu_s": round(cpu[name], 2),
+                      "reply_audio_s": reply_p[name], "cpu_s_per_reply_audio_s": per_reply_s[name],
                       "wall_s": round(wall[name], 2)} for name in systems}
     ratios = {f"v2v_{q}": round(latency["engine"][q] / latency["pipecat"][q], 3) for q in ("p50", "p90", "p95")}
     ratios["cpu"] = round(load["engine"] / load["pipecat"], 3)
     ratios["cpu_s_per_answer"] = round(per_answer["engine"] / per_answer["pipecat"], 3)
+    ratios["cpu_s_per_reply_audio_s"] = round(per_reply_s["engine"] / per_reply_s["pipecat"], 3)
     print(f"\n{args.callers} caller(s) at once, peer end of turn: {args.peer_turn}")
     print(f"{'system':<10} {'n':>4} {'v2v p50':>9} {'p90':>7} {'p95':>7} {'max':>7} {'CPU % of a core':>16} "
-          f"{'CPU s/answer':>13}")
+          f"{'CPU s/answer':>13} {'reply s p50':>12} {'CPU s/reply s':>14}")
     for name, v in latency.items():
         print(f"{name:<10} {v['n']:>4} {v['p50']:>9.0f} {v['p90']:>7.0f} {v['p95']:>7.0f} {v['max']:>7.0f} "
-              f"{load[name]:>16.1f} {per_answer[name]:>13.2f}")
+              f"{load[name]:>16.1f} {per_answer[name]:>13.2f} {reply_p[name]['p50']:>12.1f} "
+              f"{per_reply_s[name]:>14.3f}")
     print(f"{'ratio':<10} {'':>4} {ratios['v2v_p50']:>9.3f} {ratios['v2v_p90']:>7.3f} {ratios['v2v_p95']:>7.3f} "
-          f"{'':>7} {ratios['cpu']:>16.3f} {ratios['cpu_s_per_answer']:>13.3f}")
+          f"{'':>7} {ratios['cpu']:>16.3f} {ratios['cpu_s_per_answer']:>13.3f} {'':>12} "
+          f"{ratios['cpu_s_per_reply_audio_s']:>14.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "engine vs Pipecat peer", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(), "conditions": conditions, "callers": args.callers, "peer_turn": args.peer_turn,
         "engine_settings": args.set, "systems": figures, "ratios_engine_over_pipecat": ratios, "v2v_ms": v2v,
+        "reply_audio_s": reply_s,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
 

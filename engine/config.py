@@ -204,7 +204,7 @@ class LlmSection(_Section):
     api_key: str = ""
     system_prompt: str = ("You are a friendly, concise voice assistant on a phone call. Answer in one or two "
                           "short spoken sentences. No lists, no markdown, no emojis.")
-    max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 120
+    max_tokens: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 80
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.6
     threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """llamacpp: compute threads. 1 on a small box: with 2, ggml's threads spin-wait for each other while speech and
@@ -247,9 +247,9 @@ class LlmSection(_Section):
     conjunction or preposition after this many words (up to five): the voice starts that much sooner."""
     yield_to_first_pieces: bool = True
     """llamacpp: a reply past its first piece pauses while another reply makes its first (engine/first_pieces.py)."""
-    max_sentences: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
-    """A reply ends after this many sentences (the model is stopped; what it had begun of the next is dropped): a
-    phone answer is short, and a small model sometimes rambles into lists. 0: no limit but `max_tokens`."""
+    max_sentences: Annotated[int, msgspec.Meta(ge=0, le=100)] = 2
+    """A reply ends after this many sentences, as the prompt asks (a small model rambles); what it had begun of the
+    next is dropped, as it is at `max_tokens`. 0: no limit but `max_tokens`."""
 
 
 class TtsSection(_Section):

@@ -233,12 +233,18 @@ class Reply:
         self._produced.append(delta)
         return out + self._sentences(self._chunker.push(delta))
 
-    def finish(self) -> list[Out]:
+    def finish(self, cut_off: bool = False) -> list[Out]:
         """The model is done: the rest of the text as the last sentence (an empty one if nothing is left, so the
-        TTS still learns the reply is over), and the reply joins the dialogue. Nothing if it was stopped."""
+        TTS still learns the reply is over), and the reply joins the dialogue. Nothing if it was stopped.
+
+        `cut_off`: the model was stopped by `max_tokens`. An unfinished sentence after a finished one is then
+        dropped, so the reply ends on a whole sentence rather than mid-phrase; with none finished, it is said."""
         if self.stopped():
             return []
-        out = [] if self.enough else self._sentences(self._chunker.flush(), last=True)
+        rest = [] if self.enough else self._chunker.flush()
+        if cut_off and self._sentence_ends and rest and not _ends_sentence(rest[-1]):
+            rest.pop()
+        out = self._sentences(rest, last=True)
         if not any(isinstance(o, Sentence) and o.last for o in out):
             out.append(self._sentence("", last=True))
         self.job.mind.write_reply(self.job.gen, " ".join(self._said))  # what the voice says, not what the model wrote
@@ -269,7 +275,7 @@ class Reply:
                 out.append(Stage("llm_first_sentence"))
             out.append(self._sentence(piece, last=last and i == len(pieces) - 1))
             self._said.append(piece)
-            if piece.rstrip("\"')]").endswith((".", "!", "?", "…")):
+            if _ends_sentence(piece):
                 self._sentence_ends += 1
                 self.enough = bool(self._max_sentences) and self._sentence_ends >= self._max_sentences
         return out
@@ -308,9 +314,13 @@ def generate(reply: Reply, backend: LlmBackend, max_tokens: int, emit: Callable[
         _stream(reply, backend, max_tokens, on_delta, yielder)
     if reply.stopped():
         return "stopped"
-    for out in reply.finish():
+    for out in reply.finish(cut_off=reply.deltas >= max_tokens):
         emit(out)
     return "failed" if reply.error is not None else "done"
+
+
+def _ends_sentence(piece: str) -> bool:
+    return piece.rstrip("\"')]").endswith((".", "!", "?", "…"))
 
 
 def _stream(reply: Reply, backend: LlmBackend, max_tokens: int, on_delta: Callable[[str], bool],

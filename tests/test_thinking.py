@@ -98,6 +98,27 @@ def test_a_reply_whose_text_ends_on_a_sentence_still_says_it_is_over() -> None:
     assert sentences(outs) == [(0, "Hello there.", False), (1, "How can I help?", False), (2, "", True)]
 
 
+def test_a_reply_cut_by_max_tokens_ends_on_its_last_whole_sentence_or_says_its_only_fragment() -> None:
+    thinking = Thinking("Be brief.")
+    started(thinking)
+    job = ask(thinking, "What colour is the sky?")
+    llm = ScriptedLlm(["It is blue.", " On a clear day", " it is a shade", " of blue that", " never"])
+    outs: list[Out] = []
+    assert generate(Reply(job), llm, 4, outs.append) == "done"  # stopped at 4 tokens, mid-sentence
+    assert sentences(outs) == [(0, "It is blue.", False), (1, "", True)]
+    assert job.mind.dialogue.messages()[-1] == {"role": "assistant", "content": "It is blue."}
+    # The same reply with room to finish keeps its second sentence's words as they came.
+    job = ask(thinking, "What colour is the sky?", gen=2)
+    outs = []
+    generate(Reply(job), ScriptedLlm(["It is blue.", " On a clear day", " bright", " blue."]), 4, outs.append)
+    assert said(outs) == "It is blue. On a clear day bright blue."
+    # With no sentence finished, what the model made is said rather than nothing.
+    job = ask(thinking, "And at night?", gen=3)
+    outs = []
+    generate(Reply(job), ScriptedLlm(["At night", " the sky turns", " a deep", " shade of"]), 4, outs.append)
+    assert said(outs) == "At night the sky turns a deep shade of"
+
+
 def test_a_line_to_say_is_chunked_and_remembered_without_the_model() -> None:
     thinking = Thinking("sys")
     started(thinking)
