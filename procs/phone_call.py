@@ -80,6 +80,10 @@ from procs.transport_shared import TransportShared
 
 log = logging.getLogger("engine.transport")
 
+IDLE_RECHECK_S = 1.0
+"""How long a send loop with no audio due waits before it looks again at its socket and its ring pair's owner.
+Whatever makes audio due (a ring write, a `clear`, a commit) wakes it sooner."""
+
 CallerMsg = SpeechStarted | SpeechSustained | EndOfTurn | Transcript | SpeechResumed | Spoken
 
 
@@ -208,6 +212,7 @@ class PhoneCall:
             bus.send("llm", Prepare(call_id=self.call_id))
         elif isinstance(action, CommitReply):
             self.audio.release(action.gen)
+            self._waiter.kick.set()  # its audio may all be queued already: no ring write will wake the send loop
             bus.send("llm", Commit(call_id=self.call_id, gen=action.gen))
             self.stages.committed(action.gen)
             self.record({"event": "commit", "gen": action.gen})
@@ -293,7 +298,7 @@ class PhoneCall:
                 await ws.close(code=1011, message=b"engine error")
                 return
             else:
-                await self._waiter.wait(audio.outbound.ring, 1.0)
+                await self._waiter.wait(audio.outbound.ring, IDLE_RECHECK_S)
 
     async def _nap(self, seconds: float) -> None:
         """Sleep until the next frame is due, or until a `clear` is queued (`_act` kicks the waiter)."""

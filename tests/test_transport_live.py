@@ -15,8 +15,9 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from engine.codec import StreamResampler, mulaw_to_pcm16, pcm16_to_mulaw
-from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter
-from ipc.schema import CallEnded
+from ipc.ring import FLAG_END, FLAG_MARK, RingReader, RingWriter, gen_flags
+from ipc.schema import CallEnded, Commit, EndOfTurn, Respond, SpeechStarted, Transcript
+from procs.phone_call import IDLE_RECHECK_S
 from tests.transport_harness import AUTH_TOKEN, PUBLIC_URL, TransportHarness
 from tools.caller import SyntheticCaller, speech_from_text, twilio_signature
 
@@ -171,6 +172,47 @@ def test_bot_audio_reaches_the_caller_with_its_marks(harness: TransportHarness) 
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("mark") == 4
     assert events[-1]["outcome"] == "caller hung up (stop)" and events[-1]["seq_gaps"] == 0
+
+
+def test_a_reply_held_until_the_turn_ended_plays_as_soon_as_it_is_committed(tmp_path: Path) -> None:
+    """A reply started at the caller's pause is held; when the turn ends as transcribed, its audio goes at once,
+    even when all of it is queued already (no ring write is left to wake the send loop)."""
+    h = TransportHarness(tmp_path, ENGINE_CONVERSATION__GREETING="")
+    text = "What time do you open?"
+
+    async def scenario() -> float:
+        async with caller(h) as c:
+            await c.connect(await c.dial())
+            started = await asyncio.to_thread(h.call_started)
+            call, now = started.call_id, time.monotonic_ns()
+            h.send(SpeechStarted(call_id=call, turn=1, onset_t_ns=now), sender="speech")
+            h.send(Transcript(call_id=call, turn=1, text=text, final=False, speculative=True, speech_end_t_ns=now,
+                              audio_ms=1500, stt_ms=100), sender="speech")
+            respond = await asyncio.to_thread(h.wait_for, "llm", Respond, 10, lambda m: m.provisional)
+            ring = h.pool.outbound[started.slot]
+            tts = RingWriter(ring, started.epoch)
+            tone = (np.sin(2 * np.pi * 330 * np.arange(320) / 16000) * 8000).astype(np.int16).tobytes()
+            for i in range(10):  # the whole reply, 200 ms, made before the turn is over
+                assert tts.write(tone, 16000, flags=gen_flags(respond.gen) | (FLAG_END if i == 9 else 0))
+            while ring.stats().backlog:  # the send loop has taken it all, and waits for more
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert not c.received_media_times  # held
+            committed_at = time.monotonic()
+            h.send(EndOfTurn(call_id=call, turn=1, speech_end_t_ns=now), sender="speech")
+            h.send(Transcript(call_id=call, turn=1, text=text, final=True, speech_end_t_ns=now, audio_ms=1500,
+                              stt_ms=100), sender="speech")
+            first = await c.first_media_after(committed_at, timeout=10)
+            commit = await asyncio.to_thread(h.wait_for, "llm", Commit, 10)
+            assert commit.gen == respond.gen
+            await c.hangup()
+            return first - committed_at
+
+    try:
+        waited = asyncio.run(scenario())
+    finally:
+        h.close()
+    assert waited < IDLE_RECHECK_S / 2, f"the held audio waited {waited * 1000:.0f} ms for the send loop's recheck"
 
 
 def wait_recording_closed(call_dir: Path, timeout: float = 10.0) -> None:
