@@ -168,6 +168,10 @@ class SpeechSection(_Section):
     turn_incomplete_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 1000
     """Silence a pause judged unfinished (its transcript does not end a sentence, or ends on a word such as "for";
     or its Smart Turn score is below the threshold) may last before the turn ends anyway."""
+    caller_pause_margin_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 200
+    """A caller who talked on after a silence (one that no judgement had lengthened, or right after their turn was
+    taken as over) pauses that long mid-thought: their turns then end only after their longest such silence plus
+    this, between `end_silence_ms` and `turn_incomplete_ms` (bench/e2e.py's paused sentences). 0: off."""
     prefix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 200
     suffix_pad_ms: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 150
     """Audio after the silence began that Whisper gets too: weak last sounds ("coins", "quickly") fade below the
@@ -210,15 +214,12 @@ class LlmSection(_Section):
     """llamacpp: compute threads. 1 on a small box: with 2, ggml's threads spin-wait for each other while speech and
     TTS hold the cores (3 callers: 4.2-5.0 CPU s an answer with 2 threads, 3.1 with 1; one caller as fast)."""
     prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
-    """llamacpp: threads for a batch of more than one token (a turn's new words, or several calls' tokens decoded
-    together); 0: as many as `threads`. More than `threads` costs under load: 3-4 callers, 2 against 1, v2v p95
-    1643/2044 vs 1446/1881 ms and the llm's CPU +9-16% (bench/results/soak_capacity_prefill_threads.json)."""
+    """llamacpp: threads for a batch of more than one token; 0: as many as `threads`. More costs under load: 3-4
+    callers, 2 vs 1, v2v p95 +200 ms, llm CPU +9-16% (bench/results/soak_capacity_prefill_threads.json)."""
     solo_prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
-    """llamacpp: a call that begins while no other call is live gets a context of its own, whose batches (its
-    turns' new words) run on this many threads: every core of an idle box reads in the caller's words. One call,
-    2 against 1: v2v p50 874 vs 982 ms (bench/results/e2e_prefill_threads2.json). Calls that begin beside
-    others use the shared slots; a call keeps its context when others join, and its prefill is then slower
-    than a shared slot's (bench/llm_prefill.py: 371 vs 171 ms with a core busy). 0: no such context."""
+    """llamacpp: a call that begins while no other call is live gets a context of its own, whose batches run on
+    this many threads (one call, 2 vs 1: v2v p50 874 vs 982 ms, bench/results/e2e_prefill_threads2.json). It keeps
+    it when others join, then prefilling slower than a shared slot (bench/llm_prefill.py). 0: no such context."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
@@ -264,10 +265,9 @@ class TtsSection(_Section):
     """piper: split the voice at its vocoder and decode in chunks (first audio in tens of ms); off: Piper's own
     whole-sentence synthesis."""
     stream_ramp: bool = True
-    """piper, streaming: after the first 186 ms, decode chunks twice as long as the one before (up to 1.5 s), so
-    each is ready well before the audio before it has played; off: 1.5 s chunks at once, whose decode (~150 ms here)
-    nearly outlasts the first chunk's audio, so busy callers hear a stall 186 ms into replies
-    (engine/piper_stream.chunks, bench/piper_chunks.py)."""
+    """piper, streaming: after the first 186 ms, decode chunks twice as long as the one before (up to 1.5 s); off:
+    1.5 s chunks at once, whose decode (~150 ms) nearly outlasts the first chunk's audio, so busy callers hear a
+    stall 186 ms into replies (engine/piper_stream.chunks, bench/piper_chunks.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
     line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0

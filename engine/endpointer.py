@@ -71,6 +71,10 @@ class Endpoint:
 Event = Onset | Sustained | Pause | Resumed | Endpoint
 Phase = Literal["idle", "onset", "speech", "silence"]
 
+GOING_ON_MS = 400
+"""Speech that starts this soon after a turn was taken as over is the caller going on, not answering the bot: no
+one reacts to a reply within that (it begins ~20-130 ms after the turn ends)."""
+
 
 class Endpointer:
     """One call's endpointing: `feed` a window's speech probability, get the events it completes."""
@@ -86,11 +90,32 @@ class Endpointer:
         self._paused = False
         self._run_start = 0  # where the current stretch of unbroken speech began
         self._sustained = False
+        self.caller_pause_ms = 0.0  # the longest silence this caller talked on after (`speech.caller_pause_margin_ms`)
+        self._ended_at: int | None = None  # the sample where the last turn ended, and the silence before it began
+        self._ended_silence_start = 0
+        self._now = 0  # the end of the last window fed
+        self._judged_unfinished = False  # the current pause was given longer by `wait_for`
         self.end_silence_ms = cfg.end_silence_ms  # for the current pause, once it is judged
         self.pause_ms = cfg.pause_ms  # silence before a `Pause`
 
     def _ms(self, samples: int) -> float:
         return samples * 1000 / self.rate
+
+    def base_silence_ms(self) -> int:
+        """The silence that ends this caller's turn unless a pause is judged: `speech.end_silence_ms`, or longer for a
+        caller who has gone on after a longer one (their longest such silence plus `speech.caller_pause_margin_ms`,
+        at most `speech.turn_incomplete_ms`)."""
+        cfg = self.cfg
+        if not cfg.caller_pause_margin_ms or not self.caller_pause_ms:
+            return cfg.end_silence_ms
+        learned = min(cfg.turn_incomplete_ms, round(self.caller_pause_ms) + cfg.caller_pause_margin_ms)
+        return max(cfg.end_silence_ms, learned)
+
+    def _went_on_after(self, silence_start: int, speech_start: int) -> None:
+        """The caller talked again `speech_start` after a silence that began at `silence_start`, with no turn of
+        the bot's between: they pause that long mid-thought."""
+        self.caller_pause_ms = max(self.caller_pause_ms, self._ms(speech_start - silence_start))
+        self.end_silence_ms = max(self.end_silence_ms, self.base_silence_ms())
 
     def _begin(self) -> int:
         return max(0, self._start - self.cfg.prefix_pad_ms * self.rate // 1000)
@@ -98,6 +123,7 @@ class Endpointer:
     def feed(self, prob: float, window_start: int, window_len: int) -> list[Event]:
         """One VAD window [window_start, window_start + window_len) with its speech probability."""
         cfg = self.cfg
+        self._now = window_start + window_len
         speech = prob >= cfg.vad_threshold
         silence = prob < cfg.vad_threshold - cfg.vad_hysteresis
         end = window_start + window_len
@@ -114,6 +140,9 @@ class Endpointer:
                 if self._ms(self._onset_samples) >= cfg.min_speech_ms:
                     self.phase = "speech"
                     events.append(Onset(self._start))
+                    if self._ended_at is not None and self._ms(self._start - self._ended_at) <= GOING_ON_MS:
+                        self._went_on_after(self._ended_silence_start, self._start)  # the turn was not over
+                    self._ended_at = None
         elif self.phase == "speech":
             if silence:
                 self.phase, self._silence_start = "silence", window_start
@@ -130,7 +159,10 @@ class Endpointer:
     def _in_silence(self, speech: bool, window_start: int, end: int) -> list[Event]:
         if speech:
             self.phase, self._run_start = "speech", window_start
-            self.end_silence_ms = self.cfg.end_silence_ms
+            if not self._judged_unfinished:  # a pause after "for", say, tells nothing of the caller's pauses
+                self._went_on_after(self._silence_start, window_start)
+            self._judged_unfinished = False
+            self.end_silence_ms = self.base_silence_ms()
             if self._paused:
                 self._paused = False
                 return [Resumed()]
@@ -142,7 +174,7 @@ class Endpointer:
             events.append(Pause(self._begin(), self._silence_start))
         if quiet >= self.end_silence_ms:
             events.append(Endpoint(self._begin(), self._silence_start))
-            self._reset()
+            self._reset(ended_at=end)
         return events
 
     def end_now(self) -> Endpoint | None:
@@ -150,15 +182,18 @@ class Endpointer:
         if self.phase != "silence" or not self._paused:
             return None
         event = Endpoint(self._begin(), self._silence_start)
-        self._reset()
+        self._reset(ended_at=self._now)
         return event
 
     def wait_for(self, silence_ms: int) -> None:
         """The current pause may be mid-sentence: end the turn only after `silence_ms` of silence."""
         if self.phase == "silence" and self._paused:
-            self.end_silence_ms = silence_ms
+            self.end_silence_ms = max(silence_ms, self.end_silence_ms)
+            self._judged_unfinished = True
 
-    def _reset(self) -> None:
+    def _reset(self, ended_at: int | None = None) -> None:
+        """A turn is over (forced at `max_turn_s`: `ended_at` None, as a caller cut off there has not paused)."""
+        self._ended_at, self._ended_silence_start = ended_at, self._silence_start
         self.phase = "idle"
-        self._paused = False
-        self.end_silence_ms = self.cfg.end_silence_ms
+        self._paused = self._judged_unfinished = False
+        self.end_silence_ms = self.base_silence_ms()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from engine.config import SpeechSection
@@ -9,7 +10,8 @@ from engine.endpointer import Endpoint, Endpointer, Onset, Pause, Resumed, Susta
 
 W = 512  # samples per window at 16 kHz = 32 ms
 CFG = SpeechSection(vad_threshold=0.5, vad_hysteresis=0.15, min_speech_ms=64, pause_ms=200, end_silence_ms=500,
-                    prefix_pad_ms=64)
+                    prefix_pad_ms=64, caller_pause_margin_ms=0)
+LEARNS = msgspec.structs.replace(CFG, caller_pause_margin_ms=200, turn_incomplete_ms=1000)
 NEVER = 60_000  # a barge-in minimum no test pattern reaches: keeps `Sustained` out of the patterns
 
 
@@ -120,3 +122,49 @@ def test_with_a_minimum_no_longer_than_the_onset_the_onset_itself_may_interrupt(
     (i0, onset), (i1, sustained) = events[:2]
     assert isinstance(onset, Onset) and isinstance(sustained, Sustained) and i0 == i1 == 3
     assert [type(e).__name__ for _, e in events[2:]] == ["Pause", "Endpoint"]  # once a turn
+
+
+def endpoints(pattern: str, cfg: SpeechSection) -> list[int]:
+    """The windows at which turns ended."""
+    return [i for i, e in run(pattern, cfg) if isinstance(e, Endpoint)]
+
+
+def test_a_caller_who_talks_on_after_a_long_silence_gets_that_silence_and_the_margin_to_end_a_turn() -> None:
+    # A 416 ms silence inside the first turn (13 windows), talked on after: later turns end at 416 + 200 ms.
+    pattern = "SSSSS" + "." * 13 + "SSSSS" + "." * 40 + "SSSSS" + "." * 24
+    assert endpoints(pattern, LEARNS) == [23 + 19, 68 + 19]  # 20 windows = 640 ms >= 616; 19 = 608 is not
+    assert endpoints(pattern, CFG) == [23 + 15, 68 + 15]  # off: 16 windows = 512 ms >= 500
+
+
+def test_speech_right_after_a_turn_ended_is_the_caller_going_on_and_lengthens_their_end_of_turn() -> None:
+    # The turn ends at 512 ms of silence; the caller goes on 96 ms later: they paused 608 ms. Their next turn
+    # ends at 808 ms.
+    went_on = "SSSSS" + "." * 16 + "..." + "SSSSS" + "." * 30
+    assert endpoints(went_on, LEARNS) == [20, 29 + 25]
+    # A caller who speaks 640 ms after the turn ended is answering the bot: their end of turn stays 500 ms.
+    answered = "SSSSS" + "." * 16 + "." * 20 + "SSSSS" + "." * 30
+    assert endpoints(answered, LEARNS) == [20, 46 + 15]
+
+
+def test_a_pause_already_judged_unfinished_teaches_nothing_and_the_learnt_silence_is_capped() -> None:
+    ep = Endpointer(LEARNS, 16000, barge_in_ms=NEVER)
+    t = 0
+
+    def feed(pattern: str) -> list[object]:
+        nonlocal t
+        out = []
+        for ch in pattern:
+            out += ep.feed(0.9 if ch == "S" else 0.05, t * W, W)
+            t += 1
+        return out
+
+    feed("SSSSS" + "." * 7)  # a Pause (224 ms) whose transcript ends on "for": given longer
+    ep.wait_for(1000)
+    assert not any(isinstance(e, Endpoint) for e in feed("." * 20 + "SSSSS"))  # went on after 864 ms
+    assert ep.base_silence_ms() == 500
+    feed("." * 16 + ".")  # ended at 512 ms; the caller goes on 32 ms later, after 544 ms
+    feed("SSSSS")
+    assert ep.base_silence_ms() == 500 + 44 + 200
+    capped = Endpointer(msgspec.structs.replace(LEARNS, turn_incomplete_ms=600), 16000, barge_in_ms=NEVER)
+    capped.caller_pause_ms = 900
+    assert capped.base_silence_ms() == 600
