@@ -50,6 +50,27 @@ def _is_sentence_end(text: str, end: int) -> bool:
     return not (word.isdigit() and text[line_start:m.start()].strip() == "")  # "2. Pears" at a line start
 
 
+_WORD = re.compile(r"\S+")
+LOOP_MAX_WORDS = 8  # the longest phrase a loop is looked for in
+
+
+def loop_start(text: str) -> int | None:
+    """Where `text` starts repeating itself, if its end is one phrase (1-8 words, case and punctuation aside) said
+    three times running (a single word, four): the index of the second time. A small model caught in a loop says
+    "il y va la, il y va la, ..." until its token limit (bench/peer.py's --keep transcripts)."""
+    words = list(_WORD.finditer(text))
+    norm = [re.sub(r"\W+", "", w.group().lower()) for w in words]
+    for n in range(1, LOOP_MAX_WORDS + 1):
+        times = 4 if n == 1 else 3
+        if len(norm) < n * times:
+            break
+        tail = norm[len(norm) - n * times:]
+        phrase = tail[:n]
+        if any(phrase) and all(tail[k * n:(k + 1) * n] == phrase for k in range(1, times)):
+            return words[len(norm) - n * (times - 1)].start()
+    return None
+
+
 class SentenceChunker:
     """Cuts one reply's streamed text into speakable pieces: `push` deltas, `flush` at the end."""
 
@@ -78,6 +99,10 @@ class SentenceChunker:
             self._emitted += 1
             return [piece]
         return []
+
+    def drop_last(self, chars: int) -> None:
+        """Forget the last `chars` characters of text not yet cut into a piece (as many as it holds, at most)."""
+        self._buf = self._buf[:max(0, len(self._buf) - chars)]
 
     def _natural_break(self, text: str) -> int | None:
         """Where the first piece may end with no punctuation: before the last break word that leaves it at least

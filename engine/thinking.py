@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.calls import CallTable, EarlyMessages
-from engine.chunker import SentenceChunker
+from engine.chunker import SentenceChunker, loop_start
 from engine.dialogue import Dialogue, Turn
 from engine.first_pieces import FirstPieces, Yielder
 from engine.llm import LlmBackend, Messages
@@ -213,7 +213,10 @@ class Reply:
         self._sentence_ends = 0
         self._said: list[str] = []  # the pieces sent to be spoken
         self.enough = False
-        """It has said `max_sentences` sentences: the model should stop, and what it makes after is dropped."""
+        """It has said `max_sentences` sentences, or begun to repeat itself: the model should stop, and what it
+        makes after is dropped."""
+        self.repeated = False
+        """It was cut where the model began to say one phrase over and over (`engine.chunker.loop_start`)."""
         self.error: Exception | None = None
         """What made the backend fail mid-reply, if it did."""
 
@@ -230,8 +233,15 @@ class Reply:
         if self.stopped() or self.enough:
             return []
         out: list[Out] = [] if self._produced else [Stage("llm_first_token")]
+        before = len(self.text)
         self._produced.append(delta)
-        return out + self._sentences(self._chunker.push(delta))
+        if (cut := loop_start(self.text)) is None:
+            return out + self._sentences(self._chunker.push(delta))
+        # The model repeats itself: the reply ends where the repeating began (what was spoken of it stays said).
+        self._chunker.drop_last(before - cut)
+        out += self._sentences(self._chunker.push(delta[:max(0, cut - before)]) + self._chunker.flush())
+        self.enough = self.repeated = True
+        return out
 
     def finish(self, cut_off: bool = False) -> list[Out]:
         """The model is done: the rest of the text as the last sentence (an empty one if nothing is left, so the

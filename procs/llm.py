@@ -58,6 +58,7 @@ class LlmProc(SyncChild):
         self.generations = 0
         self.prepared = 0
         self.failures = 0
+        self.repeats_cut = 0  # replies ended where the model began to say one phrase over and over
         self._jobs: list[queue.SimpleQueue[ReplyJob | None]] = []
         self._workers: list[threading.Thread] = []
 
@@ -120,11 +121,16 @@ class LlmProc(SyncChild):
             log.error("call %s gen %d: generation failed: %s", job.call_id, job.gen, reply.error)
         elif outcome == "stopped":
             log.info("call %s gen %d cancelled after %d deltas", job.call_id, job.gen, reply.deltas)
+        if reply.repeated:
+            self.repeats_cut += 1
+            log.info("call %s gen %d: the model repeated itself; the reply ends before the repeats", job.call_id,
+                     job.gen)
 
     def stats(self) -> dict[str, int]:
         return {"calls": len(self.thinking.calls), "queued": sum(jobs.qsize() for jobs in self._jobs),
                 "cancels": self.thinking.cancels,
                 "generations": self.generations, "prepared": self.prepared, "failures": self.failures,
+                "repeats_cut": self.repeats_cut,
                 "gave_way": self.first_pieces.yields, "gave_way_ms": self.first_pieces.yielded_ms}
 
     def teardown(self) -> None:

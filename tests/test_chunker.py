@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chunker import SentenceChunker
+from engine.chunker import SentenceChunker, loop_start
 
 
 def chunk(text: str, step: int = 3, first_min_words: int = 4) -> list[str]:
@@ -73,3 +73,18 @@ def test_run_on_text_is_cut_at_a_space() -> None:
 def test_the_first_piece_ends_at_a_natural_break_when_there_is_no_comma(text: str, expected: list[str]) -> None:
     assert chunk(text, first_min_words=3) == expected
     assert chunk(text, step=1, first_min_words=3) == expected  # however the deltas fall
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("Pour le plus, il y va la, il y va la, il y va la,", "Pour le plus, il y va la, "),
+    ("I'm fine. I'm fine. I'm fine.", "I'm fine. "),
+    ("Ben-Arami, Ben-Arami, Ben-Arami, Ben-Arami,", "Ben-Arami, "),  # one word: four times
+    ("No, no, no. That is not it.", None),
+    ("Ben-Arami, Ben-Arami, Ben-Arami,", None),  # one word three times may be meant
+    ("It is blue, blue like the sea, blue like the sky.", None),
+    ("one two three one two three", None),  # twice is not a loop
+    ("... ... ... ...", None),  # no words in it
+])
+def test_a_phrase_said_three_times_running_is_a_loop_cut_at_its_second_time(text: str, kept: str | None) -> None:
+    cut = loop_start(text)
+    assert (None if cut is None else text[:cut]) == kept

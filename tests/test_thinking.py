@@ -119,6 +119,21 @@ def test_a_reply_cut_by_max_tokens_ends_on_its_last_whole_sentence_or_says_its_o
     assert said(outs) == "At night the sky turns a deep shade of"
 
 
+def test_a_model_caught_in_a_loop_is_stopped_and_its_reply_ends_before_the_repeats() -> None:
+    thinking = Thinking("Be brief.")
+    started(thinking)
+    job = ask(thinking, "Can you recommend a good book?")
+    loop = ["Pour le plus,", " il y va", " la,"] + [" il", " y", " va", " la,"] * 20
+    llm = ScriptedLlm(loop)
+    outs: list[Out] = []
+    reply = Reply(job)
+    assert generate(reply, llm, 80, outs.append) == "done"
+    assert reply.repeated and reply.deltas == 3 + 4 * 2  # stopped at the third time, not at 80 tokens
+    assert said(outs) == "Pour le plus, il y va la,"
+    assert sentences(outs)[-1] == (1, "", True)
+    assert job.mind.dialogue.messages()[-1] == {"role": "assistant", "content": "Pour le plus, il y va la,"}
+
+
 def test_a_line_to_say_is_chunked_and_remembered_without_the_model() -> None:
     thinking = Thinking("sys")
     started(thinking)
