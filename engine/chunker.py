@@ -52,22 +52,27 @@ def _is_sentence_end(text: str, end: int) -> bool:
 
 _WORD = re.compile(r"\S+")
 LOOP_MAX_WORDS = 8  # the longest phrase a loop is looked for in
+LOOP_MIN_WORDS = 8  # the fewest words its repeats span: "No, no, no, no" and "tick tock" x3 are speech, not loops
 
 
 def loop_start(text: str) -> int | None:
     """Where `text` starts repeating itself, if its end is one phrase (1-8 words, case and punctuation aside) said
-    three times running (a single word, four): the index of the second time. A small model caught in a loop says
-    "il y va la, il y va la, ..." until its token limit (bench/peer.py's --keep transcripts)."""
+    at least three times running and over at least `LOOP_MIN_WORDS` words: the index just past its first time (the
+    run traced back to where it began, so a phrase first seen mid-delta is cut there too). A small model caught in a
+    loop says "il y va la, il y va la, ..." until its token limit (bench/peer.py's --keep transcripts)."""
     words = list(_WORD.finditer(text))
     norm = [re.sub(r"\W+", "", w.group().lower()) for w in words]
     for n in range(1, LOOP_MAX_WORDS + 1):
-        times = 4 if n == 1 else 3
-        if len(norm) < n * times:
+        span = n * max(3, -(-LOOP_MIN_WORDS // n))
+        if len(norm) < span:
             break
-        tail = norm[len(norm) - n * times:]
-        phrase = tail[:n]
-        if any(phrase) and all(tail[k * n:(k + 1) * n] == phrase for k in range(1, times)):
-            return words[len(norm) - n * (times - 1)].start()
+        tail = len(norm) - span
+        if not any(norm[tail:tail + n]) or any(norm[i] != norm[i + n] for i in range(tail, len(norm) - n)):
+            continue
+        first = tail
+        while first > 0 and norm[first - 1] == norm[first - 1 + n]:
+            first -= 1  # the run began earlier than the part of it that was checked
+        return words[first + n].start()
     return None
 
 

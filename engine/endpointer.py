@@ -95,6 +95,7 @@ class Endpointer:
         self._ended_silence_start = 0
         self._now = 0  # the end of the last window fed
         self._judged_unfinished = False  # the current pause was given longer by `wait_for`
+        self._went_on_from: int | None = None  # where the silence the caller has just talked on after began
         self.end_silence_ms = cfg.end_silence_ms  # for the current pause, once it is judged
         self.pause_ms = cfg.pause_ms  # silence before a `Pause`
 
@@ -145,7 +146,10 @@ class Endpointer:
                     self._ended_at = None
         elif self.phase == "speech":
             if silence:
-                self.phase, self._silence_start = "silence", window_start
+                self.phase, self._silence_start, self._went_on_from = "silence", window_start, None
+            elif self._went_on_from is not None and self._ms(end - self._run_start) >= cfg.min_speech_ms:
+                self._went_on_after(self._went_on_from, self._run_start)
+                self._went_on_from = None
         elif self.phase == "silence":
             events += self._in_silence(speech, window_start, end)
         if self.phase == "speech" and not self._sustained and self._ms(end - self._run_start) >= self.barge_in_ms:
@@ -159,8 +163,9 @@ class Endpointer:
     def _in_silence(self, speech: bool, window_start: int, end: int) -> list[Event]:
         if speech:
             self.phase, self._run_start = "speech", window_start
-            if not self._judged_unfinished:  # a pause after "for", say, tells nothing of the caller's pauses
-                self._went_on_after(self._silence_start, window_start)
+            # Learnt once the speech lasts `min_speech_ms` (a click is not the caller going on); a pause after
+            # "for", say, tells nothing of the caller's pauses.
+            self._went_on_from = None if self._judged_unfinished else self._silence_start
             self._judged_unfinished = False
             self.end_silence_ms = self.base_silence_ms()
             if self._paused:
@@ -193,7 +198,9 @@ class Endpointer:
 
     def _reset(self, ended_at: int | None = None) -> None:
         """A turn is over (forced at `max_turn_s`: `ended_at` None, as a caller cut off there has not paused)."""
-        self._ended_at, self._ended_silence_start = ended_at, self._silence_start
+        # A turn a judgement had already lengthened teaches nothing either (see `_in_silence`).
+        self._ended_at = None if self._judged_unfinished else ended_at
+        self._ended_silence_start = self._silence_start
         self.phase = "idle"
         self._paused = self._judged_unfinished = False
         self.end_silence_ms = self.base_silence_ms()

@@ -235,7 +235,7 @@ class Reply:
         out: list[Out] = [] if self._produced else [Stage("llm_first_token")]
         before = len(self.text)
         self._produced.append(delta)
-        if (cut := loop_start(self.text)) is None:
+        if self.job.say or (cut := loop_start(self.text)) is None:  # a line to say is said whole
             return out + self._sentences(self._chunker.push(delta))
         # The model repeats itself: the reply ends where the repeating began (what was spoken of it stays said).
         self._chunker.drop_last(before - cut)

@@ -77,14 +77,19 @@ def test_the_first_piece_ends_at_a_natural_break_when_there_is_no_comma(text: st
 
 @pytest.mark.parametrize(("text", "kept"), [
     ("Pour le plus, il y va la, il y va la, il y va la,", "Pour le plus, il y va la, "),
-    ("I'm fine. I'm fine. I'm fine.", "I'm fine. "),
-    ("Ben-Arami, Ben-Arami, Ben-Arami, Ben-Arami,", "Ben-Arami, "),  # one word: four times
-    ("No, no, no. That is not it.", None),
-    ("Ben-Arami, Ben-Arami, Ben-Arami,", None),  # one word three times may be meant
+    ("Pour le plus, il y va la, il y va la, il y va la, il y", "Pour le plus, il y va la, "),  # caught mid-phrase
+    ("a b c, a b c, a b c, a b c, a b c,", "a b c, "),  # however many times it came in one delta
+    ("Okay. I'm fine, thanks. I'm fine, thanks. I'm fine, thanks.", "Okay. I'm fine, thanks. "),
+    ("Ben-Arami, " * 8, "Ben-Arami, "),  # one word: eight times
+    ("Really, really, really, really good question.", None),
+    ("Ha ha ha ha, that's funny.", None),
+    ("No, no, no, no, that is wrong.", None),
+    ("Tick tock, tick tock, tick tock.", None),
+    ("The PIN is 1 1 1 1.", None),
     ("It is blue, blue like the sea, blue like the sky.", None),
     ("one two three one two three", None),  # twice is not a loop
-    ("... ... ... ...", None),  # no words in it
+    ("... ... ... ... ... ... ... ...", None),  # no words in it
 ])
-def test_a_phrase_said_three_times_running_is_a_loop_cut_at_its_second_time(text: str, kept: str | None) -> None:
+def test_a_phrase_said_over_and_over_is_a_loop_cut_after_its_first_time(text: str, kept: str | None) -> None:
     cut = loop_start(text)
     assert (None if cut is None else text[:cut]) == kept

@@ -168,3 +168,18 @@ def test_a_pause_already_judged_unfinished_teaches_nothing_and_the_learnt_silenc
     capped = Endpointer(msgspec.structs.replace(LEARNS, turn_incomplete_ms=600), 16000, barge_in_ms=NEVER)
     capped.caller_pause_ms = 900
     assert capped.base_silence_ms() == 600
+
+
+def test_a_click_in_a_silence_and_a_turn_a_judgement_lengthened_teach_nothing() -> None:
+    click = "SSSSS" + "." * 15 + "S" + "." * 21 + "S" + "." * 40 + "SSSSS" + "." * 16
+    ep = Endpointer(LEARNS, 16000, barge_in_ms=NEVER)
+    for i, ch in enumerate(click):
+        ep.feed(0.9 if ch == "S" else 0.05, i * W, W)
+    assert ep.caller_pause_ms == 0 and ep.base_silence_ms() == 500
+    judged = Endpointer(LEARNS, 16000, barge_in_ms=NEVER)
+    pattern = "SSSSS" + "." * 7 + "W" + "." * 30 + "..." + "SSSSS"  # W: the pause is judged unfinished here
+    for i, ch in enumerate(pattern):
+        if ch == "W":
+            judged.wait_for(1000)
+        judged.feed(0.9 if ch == "S" else 0.05, i * W, W)
+    assert judged.caller_pause_ms == 0  # its turn ended at 1 s; talking on right after teaches nothing
