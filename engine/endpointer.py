@@ -91,8 +91,7 @@ class Endpointer:
         self._run_start = 0  # where the current stretch of unbroken speech began
         self._sustained = False
         self.caller_pause_ms = 0.0  # the longest silence this caller talked on after (`speech.caller_pause_margin_ms`)
-        self._ended_at: int | None = None  # the sample where the last turn ended, and the silence before it began
-        self._ended_silence_start = 0
+        self._ended_at: int | None = None  # the sample where the last turn ended (its silence began at _silence_start)
         self._now = 0  # the end of the last window fed
         self._judged_unfinished = False  # the current pause was given longer by `wait_for`
         self._went_on_from: int | None = None  # where the silence the caller has just talked on after began
@@ -142,7 +141,7 @@ class Endpointer:
                     self.phase = "speech"
                     events.append(Onset(self._start))
                     if self._ended_at is not None and self._ms(self._start - self._ended_at) <= GOING_ON_MS:
-                        self._went_on_after(self._ended_silence_start, self._start)  # the turn was not over
+                        self._went_on_after(self._silence_start, self._start)  # the turn was not over
                     self._ended_at = None
         elif self.phase == "speech":
             if silence:
@@ -200,7 +199,6 @@ class Endpointer:
         """A turn is over (forced at `max_turn_s`: `ended_at` None, as a caller cut off there has not paused)."""
         # A turn a judgement had already lengthened teaches nothing either (see `_in_silence`).
         self._ended_at = None if self._judged_unfinished else ended_at
-        self._ended_silence_start = self._silence_start
         self.phase = "idle"
         self._paused = self._judged_unfinished = False
         self.end_silence_ms = self.base_silence_ms()

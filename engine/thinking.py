@@ -233,11 +233,11 @@ class Reply:
         if self.stopped() or self.enough:
             return []
         out: list[Out] = [] if self._produced else [Stage("llm_first_token")]
-        before = len(self.text)
         self._produced.append(delta)
-        if self.job.say or (cut := loop_start(self.text)) is None:  # a line to say is said whole
+        if self.job.say or (cut := loop_start(text := self.text)) is None:  # a line to say is said whole
             return out + self._sentences(self._chunker.push(delta))
         # The model repeats itself: the reply ends where the repeating began (what was spoken of it stays said).
+        before = len(text) - len(delta)
         self._chunker.drop_last(before - cut)
         out += self._sentences(self._chunker.push(delta[:max(0, cut - before)]) + self._chunker.flush())
         self.enough = self.repeated = True
