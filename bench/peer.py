@@ -18,11 +18,17 @@ any work. Also the seconds of audio each answer brings the caller, and CPU secon
 of different lengths cost different work (the two systems cap a reply differently: the engine at
 `llm.max_sentences` and `llm.max_tokens`, the peer at 80 tokens). Ratios are engine / peer. `--keep DIR`
 keeps both sides' logs and the engine's call recordings, to read what each system said.
+
+The same small model says more on one prompt than on another, and every word costs both systems CPU in the
+LLM and the TTS. So the engine is given the peer's system prompt and sampling temperature, read from the
+peer's bot.py, and the two answer the same instructions; `--engine-prompt` keeps the engine's own (as runs
+before 2026-12-03 did).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import os
@@ -62,6 +68,19 @@ def cpu_s(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / _TICKS
+
+
+def peer_instructions() -> list[str]:
+    """The peer's system prompt and temperature (bot.py's SYSTEM_PROMPT and --temperature default), as engine
+    settings."""
+    tree = ast.parse((PEER_DIR / "bot.py").read_text())
+    prompt = next(str(node.value.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "SYSTEM_PROMPT" for t in node.targets)
+                  and isinstance(node.value, ast.Constant))
+    temperature = next(float(str(kw.value.value)) for node in ast.walk(tree) if isinstance(node, ast.Call) and node.args
+                       and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--temperature"
+                       for kw in node.keywords if kw.arg == "default" and isinstance(kw.value, ast.Constant))
+    return [f"llm.system_prompt={prompt}", f"llm.temperature={temperature}"]
 
 
 class Peer:
@@ -131,6 +150,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config setting for the engine (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
+    parser.add_argument("--engine-prompt", action="store_true",
+                        help="keep the engine's own system prompt and temperature, not the peer's")
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each side's logs here (the engine's log, trace and call recordings; the peer's "
@@ -141,8 +162,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peer-bench"))
     # Admission off: the peer has none, and a turned-away caller would end the round.
     recordings = [f"transport.recordings_dir={work / 'recordings'}"] if args.keep else []
+    same = [] if args.engine_prompt else peer_instructions()
     engine = Engine("engine", ROOT, work, ["conversation.greeting=", "engine.admit_max_response_ms=0",
-                                           "engine.admit_max_cpu_pct=0", *recordings, *args.set])
+                                           "engine.admit_max_cpu_pct=0", *same, *recordings, *args.set])
     peer = Peer(args.peer_turn)
     systems = {"engine": f"http://127.0.0.1:{engine.port}", "pipecat": f"http://127.0.0.1:{peer.port}"}
     v2v: dict[str, list[float]] = {name: [] for name in systems}
@@ -202,7 +224,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "benchmark": "engine vs Pipecat peer", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(), "conditions": conditions, "callers": args.callers, "peer_turn": args.peer_turn,
-        "engine_settings": args.set, "systems": figures, "ratios_engine_over_pipecat": ratios, "v2v_ms": v2v,
+        "engine_settings": [*same, *args.set], "systems": figures, "ratios_engine_over_pipecat": ratios, "v2v_ms": v2v,
         "reply_audio_s": reply_s,
     }, indent=2) + "\n")
     print(f"wrote {args.out}")
