@@ -22,7 +22,9 @@ keeps both sides' logs and the engine's call recordings, to read what each syste
 The same small model says more on one prompt than on another, and every word costs both systems CPU in the
 LLM and the TTS. So the engine is given the peer's system prompt and sampling temperature, read from the
 peer's bot.py, and the two answer the same instructions; `--engine-prompt` keeps the engine's own (as runs
-before 2026-12-03 did).
+before 2026-12-03 did). The peer's LLM server samples with a fixed seed, so it gives each question the same answer
+every time; the engine's does not. `--temperature 0` makes both greedy: each says the same to the same dialogue
+every run, so reply lengths (and the CPU they cost) stop moving between runs.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def peer_instructions() -> list[str]:
 class Peer:
     """The Pipecat bot and its llama.cpp server, started with the peer's own run.sh."""
 
-    def __init__(self, turn: str) -> None:
+    def __init__(self, turn: str, extra: list[str]) -> None:
         if not (PEER_VENV / "bin" / "python").is_file():
             print(f"making the peer's venv ({PEER_VENV}) with its setup.sh ...", flush=True)
             subprocess.run(["bash", str(PEER_DIR / "setup.sh")], check=True,
@@ -94,8 +96,8 @@ class Peer:
         self.port = free_port()
         self.state = Path(tempfile.mkdtemp(prefix="peer-state"))
         env = {**os.environ, "STATE_DIR": str(self.state), "VENV": str(PEER_VENV)}
-        subprocess.run(["bash", str(PEER_DIR / "run.sh"), "start", str(self.port), "--", "--turn", turn], check=True,
-                       env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(["bash", str(PEER_DIR / "run.sh"), "start", str(self.port), "--", "--turn", turn, *extra],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
         self._env = env
 
     def pids(self) -> list[int]:
@@ -152,6 +154,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer.json")
     parser.add_argument("--engine-prompt", action="store_true",
                         help="keep the engine's own system prompt and temperature, not the peer's")
+    parser.add_argument("--temperature", type=float,
+                        help="sample both systems' LLMs at this temperature (0: greedy, the same answer to the same "
+                             "dialogue every time, on both sides); default: the peer's")
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each side's logs here (the engine's log, trace and call recordings; the peer's "
@@ -163,9 +168,11 @@ def main() -> None:
     # Admission off: the peer has none, and a turned-away caller would end the round.
     recordings = [f"transport.recordings_dir={work / 'recordings'}"] if args.keep else []
     same = [] if args.engine_prompt else peer_instructions()
+    if args.temperature is not None:
+        same = [x for x in same if not x.startswith("llm.temperature=")] + [f"llm.temperature={args.temperature}"]
     engine = Engine("engine", ROOT, work, ["conversation.greeting=", "engine.admit_max_response_ms=0",
                                            "engine.admit_max_cpu_pct=0", *same, *recordings, *args.set])
-    peer = Peer(args.peer_turn)
+    peer = Peer(args.peer_turn, [] if args.temperature is None else ["--temperature", str(args.temperature)])
     systems = {"engine": f"http://127.0.0.1:{engine.port}", "pipecat": f"http://127.0.0.1:{peer.port}"}
     v2v: dict[str, list[float]] = {name: [] for name in systems}
     reply_s: dict[str, list[float]] = {name: [] for name in systems}
@@ -224,6 +231,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "benchmark": "engine vs Pipecat peer", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(), "conditions": conditions, "callers": args.callers, "peer_turn": args.peer_turn,
+        "temperature_both": args.temperature,
         "engine_settings": [*same, *args.set], "systems": figures, "ratios_engine_over_pipecat": ratios, "v2v_ms": v2v,
         "reply_audio_s": reply_s,
     }, indent=2) + "\n")
