@@ -53,14 +53,21 @@ def _is_sentence_end(text: str, end: int) -> bool:
 _WORD = re.compile(r"\S+")
 LOOP_MAX_WORDS = 8  # the longest phrase a loop is looked for in
 LOOP_MIN_WORDS = 8  # the fewest words its repeats span: "No, no, no, no" and "tick tock" x3 are speech, not loops
+LOOP_SCAN_CHARS = 1000  # how much of a reply's end is read for a loop
 
 
 def loop_start(text: str) -> int | None:
     """Where `text` starts repeating itself, if its end is one phrase (1-8 words, case and punctuation aside) said
     at least three times running and over at least `LOOP_MIN_WORDS` words: the index just past its first time (the
     run traced back to where it began, so a phrase first seen mid-delta is cut there too). A small model caught in a
-    loop says "il y va la, il y va la, ..." until its token limit (bench/peer.py's --keep transcripts)."""
-    words = list(_WORD.finditer(text))
+    loop says "il y va la, il y va la, ..." until its token limit (bench/peer.py's --keep transcripts).
+
+    Only the last `LOOP_SCAN_CHARS` are read, so a reply checked at every delta costs its length, not its square.
+    Checked that often, a loop is caught once it spans 24 words at most, plus the last delta: a run traced back into
+    text before the window takes a delta of more than ~700 characters, and it is then cut where the window
+    begins."""
+    skip = max(0, len(text) - LOOP_SCAN_CHARS)
+    words = list(_WORD.finditer(text, skip))
     norm = [re.sub(r"\W+", "", w.group().lower()) for w in words]
     for n in range(1, LOOP_MAX_WORDS + 1):
         span = n * max(3, -(-LOOP_MIN_WORDS // n))

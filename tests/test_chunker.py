@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chunker import SentenceChunker, loop_start
+from engine.chunker import LOOP_SCAN_CHARS, SentenceChunker, loop_start
 
 
 def chunk(text: str, step: int = 3, first_min_words: int = 4) -> list[str]:
@@ -93,3 +93,16 @@ def test_the_first_piece_ends_at_a_natural_break_when_there_is_no_comma(text: st
 def test_a_phrase_said_over_and_over_is_a_loop_cut_after_its_first_time(text: str, kept: str | None) -> None:
     cut = loop_start(text)
     assert (None if cut is None else text[:cut]) == kept
+
+
+def test_a_loop_at_the_end_of_a_long_reply_is_found_from_the_reply_s_end_alone() -> None:
+    said = " ".join(f"word{i}" for i in range(3000)) + ". "  # ~26,000 characters of text that never repeats
+    assert loop_start(said) is None
+    text = said + "il y va la, " * 4
+    cut = loop_start(text)
+    assert cut is not None and text[:cut] == said + "il y va la, "
+    # One delta far longer than the window read, a loop all through it: still cut, inside the loop, where the window
+    # begins (not after its first time, which lies before the window).
+    huge = said + "il y va la, " * 800
+    cut = loop_start(huge)
+    assert cut is not None and len(said) < cut and len(huge) - cut <= LOOP_SCAN_CHARS
