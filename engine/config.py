@@ -74,7 +74,7 @@ class TransportSection(_Section):
     """How long after the webhook answered a call its media stream may still connect (Twilio connects within a
     second or two). The line is held for the call until then, and a token opens one stream only."""
     inbound_rate: Literal[8000, 16000] = 16000
-    """Sample rate of the caller audio written to the inbound rings (the speech models want 16 kHz)."""
+    """Caller audio's rate in the inbound rings and the VAD; at 8000 each utterance goes to Whisper resampled to 16k."""
     inbound_spill_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
     """Caller audio kept while a call's inbound ring is full (the speech process restarting takes longer than the
     ring holds), written to the ring once it has room: none is lost. 0: a full ring drops."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import soxr
 
 from engine.config import SpeechSection
 from engine.endpointer import Endpoint, Endpointer, Event, Onset, Pause, Resumed, Sustained
@@ -57,6 +58,7 @@ class Job:
     complete: float | None = None  # a turn job's result: the probability the turn is finished
 
 
+MODEL_RATE = 16_000  # what Whisper and Smart Turn take; a call's audio at another rate is resampled per job
 SENTENCE_END = (".", "?", "!")
 UNFINISHED_ENDINGS = frozenset({
     "a", "an", "the", "and", "but", "or", "so", "because", "to", "for", "with", "of", "in", "on", "at", "from",
@@ -240,8 +242,10 @@ class Hearing:
         # A transcript's audio runs on past where the silence began (speech.suffix_pad_ms, as far as it has come):
         # the ends of weak last sounds are under the VAD's threshold. The turn's end stays where the speech stopped.
         upto = end if judge else min(end + self.speech.suffix_pad_ms * self.rate // 1000, ear.history.end)
-        job = Job(ear.call_id, ear.turn, start, end, ear.history.range(start, upto), ear.t_ns_of(end), speculative,
-                  judge=judge)
+        audio = ear.history.range(start, upto)
+        if self.rate != MODEL_RATE:  # transport.inbound_rate = 8000: the VAD ran at 8 kHz, the models take 16
+            audio = np.asarray(soxr.resample(audio, self.rate, MODEL_RATE), np.float32)
+        job = Job(ear.call_id, ear.turn, start, end, audio, ear.t_ns_of(end), speculative, judge=judge)
         ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
         self.pending_jobs.append(job)
         return job
@@ -297,6 +301,6 @@ class Hearing:
 
     def _transcript(self, job: Job, final: bool) -> Transcript:
         return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=final,
-                          speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // self.rate,
+                          speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // MODEL_RATE,
                           stt_ms=job.stt_ms, speculative=job.speculative, stt_start_t_ns=job.stt_start_t_ns,
                           t_ns=time.monotonic_ns())

@@ -80,18 +80,21 @@ def test_utterances_ready_together_are_transcribed_in_one_batch_as_they_would_be
     assert "yes" in words(together[0]) and "friday" in words(together[1])
 
 
-def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper: WhisperTranscriber) -> None:
+@pytest.mark.parametrize("rate", [16000, 8000])  # transport.inbound_rate: at 8000 each job is resampled for Whisper
+def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper: WhisperTranscriber,
+                                                        rate: int) -> None:
     """VAD, endpointing and speculative transcription together, with no process around them."""
     # The shared pause: a call alone pauses sooner (speech.solo_pause_ms), and SENTENCE has a gap inside it long
     # enough for that (see the solo-pause test below).
-    hearing = Hearing(vad, SpeechSection(solo_pause_ms=SpeechSection().pause_ms), 16000, barge_in_ms=0)
+    hearing = Hearing(vad, SpeechSection(solo_pause_ms=SpeechSection().pause_ms), rate, barge_in_ms=0)
     hearing.add_call("CA1")
-    audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]))
+    audio = phone_path(np.concatenate([line_noise(1.0), spoken(SENTENCE), silence(1.5)]), rate=rate)
+    frame = rate // 50
     msgs = []
     t_ns = 0
-    for i in range(0, len(audio), 320):  # 20 ms frames, as the ring delivers them
+    for i in range(0, len(audio), frame):  # 20 ms frames, as the ring delivers them
         t_ns += 20_000_000
-        hearing.add_audio("CA1", audio[i:i + 320].tobytes(), t_ns)
+        hearing.add_audio("CA1", audio[i:i + frame].tobytes(), t_ns)
         while hearing.ears["CA1"].window_ready():
             msgs += hearing.vad_round()
         for job in hearing.take_jobs():  # run each job at once, as the worker thread would
@@ -109,6 +112,8 @@ def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper:
     assert abs(end.speech_end_t_ns / 1e9 - speech_end_s) < 0.4
     assert transcript.speculative  # started during the silence, kept because no speech followed
     assert len({"table", "people", "friday", "evening"} & words(transcript.text)) >= 3, transcript.text
+    speech_ms = 1000 * len(spoken(SENTENCE)) / 8000  # the audio it was made from: the speech, give or take the pads
+    assert abs(transcript.audio_ms - speech_ms) < 600, (transcript.audio_ms, speech_ms)
 
 
 @pytest.mark.parametrize("tier", ["base"])
