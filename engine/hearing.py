@@ -29,6 +29,7 @@ import soxr
 
 from engine.config import SpeechSection
 from engine.endpointer import Endpoint, Endpointer, Event, Onset, Pause, Resumed, Sustained
+from engine.stt import SAMPLE_RATE
 from engine.vad import WINDOW, SileroVad, VadStream
 from ipc.schema import EndOfTurn, Msg, SpeechResumed, SpeechStarted, SpeechSustained, Transcript
 
@@ -58,7 +59,6 @@ class Job:
     complete: float | None = None  # a turn job's result: the probability the turn is finished
 
 
-MODEL_RATE = 16_000  # what Whisper and Smart Turn take; a call's audio at another rate is resampled per job
 SENTENCE_END = (".", "?", "!")
 UNFINISHED_ENDINGS = frozenset({
     "a", "an", "the", "and", "but", "or", "so", "because", "to", "for", "with", "of", "in", "on", "at", "from",
@@ -243,8 +243,8 @@ class Hearing:
         # the ends of weak last sounds are under the VAD's threshold. The turn's end stays where the speech stopped.
         upto = end if judge else min(end + self.speech.suffix_pad_ms * self.rate // 1000, ear.history.end)
         audio = ear.history.range(start, upto)
-        if self.rate != MODEL_RATE:  # transport.inbound_rate = 8000: the VAD ran at 8 kHz, the models take 16
-            audio = np.asarray(soxr.resample(audio, self.rate, MODEL_RATE), np.float32)
+        if self.rate != SAMPLE_RATE:  # inbound_rate 8000: the VAD ran at 8 kHz; Whisper and Smart Turn take 16
+            audio = np.asarray(soxr.resample(audio, self.rate, SAMPLE_RATE), np.float32)
         job = Job(ear.call_id, ear.turn, start, end, audio, ear.t_ns_of(end), speculative, judge=judge)
         ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
         self.pending_jobs.append(job)
@@ -301,6 +301,6 @@ class Hearing:
 
     def _transcript(self, job: Job, final: bool) -> Transcript:
         return Transcript(call_id=job.call_id, turn=job.turn, text=job.text or "", final=final,
-                          speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // MODEL_RATE,
+                          speech_end_t_ns=job.speech_end_t_ns, audio_ms=len(job.audio) * 1000 // SAMPLE_RATE,
                           stt_ms=job.stt_ms, speculative=job.speculative, stt_start_t_ns=job.stt_start_t_ns,
                           t_ns=time.monotonic_ns())
