@@ -72,9 +72,8 @@ def cpu_s(pids: list[int]) -> float:
     return total / _TICKS
 
 
-def peer_instructions() -> list[str]:
-    """The peer's system prompt and temperature (bot.py's SYSTEM_PROMPT and --temperature default), as engine
-    settings."""
+def peer_instructions() -> tuple[str, float]:
+    """The peer's system prompt and temperature: bot.py's SYSTEM_PROMPT and its --temperature default."""
     tree = ast.parse((PEER_DIR / "bot.py").read_text())
     prompt = next(str(node.value.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
                   and any(isinstance(t, ast.Name) and t.id == "SYSTEM_PROMPT" for t in node.targets)
@@ -82,7 +81,7 @@ def peer_instructions() -> list[str]:
     temperature = next(float(str(kw.value.value)) for node in ast.walk(tree) if isinstance(node, ast.Call) and node.args
                        and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--temperature"
                        for kw in node.keywords if kw.arg == "default" and isinstance(kw.value, ast.Constant))
-    return [f"llm.system_prompt={prompt}", f"llm.temperature={temperature}"]
+    return prompt, temperature
 
 
 class Peer:
@@ -167,9 +166,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peer-bench"))
     # Admission off: the peer has none, and a turned-away caller would end the round.
     recordings = [f"transport.recordings_dir={work / 'recordings'}"] if args.keep else []
-    same = [] if args.engine_prompt else peer_instructions()
-    if args.temperature is not None:
-        same = [x for x in same if not x.startswith("llm.temperature=")] + [f"llm.temperature={args.temperature}"]
+    same: list[str] = []  # what the engine is told as the peer is
+    temperature = args.temperature
+    if not args.engine_prompt:
+        prompt, peer_temperature = peer_instructions()
+        same.append(f"llm.system_prompt={prompt}")
+        temperature = peer_temperature if temperature is None else temperature
+    if temperature is not None:
+        same.append(f"llm.temperature={temperature}")
     engine = Engine("engine", ROOT, work, ["conversation.greeting=", "engine.admit_max_response_ms=0",
                                            "engine.admit_max_cpu_pct=0", *same, *recordings, *args.set])
     peer = Peer(args.peer_turn, [] if args.temperature is None else ["--temperature", str(args.temperature)])
