@@ -1,11 +1,12 @@
 """The speech process: hears every call. VAD and endpointing on the main loop, Whisper on a worker.
 
-The main loop sleeps on the pool's inbound doorbell, drains every call's ring,
-runs batched VAD rounds (`engine.hearing`), and publishes what they mean. A
+The main loop wakes every `speech.vad_tick_ms` while calls are live (or, with 0, on the
+pool's inbound doorbell as each frame is written), drains every call's ring, runs batched
+VAD rounds (`engine.hearing`), and publishes what they mean. A
 transcription worker thread takes jobs off a queue, so VAD never waits for
 Whisper; it takes every job ready at once as one batch (several calls' turns
-ending together cost one encoder pass), and when a batch is done it rings the
-same doorbell to wake the main loop.
+ending together cost one encoder pass), and when a batch is done it wakes the
+main loop.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ class SpeechProc(SyncChild):
         self.calls: CallTable[RingReader] = CallTable()
         self.frames_in = 0
         self.transcripts = 0
+        self.vad_passes = 0
         self.hearing: Hearing | None = None
         self.transcriber: Transcriber | None = None
         self.turn_model: SmartTurn | None = None
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        self._finished = threading.Event()  # the worker has put jobs on `_done`
+        self._next_tick = 0.0
 
     def setup(self) -> None:
         assert self.pool is not None
@@ -82,6 +86,7 @@ class SpeechProc(SyncChild):
                 for job in done:
                     self._done.put(job)
                 if done:
+                    self._finished.set()
                     bell.ring()
         finally:
             bell.close()
@@ -169,8 +174,11 @@ class SpeechProc(SyncChild):
                 self.hearing.add_audio(call.call_id, frame.payload, frame.t_ns)
                 n += 1
         self.frames_in += n
+        rounds = self.hearing.vad_batches
         while any(ear.window_ready() for ear in self.hearing.ears.values()):
             self._publish(self.hearing.vad_round())
+        if self.hearing.vad_batches > rounds:
+            self.vad_passes += 1  # a wake-up that ran VAD: its first inference runs with cold caches, the rest warm
         for job in self.hearing.take_jobs():
             self._jobs.put(job)
         while True:
@@ -187,19 +195,32 @@ class SpeechProc(SyncChild):
             super().wait_for_work(timeout_s)
             return
         self.poll_bus()
-        if self.work() == 0:
+        if tick_s := self.cfg.speech.vad_tick_ms / 1000:
+            self.work()
+            self._nap(tick_s, timeout_s)
+        elif self.work() == 0:
             readers = [c.state for c in self.calls.values()]
             bell = self.pool.doorbells["inbound"]
             bell.wait(lambda: not self._done.empty() or any(r.ring.available() for r in readers),
                       min(timeout_s, BUS_POLL_S), self.cfg.ring.spin_us * 1e-6)
             self.work()
 
+    def _nap(self, tick_s: float, timeout_s: float) -> None:
+        """Sleep to the next tick, or until the worker finishes a batch. Not on the inbound doorbell: a transport
+        writing a frame finds no one waiting there and rings no one."""
+        now = time.monotonic()
+        if self._next_tick <= now:  # keep the cadence; a tick missed (a slow round, a stall) is skipped, not made up
+            self._next_tick += tick_s * (1 + (now - self._next_tick) // tick_s)
+        if self._finished.wait(min(timeout_s, self._next_tick - now)):
+            self._finished.clear()
+
     def stats(self) -> dict[str, int]:
         h = self.hearing
         verdicts = {f"turns_{k}": v for k, v in h.verdicts.items()} if h else {}
         return {"calls": len(self.calls), "queued": self._jobs.qsize(), "frames_in": self.frames_in,
                 "transcripts": self.transcripts,
-                "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0, **verdicts}
+                "vad_batches": h.vad_batches if h else 0, "vad_windows": h.vad_windows if h else 0,
+                "vad_passes": self.vad_passes, **verdicts}
 
     def teardown(self) -> None:
         if self._worker is not None:

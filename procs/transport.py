@@ -131,6 +131,8 @@ class TransportProc:
             "counters": dict(shared.counters),
             "inbound_frame_us": shared.inbound_us.summary(),
             "outbound_frame_us": shared.outbound_us.summary(),
+            # Caller frames whose ring write had to wake the speech process (none while it runs on its tick).
+            "inbound_wakeups": self.pool.doorbells["inbound"].wakeups,
             "calls": {call_id: call.live_summary() for call_id, call in shared.calls.items()},
             "ended": list(shared.ended),
             "files": {**self._file_counters(),

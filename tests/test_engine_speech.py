@@ -53,3 +53,38 @@ def test_a_callers_utterance_becomes_one_transcript(tmp_path: Path) -> None:
         assert run.stop() == 0
     finally:
         run.kill_everything()
+
+
+def test_calls_heard_together_share_one_vad_inference_a_tick_and_their_frames_wake_no_one(tmp_path: Path) -> None:
+    """Two callers on the line at once, their frames arriving out of step: the speech process, waking on its own
+    `speech.vad_tick_ms`, runs VAD for both calls' windows at once (woken frame by frame, it would run each call's
+    windows on a wake-up of their own: each such first inference runs with cold caches, ~4x the cost of a warm one),
+    and the transport's frame writes never wake it."""
+    run = EngineRun(tmp_path, ENGINE_TRANSPORT__PUBLIC_URL=PUBLIC, ENGINE_TWILIO__AUTH_TOKEN=AUTH,
+                    ENGINE_CONVERSATION__GREETING="")
+    try:
+        before = run.wait_healthy(timeout=120)["processes"]["speech"]["stats"]
+
+        async def caller(delay: float) -> None:
+            await asyncio.sleep(delay)
+            async with SyntheticCaller(f"http://127.0.0.1:{run.port}", public_url=PUBLIC, auth_token=AUTH) as c:
+                await c.connect(await c.dial())
+                await c.send_silence(3.0)
+                await c.hangup()
+
+        async def both() -> None:
+            await asyncio.gather(caller(0.0), caller(0.01))
+
+        asyncio.run(both())
+        # The speech process's counts once its heartbeat says both calls are over.
+        body = run.wait_healthy(timeout=10, unless=lambda b: b["processes"]["speech"]["stats"]["calls"] > 0
+                                or b["calls_active"] > 0)
+        after = body["processes"]["speech"]["stats"]
+        windows = after["vad_windows"] - before["vad_windows"]
+        passes = after["vad_passes"] - before["vad_passes"]
+        assert windows >= 2 * 2.5 * 16000 / 512, (windows, passes)  # both calls' 3 s were heard
+        assert windows / passes >= 1.5, (windows, passes)
+        assert body["transport"]["inbound_wakeups"] == 0
+        assert run.stop() == 0
+    finally:
+        run.kill_everything()
