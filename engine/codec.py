@@ -80,9 +80,14 @@ class StreamResampler:
     def process(self, samples: Pcm16) -> Pcm16:
         if self._stream is None:
             return samples
-        out = self._stream.resample_chunk(samples.astype(np.float32) * (1 / 32768))
-        pcm: Pcm16 = np.clip(np.rint(out * 32768), -32768, 32767).astype(np.int16)
+        pcm: Pcm16 = np.clip(np.rint(self.process_float(samples) * 32768), -32768, 32767).astype(np.int16)
         return pcm
+
+    def process_float(self, samples: Pcm16) -> npt.NDArray[np.float32]:
+        """int16 in, float32 in [-1, 1) out, unrounded: for a reader that works in float anyway (the VAD)."""
+        scaled = samples.astype(np.float32) * (1 / 32768)
+        out: npt.NDArray[np.float32] = scaled if self._stream is None else self._stream.resample_chunk(scaled)
+        return out
 
     def flush(self) -> Pcm16:
         """Push out what the filter still holds by feeding 40 ms of silence (the stream stays usable)."""

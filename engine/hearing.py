@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
+from engine.codec import StreamResampler
 from engine.config import SpeechSection
 from engine.endpointer import Endpoint, Endpointer, Event, Onset, Pause, Resumed, Sustained
 from engine.stt import SAMPLE_RATE
@@ -122,6 +122,7 @@ class CallEar:
     endpointer: Endpointer
     history: AudioHistory
     vad: VadStream
+    upsampler: StreamResampler  # the ring's rate -> `rate` (identity at 16 kHz)
     next_window: int = 0  # absolute index of the next sample to run VAD on
     turn: int = 0
     last_t_ns: int = 0  # arrival time of the newest audio
@@ -141,10 +142,13 @@ class Hearing:
     """Every call's ears in the speech process: audio in, batched VAD rounds, bus messages and jobs out."""
 
     def __init__(self, vad: SileroVad, speech: SpeechSection, rate: int, *, barge_in_ms: int = 0) -> None:
+        """`rate`: the inbound rings' (`transport.inbound_rate`). Each call is heard at 16 kHz whatever it is (the VAD,
+        Whisper and Smart Turn all take 16 kHz): 8 kHz audio is resampled here, a pass's frames at once."""
         self.vad = vad
         self.speech = speech
         self.barge_in_ms = barge_in_ms
-        self.rate = rate
+        self.ring_rate = rate
+        self.rate = SAMPLE_RATE
         self.history_s = speech.max_turn_s + 2.0
         self.ears: dict[str, CallEar] = {}
         self.pending_jobs: list[Job] = []
@@ -155,7 +159,8 @@ class Hearing:
     def add_call(self, call_id: str) -> None:
         endpointer = Endpointer(self.speech, self.rate, barge_in_ms=self.barge_in_ms)
         self.ears[call_id] = CallEar(call_id, self.rate, endpointer,
-                                     AudioHistory(self.rate, self.history_s), VadStream(self.rate))
+                                     AudioHistory(self.rate, self.history_s), VadStream(self.rate),
+                                     StreamResampler(self.ring_rate, self.rate))
         self._set_pauses()
 
     def end_call(self, call_id: str) -> None:
@@ -176,7 +181,7 @@ class Hearing:
         ear = self.ears.get(call_id)
         if ear is None:  # its CallEnded was handled already (e.g. the same call id re-leased elsewhere)
             return
-        ear.history.append(np.frombuffer(pcm16, np.int16).astype(np.float32) * (1 / 32768))
+        ear.history.append(ear.upsampler.process_float(np.frombuffer(pcm16, np.int16)))
         ear.last_t_ns = t_ns
 
     def vad_round(self) -> list[Msg]:
@@ -243,8 +248,6 @@ class Hearing:
         # the ends of weak last sounds are under the VAD's threshold. The turn's end stays where the speech stopped.
         upto = end if judge else min(end + self.speech.suffix_pad_ms * self.rate // 1000, ear.history.end)
         audio = ear.history.range(start, upto)
-        if self.rate != SAMPLE_RATE:  # inbound_rate 8000: the VAD ran at 8 kHz; Whisper and Smart Turn take 16
-            audio = np.asarray(soxr.resample(audio, self.rate, SAMPLE_RATE), np.float32)
         job = Job(ear.call_id, ear.turn, start, end, audio, ear.t_ns_of(end), speculative, judge=judge)
         ear.jobs = [j for j in ear.jobs if j.text is None and not j.cancelled] + [job]
         self.pending_jobs.append(job)
