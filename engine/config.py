@@ -74,10 +74,8 @@ class TransportSection(_Section):
     """How long after the webhook answered a call its media stream may still connect (Twilio connects within a
     second or two). The line is held for the call until then, and a token opens one stream only."""
     inbound_rate: Literal[8000, 16000] = 16000
-    """Caller audio's rate in the inbound rings. The speech process hears at 16 kHz either way: at 8000 (the phone's
-    own rate) it resamples each call's frames on its tick, a few at once; at 16000 the transport resamples each
-    frame as it comes in. The same CPU in all: 3 silent callers, 5 rounds a side (bench/standing.py), 9.2 vs 9.2 %
-    of a core, transport 4.4 vs 4.9, speech 4.4 vs 3.9."""
+    """Caller audio's rate in the inbound rings; heard at 16 kHz either way (at 8000 the speech process resamples, at
+    16000 the transport): the same CPU in all (bench/results/standing_inbound_rate.json)."""
     inbound_spill_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
     """Caller audio kept while a call's inbound ring is full (the speech process restarting takes longer than the
     ring holds), written to the ring once it has room: none is lost. 0: a full ring drops."""
@@ -153,11 +151,8 @@ class SpeechSection(_Section):
     """Silence after which transcription starts speculatively (and, once it is ready, the reply)."""
     solo_pause_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 64
     """`pause_ms` while the call is the only one the speech process hears: an idle box spends on speculative work
-    that short pauses throw away, to answer sooner. One call (bench/e2e.py, 18 turns each, alternating): 64 against
-    150, v2v at the caller p50 798 vs 850 ms, p95 1048 vs 1061; replies thrown away 11 of 46 vs 4 of 39
-    (bench/results/e2e_pause64.json). Three callers at 64 (bench/capacity.py): p95 1786 vs 1326 ms, hence only
-    alone. The pause's transcript gets 64 ms of `suffix_pad_ms`; bench/endings.py found no WER change from 0 to
-    250 ms of it. Set it to `pause_ms` to turn it off."""
+    to answer sooner (one call: v2v p50 798 vs 850 ms, bench/results/e2e_pause64.json; three callers at 64: p95 1786
+    vs 1326 ms, hence only alone). Set it to `pause_ms` to turn it off."""
     end_silence_ms: Annotated[int, msgspec.Meta(ge=100, le=10000)] = 500
     """Silence that ends the caller's turn."""
     turn_model: Literal["smart-turn", "off"] = "off"
@@ -195,13 +190,10 @@ class SpeechSection(_Section):
     stt_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     """Most utterances (different calls' turns ready together) transcribed in one Whisper batch."""
     vad_tick_ms: Annotated[int, msgspec.Meta(ge=0, le=100)] = 32
-    """While calls are live, the speech process wakes this often (one Silero window at 16 kHz), reads every call's
-    ring and runs one VAD inference for all of them; the transport does not wake it per frame. 0: woken by each
-    frame as it is written (a frame waits for no tick, but calls' windows come due apart, so each gets an
-    inference of its own, and every frame costs a wake-up on both sides). An inference run on a wake-up costs ~4x a
-    warm one (Silero alone, 16 kHz, 32 ms apart: 405 us for a window, 560 us for 3 calls' at once; 84 us back to
-    back). 3 silent callers 1.3 s apart: engine 10.2 vs 16.2 % of a core (speech 4.2 vs 9.0, transport 5.5 vs 6.7),
-    3 runs a side. A frame waits for the next tick: 16 ms on average before VAD hears it."""
+    """While calls are live the speech process wakes this often, not per frame, and runs all calls' VAD windows in
+    one inference: one run on a wake-up costs ~4x a warm one (Silero, 32 ms apart: 405 us; 3 windows 560 us; back to
+    back 84 us). 3 silent callers: 9.4 vs 15.5 % of a core (bench/results/standing_vad_tick.json). A frame waits 16
+    ms on average for the tick. 0: woken by each frame as it is written."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where models assembled at first use (Whisper base) are kept."""
 
@@ -228,9 +220,8 @@ class LlmSection(_Section):
     """llamacpp: threads for a batch of more than one token; 0: as many as `threads`. More costs under load: 3-4
     callers, 2 vs 1, v2v p95 +200 ms, llm CPU +9-16% (bench/results/soak_capacity_prefill_threads.json)."""
     solo_prefill_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 2
-    """llamacpp: a call that begins while no other call is live gets a context of its own, whose batches run on
-    this many threads (one call, 2 vs 1: v2v p50 874 vs 982 ms, bench/results/e2e_prefill_threads2.json). It keeps
-    it when others join, then prefilling slower than a shared slot (bench/llm_prefill.py). 0: no such context."""
+    """llamacpp: a call that begins while no other call is live gets a context of its own (kept when others join),
+    its batches on this many threads (2 vs 1: v2v p50 874 vs 982 ms, e2e_prefill_threads2.json). 0: none."""
     slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     """Calls whose replies are made at once, each with its own context kept warm (llama.cpp: a KV slot each, so a
     call's turn reads in only its new words; vllm, openai: requests in flight together). More live calls share."""
@@ -249,9 +240,8 @@ class LlmSection(_Section):
     enforce_eager: bool = False
     """vllm: skip graph capture and compilation: a much faster start, a slower decode (tests, CPU)."""
     requantize: Literal["q4_0", "q8_0", "off"] = "q4_0"
-    """llamacpp: a Q4_1 model (the bundled SmolLM2) runs from a copy re-encoded as this, made once into
-    `model_cache_dir` (engine/gguf_q4.py; ggml has AVX2 kernels for Q4_0 and Q8_0, none for Q4_1). Speed and
-    quality of each: README, bench/llm_prefill.py, bench/q4_0.py."""
+    """llamacpp: a Q4_1 model (the bundled SmolLM2) runs from a copy in this encoding, made once in `model_cache_dir`
+    (engine/gguf_q4.py; ggml has AVX2 kernels for Q4_0 and Q8_0, none for Q4_1; see bench/q4_0.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """llamacpp: where the re-encoded copy (`requantize`) is made."""
     first_clause_words: Annotated[int, msgspec.Meta(ge=1, le=50)] = 3
@@ -276,9 +266,8 @@ class TtsSection(_Section):
     """piper: split the voice at its vocoder and decode in chunks (first audio in tens of ms); off: Piper's own
     whole-sentence synthesis."""
     stream_ramp: bool = True
-    """piper, streaming: after the first 186 ms, decode chunks twice as long as the one before (up to 1.5 s); off:
-    1.5 s chunks at once, whose decode (~150 ms) nearly outlasts the first chunk's audio, so busy callers hear a
-    stall 186 ms into replies (engine/piper_stream.chunks, bench/piper_chunks.py)."""
+    """piper, streaming: after the first 186 ms, each chunk twice the one before (up to 1.5 s); off: 1.5 s chunks,
+    whose ~150 ms decode stalls busy callers 186 ms into replies (engine/piper_stream.chunks, bench/piper_chunks.py)."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where the streaming split of a Piper voice is made, once."""
     line_cache_mb: Annotated[float, msgspec.Meta(ge=0, le=4096)] = 8.0
