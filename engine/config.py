@@ -190,10 +190,10 @@ class SpeechSection(_Section):
     stt_batch: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     """Most utterances (different calls' turns ready together) transcribed in one Whisper batch."""
     vad_tick_ms: Annotated[int, msgspec.Meta(ge=0, le=100)] = 32
-    """While calls are live the speech process wakes this often, not per frame, and runs all calls' VAD windows in
-    one inference: one run on a wake-up costs ~4x a warm one (Silero, 32 ms apart: 405 us; 3 windows 560 us; back to
-    back 84 us). 3 silent callers: 9.4 vs 15.5 % of a core (bench/results/standing_vad_tick.json). A frame waits 16
-    ms on average for the tick. 0: woken by each frame as it is written."""
+    """With calls live together the speech process wakes this often, not per frame, and runs all calls' VAD windows
+    in one inference: a run on a wake-up costs ~4x a warm one (Silero: 405 us, 3 windows 560 us; back to back 84 us).
+    3 silent callers: 9.4 vs 15.5 % of a core (standing_vad_tick.json). A call alone is heard per frame: the tick
+    cost it v2v p50 +23, p95 +78 ms (e2e_vad_tick_solo.json). 0: always per frame."""
     model_cache_dir: str = "~/.cache/voice-engine"
     """Where models assembled at first use (Whisper base) are kept."""
 

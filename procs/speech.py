@@ -1,8 +1,8 @@
 """The speech process: hears every call. VAD and endpointing on the main loop, Whisper on a worker.
 
-The main loop wakes every `speech.vad_tick_ms` while calls are live (or, with 0, on the
-pool's inbound doorbell as each frame is written), drains every call's ring, runs batched
-VAD rounds (`engine.hearing`), and publishes what they mean. A
+The main loop wakes every `speech.vad_tick_ms` while more than one call is live (a call
+alone, or with 0, on the pool's inbound doorbell as each frame is written), drains every
+call's ring, runs batched VAD rounds (`engine.hearing`), and publishes what they mean. A
 transcription worker thread takes jobs off a queue, so VAD never waits for
 Whisper; it takes every job ready at once as one batch (several calls' turns
 ending together cost one encoder pass), and when a batch is done it wakes the
@@ -198,7 +198,7 @@ class SpeechProc(SyncChild):
             super().wait_for_work(timeout_s)
             return
         self.poll_bus()
-        if tick_s := self.cfg.speech.vad_tick_ms / 1000:
+        if (tick_s := self.cfg.speech.vad_tick_ms / 1000) and len(self.calls) > 1:
             self.work()
             self._nap(tick_s, timeout_s)
         elif self.work() == 0:
