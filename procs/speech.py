@@ -173,7 +173,7 @@ class SpeechProc(SyncChild):
             frames = []
             while (frame := call.state.read()) is not None:
                 frames.append(frame)
-            if frames:  # a tick's frames heard as one piece (resampled in one go at 8 kHz)
+            if frames:  # a pass's frames heard as one piece (so at 8 kHz they are resampled in one go)
                 self.hearing.add_audio(call.call_id, b"".join(f.payload for f in frames), frames[-1].t_ns)
                 n += len(frames)
         self.frames_in += n

@@ -80,7 +80,7 @@ def test_utterances_ready_together_are_transcribed_in_one_batch_as_they_would_be
     assert "yes" in words(together[0]) and "friday" in words(together[1])
 
 
-@pytest.mark.parametrize("rate", [16000, 8000])  # transport.inbound_rate: at 8000 each job is resampled for Whisper
+@pytest.mark.parametrize("rate", [16000, 8000])  # transport.inbound_rate: at 8000 Hearing resamples the frames to 16k
 def test_hearing_turns_an_utterance_into_one_transcript(vad: SileroVad, whisper: WhisperTranscriber,
                                                         rate: int) -> None:
     """VAD, endpointing and speculative transcription together, with no process around them."""
